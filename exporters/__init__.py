@@ -1,0 +1,1 @@
+"""Exporters: collapse reversible models into feedforward spiking graphs and write NIR, ONNX, netx."""

@@ -1,0 +1,281 @@
+"""Spiking neurons of the time and neuron contract (DESIGN §4).
+
+The equations live in the pure step functions below; the modules are thin multi-step wrappers over
+time-first tensors ``[T, B, ...]`` that carry the membrane state between calls.
+
+Per step, with dt = 1 and the membrane ``v`` starting at 0:
+
+- LIF: ``h = v + (x - (v - v_reset)) / tau``; spike ``s = 1 if h > theta else 0`` (strict ``>``);
+  hard reset ``v = v_reset where s else h``.
+- IF: LIF without leak, ``h = v + x``.
+- Threshold (stateless, T-RevSNN's turned-off neurons): ``s = 1 if u > theta else 0``.
+
+The forward spike is always this Heaviside step; only its gradient is replaced by a surrogate (ATan,
+Sigmoid or rectangular). The reset is detached from the graph by default, as in the RevSNN code.
+
+Why not norse's functional LIF: norse's ``lif_box_feed_forward_step`` computes the same charge for
+``v_leak = 0, dt = 1`` (a test checks this against it), but its surrogate set has neither ATan nor
+Sigmoid in the (alpha) parameterisation the seed papers use, its reset always carries gradient, and its
+state is a norse-specific named tuple. The equations are three lines; owning them keeps the contract in
+one place for training, the reference executor and the exporters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ATan",
+    "Sigmoid",
+    "Rectangular",
+    "Surrogate",
+    "spike",
+    "lif_step",
+    "if_step",
+    "threshold_step",
+    "SpikingNeuron",
+    "LIF",
+    "IF",
+    "Threshold",
+    "neurons_of",
+    "reset_states",
+    "get_states",
+    "set_states",
+]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Surrogate gradients: d spike / d x where x = h - theta.
+
+
+@dataclass(frozen=True)
+class ATan:
+    """``alpha / (2 (1 + (pi alpha x / 2)^2))``, the derivative of ``atan(pi alpha x / 2) / pi``."""
+
+    alpha: float = 2.0
+
+    def grad(self, x: Tensor) -> Tensor:
+        return self.alpha / (2.0 * (1.0 + (math.pi * self.alpha * x / 2.0) ** 2))
+
+
+@dataclass(frozen=True)
+class Sigmoid:
+    """``alpha * sig(alpha x) * (1 - sig(alpha x))``, the derivative of ``sig(alpha x)``."""
+
+    alpha: float = 4.0
+
+    def grad(self, x: Tensor) -> Tensor:
+        s = torch.sigmoid(self.alpha * x)
+        return self.alpha * s * (1.0 - s)
+
+
+@dataclass(frozen=True)
+class Rectangular:
+    """Straight-through window: ``1 / width`` where ``|x| <= width / 2``, else 0.
+
+    With width 1 and theta 0.5 this is T-RevSNN's gradient (1 for inputs in [0, 1]).
+    """
+
+    width: float = 1.0
+
+    def grad(self, x: Tensor) -> Tensor:
+        return (x.abs() <= self.width / 2.0).to(x.dtype) / self.width
+
+
+Surrogate = ATan | Sigmoid | Rectangular
+
+
+class _Heaviside(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, surrogate: Surrogate) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.surrogate = surrogate
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (x,) = ctx.saved_tensors
+        return grad_out * ctx.surrogate.grad(x), None
+
+
+def spike(x: Tensor, surrogate: Surrogate = ATan()) -> Tensor:
+    """Strict Heaviside ``x > 0`` in the forward pass, ``surrogate.grad(x)`` in the backward pass."""
+    return _Heaviside.apply(x, surrogate)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Pure step functions: one time step, state in and state out.
+
+
+def _hard_reset(h: Tensor, s: Tensor, v_reset: float, detach_reset: bool) -> Tensor:
+    r = s.detach() if detach_reset else s
+    # h * (1 - r) + v_reset * r is exactly h where r = 0 and exactly v_reset where r = 1.
+    return h * (1.0 - r) + v_reset * r
+
+
+def lif_step(
+    x: Tensor,
+    v: Tensor,
+    tau: float,
+    v_threshold: float = 1.0,
+    v_reset: float = 0.0,
+    surrogate: Surrogate = ATan(),
+    detach_reset: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One LIF step. Returns ``(spikes, v_next, h)`` where ``h`` is the membrane before the reset."""
+    h = v + (x - (v - v_reset)) / tau
+    s = spike(h - v_threshold, surrogate)
+    return s, _hard_reset(h, s, v_reset, detach_reset), h
+
+
+def if_step(
+    x: Tensor,
+    v: Tensor,
+    v_threshold: float = 1.0,
+    v_reset: float = 0.0,
+    surrogate: Surrogate = ATan(),
+    detach_reset: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One IF step (LIF without leak). Returns ``(spikes, v_next, h)``."""
+    h = v + x
+    s = spike(h - v_threshold, surrogate)
+    return s, _hard_reset(h, s, v_reset, detach_reset), h
+
+
+def threshold_step(u: Tensor, v_threshold: float = 0.5, surrogate: Surrogate = Rectangular()) -> Tensor:
+    """Stateless spike ``u > theta``; works on any shape, a whole sequence at once."""
+    return spike(u - v_threshold, surrogate)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Multi-step modules.
+
+
+class SpikingNeuron(nn.Module):
+    """Base of the neuron modules: multi-step over ``[T, B, ...]``, membrane kept between calls.
+
+    ``forward`` starts from the stored membrane (zeros after ``reset()``) and stores the final one,
+    detached, so that a long input can be fed in chunks. Models reset their neurons at the start of each
+    forward, so that no state leaks from one batch into the next.
+    """
+
+    stateful = True
+
+    def __init__(self, v_threshold: float, surrogate: Surrogate):
+        super().__init__()
+        self.v_threshold = float(v_threshold)
+        self.surrogate = surrogate
+        self.v: Optional[Tensor] = None
+
+    def reset(self) -> None:
+        self.v = None
+
+    def step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x_seq: Tensor) -> Tensor:
+        if x_seq.dim() < 2:
+            raise ValueError(f"{type(self).__name__} expects a time-first tensor [T, B, ...], got shape "
+                             f"{tuple(x_seq.shape)}.")
+        v = torch.zeros_like(x_seq[0]) if self.v is None else self.v
+        spikes = []
+        for x in x_seq:
+            s, v, _ = self.step(x, v)
+            spikes.append(s)
+        self.v = v.detach()
+        return torch.stack(spikes)
+
+
+class LIF(SpikingNeuron):
+    """Leaky integrate-and-fire neuron with hard reset (see the module docstring for the equations)."""
+
+    def __init__(
+        self,
+        tau: float = 2.0,
+        v_threshold: float = 1.0,
+        v_reset: float = 0.0,
+        surrogate: Surrogate = Sigmoid(4.0),
+        detach_reset: bool = True,
+    ):
+        super().__init__(v_threshold, surrogate)
+        if not tau >= 1.0:
+            raise ValueError(f"LIF needs tau >= 1 (a decay factor 1/tau in (0, 1]); got tau={tau}.")
+        self.tau = float(tau)
+        self.v_reset = float(v_reset)
+        self.detach_reset = detach_reset
+
+    def step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return lif_step(x, v, self.tau, self.v_threshold, self.v_reset, self.surrogate, self.detach_reset)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, v_threshold={self.v_threshold}, v_reset={self.v_reset}, surrogate={self.surrogate}"
+
+
+class IF(SpikingNeuron):
+    """Integrate-and-fire neuron with hard reset: LIF without leak."""
+
+    def __init__(
+        self,
+        v_threshold: float = 1.0,
+        v_reset: float = 0.0,
+        surrogate: Surrogate = ATan(2.0),
+        detach_reset: bool = True,
+    ):
+        super().__init__(v_threshold, surrogate)
+        self.v_reset = float(v_reset)
+        self.detach_reset = detach_reset
+
+    def step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return if_step(x, v, self.v_threshold, self.v_reset, self.surrogate, self.detach_reset)
+
+    def extra_repr(self) -> str:
+        return f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, surrogate={self.surrogate}"
+
+
+class Threshold(SpikingNeuron):
+    """Stateless threshold neuron ``s = u > theta``: no membrane, no reset, nothing carried in time."""
+
+    stateful = False
+
+    def __init__(self, v_threshold: float = 0.5, surrogate: Surrogate = Rectangular(1.0)):
+        super().__init__(v_threshold, surrogate)
+
+    def step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return threshold_step(x, self.v_threshold, self.surrogate), v, x
+
+    def forward(self, x_seq: Tensor) -> Tensor:
+        return threshold_step(x_seq, self.v_threshold, self.surrogate)
+
+    def extra_repr(self) -> str:
+        return f"v_threshold={self.v_threshold}, surrogate={self.surrogate}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# State of every neuron inside a module tree.
+
+
+def neurons_of(module: nn.Module) -> Iterator[SpikingNeuron]:
+    """Every stateful spiking neuron in ``module`` (itself included), in ``modules()`` order."""
+    return (m for m in module.modules() if isinstance(m, SpikingNeuron) and m.stateful)
+
+
+def reset_states(module: nn.Module) -> None:
+    for n in neurons_of(module):
+        n.reset()
+
+
+def get_states(module: nn.Module) -> list[Optional[Tensor]]:
+    return [n.v for n in neurons_of(module)]
+
+
+def set_states(module: nn.Module, states: list[Optional[Tensor]]) -> None:
+    neurons = list(neurons_of(module))
+    if len(neurons) != len(states):
+        raise ValueError(f"{len(states)} neuron states given for {len(neurons)} neurons.")
+    for n, v in zip(neurons, states):
+        n.v = v

@@ -1,0 +1,303 @@
+"""The reversible core: couplings, and an autograd Function that trains a sequence of them without
+keeping any block's activations.
+
+Couplings (DESIGN §5), with the state ``X`` split in two halves along the channel axis:
+
+- ``RevNetCoupling`` (RevSNN):  ``Y1 = X1 + F(X2)``,  ``Y2 = X2 + G(Y1)``;
+  inverse ``X2 = Y2 - G(Y1)``, ``X1 = Y1 - F(X2)``.
+- ``ParaRevCoupling`` (ParaRevSNN): ``Y1 = X2 + F(X1)``,  ``Y2 = X1 + G(Y1)``;
+  inverse ``X1 = Y2 - G(Y1)``, ``X2 = Y1 - F(X1)``. In a sequence the next block's ``F`` reads the same
+  ``Y1`` as this block's ``G``, so the two can run concurrently.
+
+The parallel coupling is the RevNet coupling applied to the swapped halves ``(X2, X1)``; both share one
+backward below.
+
+``ReversibleSequence`` runs its couplings through ``_ReversibleFn`` when gradients are needed: forward runs
+every block under ``no_grad`` and saves only the sequence output (with ``save_for_backward``, so memory
+hooks see it). Backward walks the blocks from last to first; for each it recomputes ``G`` then ``F`` under
+grad from the reconstructed inputs, which serves both reconstruction and the local backward. Around each
+recompute it restores what the forward saw and leaves behind what the forward left behind:
+
+- RNG state (CPU, and CUDA for the input's device), so dropout draws the same mask;
+- neuron membranes at entry, and at exit afterwards;
+- every buffer (BatchNorm running statistics, ``num_batches_tracked``), which the recompute would
+  otherwise update a second time (the original RevSNN code does).
+
+Parameter gradients are returned from ``backward`` as gradients of the Function's parameter inputs, so
+they reach ``.grad`` through autograd's own accumulation (and DDP's hooks fire).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .neurons import get_states, set_states
+
+__all__ = [
+    "Coupling",
+    "RevNetCoupling",
+    "ParaRevCoupling",
+    "ReversibleSequence",
+    "plain_twin",
+    "set_reversible",
+]
+
+
+class Coupling(nn.Module):
+    """Two residual functions F and G over the two halves of the state. Subclasses fix the wiring."""
+
+    def __init__(self, F: nn.Module, G: nn.Module):
+        super().__init__()
+        self.F = F
+        self.G = G
+
+    # The wiring is expressed once, as the RevNet coupling on an ordered pair (a, b):
+    #   y1 = a + F(b), y2 = b + G(y1).
+    # `_order` maps (x1, x2) to (a, b) and back; it is its own inverse.
+    @staticmethod
+    def _order(p: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = self._order(x1, x2)
+        y1 = a + self.F(b)
+        y2 = b + self.G(y1)
+        return y1, y2
+
+    @torch.no_grad()
+    def inverse(self, y1: Tensor, y2: Tensor) -> tuple[Tensor, Tensor]:
+        b = y2 - self.G(y1)
+        a = y1 - self.F(b)
+        return self._order(a, b)
+
+
+class RevNetCoupling(Coupling):
+    """RevSNN's coupling: ``Y1 = X1 + F(X2)``, ``Y2 = X2 + G(Y1)``."""
+
+    @staticmethod
+    def _order(p: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+        return p, q
+
+
+class ParaRevCoupling(Coupling):
+    """ParaRevSNN's coupling: ``Y1 = X2 + F(X1)``, ``Y2 = X1 + G(Y1)``."""
+
+    @staticmethod
+    def _order(p: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+        return q, p
+
+
+# --------------------------------------------------------------------------------------------------------
+# What one function evaluation (F or G of one block) needs to be re-run exactly.
+
+
+@dataclass
+class _Evaluation:
+    entry_states: list
+    exit_states: list
+    cpu_rng: Optional[Tensor]
+    cuda_rng: Optional[tuple[int, Tensor]]
+
+
+def _rng_state(device: torch.device, preserve_rng: bool):
+    if not preserve_rng:
+        return None, None
+    cuda = None
+    if device.type == "cuda":
+        cuda = (device.index if device.index is not None else torch.cuda.current_device(),
+                torch.cuda.get_rng_state(device))
+    return torch.get_rng_state(), cuda
+
+
+def _evaluate_no_grad(fn: nn.Module, x: Tensor, preserve_rng: bool) -> tuple[Tensor, _Evaluation]:
+    entry = get_states(fn)
+    cpu_rng, cuda_rng = _rng_state(x.device, preserve_rng)
+    out = fn(x)
+    return out, _Evaluation(entry, get_states(fn), cpu_rng, cuda_rng)
+
+
+def _evaluate_again(fn: nn.Module, x: Tensor, ev: _Evaluation) -> tuple[Tensor, Callable[[], None]]:
+    """Re-run ``fn`` under grad exactly as the forward ran it.
+
+    Returns the output and a function that puts ``fn``'s state back as the forward left it. Call it only
+    after the local backward: BatchNorm's backward reads the running-statistics tensors the recompute
+    used, so they must not be modified in place before then.
+    """
+    buffers = [b.detach().clone() for b in fn.buffers()]
+    cuda_devices = [ev.cuda_rng[0]] if ev.cuda_rng is not None else []
+    with torch.random.fork_rng(devices=cuda_devices, enabled=ev.cpu_rng is not None):
+        if ev.cpu_rng is not None:
+            torch.set_rng_state(ev.cpu_rng)
+        if ev.cuda_rng is not None:
+            torch.cuda.set_rng_state(ev.cuda_rng[1], ev.cuda_rng[0])
+        set_states(fn, ev.entry_states)
+        with torch.enable_grad():
+            out = fn(x)
+
+    def restore() -> None:
+        set_states(fn, ev.exit_states)
+        with torch.no_grad():
+            for b, saved in zip(fn.buffers(), buffers):
+                b.copy_(saved)
+
+    return out, restore
+
+
+def _grads(out: Tensor, leaf: Tensor, params: list[Tensor], grad_out: Tensor) -> tuple[Tensor, list]:
+    got = torch.autograd.grad(out, [leaf, *params], grad_out, allow_unused=True)
+    g_leaf = got[0] if got[0] is not None else torch.zeros_like(leaf)
+    return g_leaf, list(got[1:])
+
+
+class _ReversibleFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, seq: "ReversibleSequence", *params: Tensor) -> Tensor:
+        ctx.seq = seq
+        x1, x2 = seq.split(x)
+        evaluations = []
+        with torch.no_grad():
+            for block in seq.blocks:
+                a, b = block._order(x1, x2)
+                f, ev_f = _evaluate_no_grad(block.F, b, seq.preserve_rng)
+                y1 = a + f
+                del f
+                g, ev_g = _evaluate_no_grad(block.G, y1, seq.preserve_rng)
+                y2 = b + g
+                del g, a, b
+                evaluations.append((ev_f, ev_g))
+                x1, x2 = y1, y2
+            y = torch.cat((x1, x2), dim=seq.split_dim)
+        ctx.evaluations = evaluations
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy: Tensor):
+        seq: ReversibleSequence = ctx.seq
+        (y,) = ctx.saved_tensors
+        params = [p for p in seq.parameters()]
+        index = {id(p): i for i, p in enumerate(params)}
+        param_grads: list[Optional[Tensor]] = [None] * len(params)
+
+        def accumulate(ps: list[Tensor], gs: list[Optional[Tensor]]) -> None:
+            for p, g in zip(ps, gs):
+                if g is None:
+                    continue
+                i = index[id(p)]
+                param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
+
+        y1, y2 = seq.split(y.detach())
+        dy1, dy2 = seq.split(dy)
+        for block, (ev_f, ev_g) in zip(reversed(seq.blocks), reversed(ctx.evaluations)):
+            # (a, b) -> y1 = a + F(b), y2 = b + G(y1)
+            pF = [p for p in block.F.parameters() if p.requires_grad]
+            pG = [p for p in block.G.parameters() if p.requires_grad]
+
+            y1_leaf = y1.detach().requires_grad_(True)
+            g, restore_g = _evaluate_again(block.G, y1_leaf, ev_g)
+            dy1_from_g, gG = _grads(g, y1_leaf, pG, dy2)
+            restore_g()
+            accumulate(pG, gG)
+            b = (y2 - g.detach())
+            del g, y1_leaf
+
+            dy1_total = dy1 + dy1_from_g
+            b_leaf = b.requires_grad_(True)
+            f, restore_f = _evaluate_again(block.F, b_leaf, ev_f)
+            db_from_f, gF = _grads(f, b_leaf, pF, dy1_total)
+            restore_f()
+            accumulate(pF, gF)
+            a = y1 - f.detach()
+            del f, b_leaf
+
+            da, db = dy1_total, dy2 + db_from_f
+            y1, y2 = block._order(a, b.detach())
+            dy1, dy2 = block._order(da, db)
+
+        dx = torch.cat((dy1, dy2), dim=seq.split_dim)
+        return (dx, None, *param_grads)
+
+
+class ReversibleSequence(nn.Module):
+    """A sequence of couplings over a state split in two halves along ``split_dim``.
+
+    With ``reversible=True`` (the default) training keeps only the sequence output for backward, so the
+    retained activation memory does not grow with the number of blocks. With ``reversible=False`` it is
+    the plain-autograd twin: the same couplings, every activation kept. Both compute the same outputs,
+    gradients and BatchNorm statistics.
+
+    ``preserve_rng`` restores the RNG state before each recompute; turn it off only to demonstrate what
+    goes wrong with stochastic blocks (dropout) without it.
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[Coupling],
+        split_dim: int = 2,
+        reversible: bool = True,
+        preserve_rng: bool = True,
+    ):
+        super().__init__()
+        if len(blocks) == 0:
+            raise ValueError("A ReversibleSequence needs at least one coupling block.")
+        kinds = {type(b) for b in blocks}
+        if not all(issubclass(k, Coupling) for k in kinds):
+            raise TypeError("Every block of a ReversibleSequence must be a Coupling.")
+        self.blocks = nn.ModuleList(blocks)
+        self.split_dim = split_dim
+        self.reversible = reversible
+        self.preserve_rng = preserve_rng
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.shape[self.split_dim] % 2:
+            raise ValueError(f"The reversible state needs an even size on dim {self.split_dim}, got shape "
+                             f"{tuple(x.shape)}.")
+        x1, x2 = torch.chunk(x, 2, dim=self.split_dim)
+        return x1, x2
+
+    def forward(self, x: Tensor) -> Tensor:
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if self.reversible and needs_grad:
+            return _ReversibleFn.apply(x, self, *self.parameters())
+        x1, x2 = self.split(x)
+        for block in self.blocks:
+            x1, x2 = block(x1, x2)
+        return torch.cat((x1, x2), dim=self.split_dim)
+
+    @torch.no_grad()
+    def inverse(self, y: Tensor) -> Tensor:
+        """Reconstruct the input from the output (for checks; training never needs to call this)."""
+        y1, y2 = self.split(y)
+        for block in reversed(self.blocks):
+            y1, y2 = block.inverse(y1, y2)
+        return torch.cat((y1, y2), dim=self.split_dim)
+
+    def extra_repr(self) -> str:
+        return f"split_dim={self.split_dim}, reversible={self.reversible}"
+
+
+def plain_twin(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with every ReversibleSequence switched to plain autograd.
+
+    Parameters, buffers and neuron states are copied, so the twin starts identical to ``model``.
+    """
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if isinstance(m, ReversibleSequence):
+            m.reversible = False
+    return twin
+
+
+def set_reversible(model: nn.Module, reversible: bool) -> nn.Module:
+    """Switch every ReversibleSequence in ``model`` to reversible (True) or plain autograd (False)."""
+    for m in model.modules():
+        if isinstance(m, ReversibleSequence):
+            m.reversible = reversible
+    return model

@@ -1,0 +1,1 @@
+"""Targets: simulators and runtimes that run an exported file one time step at a time."""

@@ -1,0 +1,205 @@
+"""The reversible core against its plain-autograd twin (DESIGN §5), in float64 on CPU."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from revsnn.layers import TimeDistributed
+from revsnn.memory import activation_bytes
+from revsnn.neurons import IF, LIF, get_states, neurons_of, reset_states
+from revsnn.reversible import ParaRevCoupling, RevNetCoupling, ReversibleSequence, plain_twin
+
+COUPLINGS = {"revnet": RevNetCoupling, "para": ParaRevCoupling}
+NEURONS = {"lif": lambda: LIF(tau=2.0), "if": lambda: IF()}
+
+
+def conv_branch(c: int, neuron, dropout: float = 0.0) -> nn.Module:
+    """RevSResNet's F/G: SN -> Conv3x3 -> BN -> SN -> Conv3x3 -> BN, over [T, B, C, H, W]."""
+    layers = [
+        neuron(),
+        TimeDistributed(nn.Conv2d(c, c, 3, padding=1, bias=False)),
+        TimeDistributed(nn.BatchNorm2d(c)),
+        neuron(),
+    ]
+    if dropout:
+        layers.append(TimeDistributed(nn.Dropout(dropout)))
+    layers += [
+        TimeDistributed(nn.Conv2d(c, c, 3, padding=1, bias=False)),
+        TimeDistributed(nn.BatchNorm2d(c)),
+    ]
+    return nn.Sequential(*layers)
+
+
+def make_sequence(n_blocks: int, coupling: str = "revnet", neuron: str = "lif", c: int = 3,
+                  dropout: float = 0.0, seed: int = 0) -> ReversibleSequence:
+    torch.manual_seed(seed)
+    make = NEURONS[neuron]
+    blocks = [COUPLINGS[coupling](conv_branch(c, make, dropout), conv_branch(c, make, dropout))
+              for _ in range(n_blocks)]
+    seq = ReversibleSequence(blocks).double()
+    # BatchNorm gains large enough that every neuron population spikes, even a LIF at T = 1.
+    with torch.no_grad():
+        for m in seq.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.fill_(2.5)
+    return seq
+
+
+def run(seq: nn.Module, x: torch.Tensor, w: torch.Tensor, seed: int = 1):
+    torch.manual_seed(seed)
+    x = x.clone().requires_grad_(True)
+    out = seq(x)
+    (out * w).sum().backward()
+    grads = {n: p.grad.clone() for n, p in seq.named_parameters()}
+    return out.detach(), x.grad.clone(), grads
+
+
+def inputs(T: int, c: int = 3, seed: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    x = 1.5 * torch.randn(T, 2, 2 * c, 5, 5, generator=g, dtype=torch.float64)
+    w = torch.randn(T, 2, 2 * c, 5, 5, generator=g, dtype=torch.float64)
+    return x, w
+
+
+def spike_count(seq: nn.Module, x: torch.Tensor) -> float:
+    """(fewest, total) spikes over the neuron populations, in a no-grad forward of a copy."""
+    seq = copy.deepcopy(seq)
+    counts = []
+    hooks = [n.register_forward_hook(lambda m, i, o: counts.append(o.sum().item())) for n in neurons_of(seq)]
+    with torch.no_grad():
+        seq(x)
+    return min(counts), sum(counts)
+
+
+@pytest.mark.parametrize("coupling", ["revnet", "para"])
+@pytest.mark.parametrize("neuron", ["lif", "if"])
+@pytest.mark.parametrize("T", [1, 4])
+@pytest.mark.parametrize("n_blocks", [1, 2, 4])
+def test_gradients_equal_plain_twin(coupling, neuron, T, n_blocks):
+    rev = make_sequence(n_blocks, coupling, neuron)
+    twin = plain_twin(rev)
+    x, w = inputs(T)
+    least, _ = spike_count(rev, x)
+    assert least > 0, "a neuron population never spiked: the comparison would be vacuous"
+
+    out_r, dx_r, grads_r = run(rev, x, w)
+    out_p, dx_p, grads_p = run(twin, x, w)
+
+    assert torch.equal(out_r, out_p)
+    torch.testing.assert_close(dx_r, dx_p, rtol=1e-9, atol=1e-12)
+    assert grads_r.keys() == grads_p.keys()
+    for name in grads_r:
+        assert grads_p[name].abs().sum() > 0, name
+        torch.testing.assert_close(grads_r[name], grads_p[name], rtol=1e-9, atol=1e-12, msg=name)
+    # BatchNorm running statistics after one training step: the recompute must not update them again.
+    for (name, b_r), (_, b_p) in zip(rev.named_buffers(), twin.named_buffers()):
+        assert torch.equal(b_r, b_p), name
+
+
+def test_batchnorm_updated_once():
+    rev = make_sequence(2)
+    twin = plain_twin(rev)
+    x, w = inputs(4)
+    run(rev, x, w)
+    run(twin, x, w)
+    for m_r, m_p in zip(rev.modules(), twin.modules()):
+        if isinstance(m_r, nn.BatchNorm2d):
+            assert m_r.num_batches_tracked.item() == 1 == m_p.num_batches_tracked.item()
+            torch.testing.assert_close(m_r.running_mean, m_p.running_mean, rtol=0, atol=0)
+            torch.testing.assert_close(m_r.running_var, m_p.running_var, rtol=0, atol=0)
+
+
+def test_input_is_reconstructed():
+    rev = make_sequence(4, "para")
+    x, _ = inputs(4)
+    rev.eval()
+    with torch.no_grad():
+        y = rev(x)
+        reset_states(rev)
+        x_hat = rev.inverse(y)
+    assert (x_hat - x).abs().max() < 1e-12
+
+
+def test_neuron_state_restored_and_repeatable():
+    rev = make_sequence(2)
+    twin = plain_twin(rev)
+    x, w = inputs(4)
+    first = run(rev, x, w)
+    run(twin, x, w)
+    # The recompute left every membrane exactly where the forward left it, like the twin's.
+    for v_r, v_p in zip(get_states(rev), get_states(twin)):
+        assert v_r is not None and torch.equal(v_r, v_p)
+    reset_states(rev)
+    assert all(v is None for v in get_states(rev))
+    for p in rev.parameters():
+        p.grad = None
+    second = run(rev, x, w)
+    assert torch.equal(first[0], second[0])
+    assert torch.equal(first[1], second[1])
+    for name in first[2]:
+        assert torch.equal(first[2][name], second[2][name]), name
+
+
+@pytest.mark.parametrize("coupling", ["revnet", "para"])
+def test_dropout_needs_rng_restore(coupling):
+    rev = make_sequence(2, coupling, dropout=0.3)
+    twin = plain_twin(rev)
+    x, w = inputs(4)
+    _, dx_r, grads_r = run(rev, x, w)
+    _, dx_p, grads_p = run(twin, x, w)
+    torch.testing.assert_close(dx_r, dx_p, rtol=1e-9, atol=1e-12)
+    for name in grads_r:
+        torch.testing.assert_close(grads_r[name], grads_p[name], rtol=1e-9, atol=1e-12, msg=name)
+
+    # Negative control: without restoring the RNG the recompute draws other masks.
+    careless = make_sequence(2, coupling, dropout=0.3)
+    careless.preserve_rng = False
+    _, dx_c, _ = run(careless, x, w)
+    assert not torch.allclose(dx_c, dx_p, rtol=1e-6, atol=1e-9)
+
+
+class SmoothLIF(LIF):
+    """A LIF whose spike is a sigmoid, so finite differences are meaningful (gradcheck only)."""
+
+    def step(self, x, v):
+        h = v + (x - v) / self.tau
+        s = torch.sigmoid(3.0 * (h - self.v_threshold))
+        return s, h * (1.0 - s), h
+
+
+@pytest.mark.parametrize("coupling", ["revnet", "para"])
+def test_gradcheck_with_smooth_spikes(coupling):
+    torch.manual_seed(0)
+    blocks = []
+    for _ in range(2):
+        def branch():
+            return nn.Sequential(SmoothLIF(tau=2.0), TimeDistributed(nn.Linear(2, 2)),
+                                 TimeDistributed(nn.BatchNorm1d(2)), nn.Tanh())
+        blocks.append(COUPLINGS[coupling](branch(), branch()))
+    seq = ReversibleSequence(blocks).double()
+    x = torch.randn(3, 4, 4, dtype=torch.float64, requires_grad=True)
+    params = list(seq.parameters())
+
+    def f(x, *ps):
+        reset_states(seq)
+        return seq(x)
+
+    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_activation_memory_flat_in_depth():
+    x, w = inputs(4)
+    rev_bytes, plain_bytes = {}, {}
+    for n in (1, 2, 4, 8):
+        rev = make_sequence(n)
+        twin = plain_twin(rev)
+        rev_bytes[n] = activation_bytes(rev, x.clone().requires_grad_(True), loss_fn=lambda o: (o * w).sum())
+        plain_bytes[n] = activation_bytes(twin, x.clone().requires_grad_(True), loss_fn=lambda o: (o * w).sum())
+    assert len(set(rev_bytes.values())) == 1, rev_bytes
+    step = plain_bytes[2] - plain_bytes[1]
+    assert step > 0
+    assert plain_bytes[4] - plain_bytes[2] == 2 * step
+    assert plain_bytes[8] - plain_bytes[4] == 4 * step
+    assert rev_bytes[1] < plain_bytes[1]
