@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from revsnn.blocks import conv_branch
 from revsnn.layers import TimeDistributed
 from revsnn.memory import activation_bytes
 from revsnn.neurons import IF, LIF, get_states, neurons_of, reset_states
@@ -13,23 +14,6 @@ from revsnn.reversible import ParaRevCoupling, RevNetCoupling, ReversibleSequenc
 
 COUPLINGS = {"revnet": RevNetCoupling, "para": ParaRevCoupling}
 NEURONS = {"lif": lambda: LIF(tau=2.0), "if": lambda: IF()}
-
-
-def conv_branch(c: int, neuron, dropout: float = 0.0) -> nn.Module:
-    """RevSResNet's F/G: SN -> Conv3x3 -> BN -> SN -> Conv3x3 -> BN, over [T, B, C, H, W]."""
-    layers = [
-        neuron(),
-        TimeDistributed(nn.Conv2d(c, c, 3, padding=1, bias=False)),
-        TimeDistributed(nn.BatchNorm2d(c)),
-        neuron(),
-    ]
-    if dropout:
-        layers.append(TimeDistributed(nn.Dropout(dropout)))
-    layers += [
-        TimeDistributed(nn.Conv2d(c, c, 3, padding=1, bias=False)),
-        TimeDistributed(nn.BatchNorm2d(c)),
-    ]
-    return nn.Sequential(*layers)
 
 
 def make_sequence(n_blocks: int, coupling: str = "revnet", neuron: str = "lif", c: int = 3,
