@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ActivationMeter", "activation_bytes", "cuda_bytes_per_sample"]
+__all__ = ["ActivationMeter", "activation_bytes", "activation_bytes_per_sample", "cuda_bytes_per_sample"]
 
 
 def _storage_key(t: Tensor) -> tuple[str, int]:
@@ -65,7 +65,9 @@ class ActivationMeter:
         self.count = 0
 
     def _pack(self, t: Tensor) -> _Packed:
-        packed = _Packed(t)
+        # Detached: a saved *output* would otherwise keep its own grad_fn alive through this object, a
+        # reference cycle through C++ that Python's collector cannot break. Same storage, same values.
+        packed = _Packed(t.detach())
         self._packed.append(weakref.ref(packed))
         return packed
 
@@ -125,3 +127,9 @@ def cuda_bytes_per_sample(step: Callable[[int], None], batch_sizes: tuple[int, i
         torch.cuda.synchronize(device)
         peaks.append(torch.cuda.max_memory_allocated(device))
     return (peaks[1] - peaks[0]) / (b2 - b1)
+
+
+def activation_bytes_per_sample(model: nn.Module, x: Tensor, batch_dim: int = 1,
+                                loss_fn: Optional[Callable[[Tensor], Tensor]] = None) -> float:
+    """Activation bytes retained for backward per sample of ``x`` (time-first input: batch on dim 1)."""
+    return activation_bytes(model, x, loss_fn=loss_fn) / x.shape[batch_dim]

@@ -20,14 +20,17 @@ command -v "$PYTHON" >/dev/null || { echo "revsnn: $PYTHON not found; set PYTHON
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 echo "revsnn: installing torch $TORCH_VERSION ..."
-# A local CPU wheel (pip's find-links) first. Otherwise: the CUDA build where a GPU driver is present, and
-# PyTorch's CPU index where it is not, so a CPU machine never downloads gigabytes of CUDA packages.
-if ! pip install --no-index "torch==$TORCH_VERSION" 2>/dev/null; then
-    if command -v nvidia-smi >/dev/null; then
-        pip install "torch==$TORCH_VERSION"
-    else
-        pip install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu
-    fi
+# A local CPU wheel (pip's find-links) first: `--no-index --no-deps` succeeds only if one is on disk, and the
+# second call then fetches just torch's small pure-Python dependencies. Without a local wheel: the CUDA build
+# where a GPU driver is present, PyTorch's CPU index where it is not, so a CPU machine never downloads
+# gigabytes of CUDA packages.
+if pip install --no-index --no-deps "torch==$TORCH_VERSION" 2>/dev/null; then
+    pip install "torch==$TORCH_VERSION"
+elif command -v nvidia-smi >/dev/null; then
+    pip install "torch==$TORCH_VERSION"
+else
+    pip install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu \
+        --extra-index-url https://pypi.org/simple
 fi
 
 echo "revsnn: installing the toolchain (NIR, norse, ONNX, Lava, ...) ..."
