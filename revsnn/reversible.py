@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from .neurons import get_states, set_states
 
 __all__ = [
+    "ReversibleModule",
     "Coupling",
     "RevNetCoupling",
     "ParaRevCoupling",
@@ -224,7 +225,17 @@ class _ReversibleFn(torch.autograd.Function):
         return (dx, None, *param_grads)
 
 
-class ReversibleSequence(nn.Module):
+class ReversibleModule(nn.Module):
+    """A module that trains either reversibly (``reversible=True``) or with plain autograd.
+
+    Both modes must compute the same outputs, gradients and buffers; ``plain_twin`` switches every such
+    module of a model to plain autograd.
+    """
+
+    reversible: bool = True
+
+
+class ReversibleSequence(ReversibleModule):
     """A sequence of couplings over a state split in two halves along ``split_dim``.
 
     With ``reversible=True`` (the default) training keeps only the sequence output for backward, so the
@@ -284,20 +295,16 @@ class ReversibleSequence(nn.Module):
 
 
 def plain_twin(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` with every ReversibleSequence switched to plain autograd.
+    """A deep copy of ``model`` with every ReversibleModule switched to plain autograd.
 
     Parameters, buffers and neuron states are copied, so the twin starts identical to ``model``.
     """
-    twin = copy.deepcopy(model)
-    for m in twin.modules():
-        if isinstance(m, ReversibleSequence):
-            m.reversible = False
-    return twin
+    return set_reversible(copy.deepcopy(model), False)
 
 
 def set_reversible(model: nn.Module, reversible: bool) -> nn.Module:
-    """Switch every ReversibleSequence in ``model`` to reversible (True) or plain autograd (False)."""
+    """Switch every ReversibleModule in ``model`` to reversible (True) or plain autograd (False)."""
     for m in model.modules():
-        if isinstance(m, ReversibleSequence):
+        if isinstance(m, ReversibleModule):
             m.reversible = reversible
     return model
