@@ -46,6 +46,8 @@ __all__ = [
     "reset_states",
     "get_states",
     "set_states",
+    "make_neuron",
+    "make_surrogate",
 ]
 
 
@@ -279,3 +281,31 @@ def set_states(module: nn.Module, states: list[Optional[Tensor]]) -> None:
         raise ValueError(f"{len(states)} neuron states given for {len(neurons)} neurons.")
     for n, v in zip(neurons, states):
         n.v = v
+
+
+# --------------------------------------------------------------------------------------------------------
+# Neurons from JSON specs (model configs are stored as plain data in checkpoints).
+
+_SURROGATES = {"atan": ATan, "sigmoid": Sigmoid, "rectangular": Rectangular}
+
+
+def make_surrogate(spec: dict) -> Surrogate:
+    """``{"type": "atan", "alpha": 2.0}`` -> ``ATan(2.0)``; ``{"type": "rectangular", "width": 1.0}``."""
+    spec = dict(spec)
+    kind = spec.pop("type")
+    if kind not in _SURROGATES:
+        raise ValueError(f"Unknown surrogate {kind!r}; known: {', '.join(_SURROGATES)}.")
+    return _SURROGATES[kind](**spec)
+
+
+def make_neuron(spec: dict, **overrides) -> SpikingNeuron:
+    """Build a neuron from a JSON spec such as ``{"type": "LIF", "tau": 2.0, "v_threshold": 1.0,
+    "surrogate": {"type": "sigmoid", "alpha": 4.0}}``; ``overrides`` replace fields (e.g. a threshold)."""
+    spec = {**spec, **overrides}
+    kind = spec.pop("type")
+    if "surrogate" in spec:
+        spec["surrogate"] = make_surrogate(spec["surrogate"])
+    classes = {"LIF": LIF, "IF": IF, "Threshold": Threshold}
+    if kind not in classes:
+        raise ValueError(f"Unknown neuron type {kind!r}; known: {', '.join(classes)}.")
+    return classes[kind](**spec)

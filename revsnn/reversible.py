@@ -44,6 +44,7 @@ __all__ = [
     "RevNetCoupling",
     "ParaRevCoupling",
     "ReversibleSequence",
+    "Recompute",
     "plain_twin",
     "set_reversible",
 ]
@@ -292,6 +293,52 @@ class ReversibleSequence(ReversibleModule):
 
     def extra_repr(self) -> str:
         return f"split_dim={self.split_dim}, reversible={self.reversible}"
+
+
+class _RecomputeFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, owner: "Recompute", *params: Tensor) -> Tensor:
+        ctx.owner = owner
+        with torch.no_grad():
+            out, ctx.evaluation = _evaluate_no_grad(owner.module, x, owner.preserve_rng)
+        ctx.save_for_backward(x)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout: Tensor):
+        owner: Recompute = ctx.owner
+        (x,) = ctx.saved_tensors
+        params = list(owner.parameters())
+        trainable = [p for p in params if p.requires_grad]
+        x_leaf = x.detach().requires_grad_(True)
+        out, restore = _evaluate_again(owner.module, x_leaf, ctx.evaluation)
+        dx, grads = _grads(out, x_leaf, trainable, dout)
+        restore()
+        by_id = {id(p): g for p, g in zip(trainable, grads)}
+        return (dx, None, *[by_id.get(id(p)) for p in params])
+
+
+class Recompute(ReversibleModule):
+    """Keep only the input of ``module`` for backward and recompute the rest there.
+
+    Like ``torch.utils.checkpoint``, but with the same restoration as the reversible blocks (RNG, neuron
+    membranes, BatchNorm statistics updated once), so it stays exactly equal to its plain twin. Used for
+    the non-reversible stem and downsample layers, whose activations otherwise dominate what a reversible
+    network retains; the input it keeps is usually the output a reversible sequence keeps anyway.
+    """
+
+    def __init__(self, module: nn.Module, preserve_rng: bool = True):
+        super().__init__()
+        self.module = module
+        self.preserve_rng = preserve_rng
+
+    def forward(self, x: Tensor) -> Tensor:
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if self.reversible and needs_grad:
+            return _RecomputeFn.apply(x, self, *self.parameters())
+        return self.module(x)
 
 
 def plain_twin(model: nn.Module) -> nn.Module:
