@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import io
+import json
 import time
+from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -104,6 +107,105 @@ def check(
         err.print("[red]The check failed.[/red]")
         raise typer.Exit(1)
     console.print("[green]All checks passed.[/green]")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    """One clear sentence on stderr and a non-zero exit code: how every bad input ends."""
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.command()
+def models(json_out: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
+    """List every model of the zoo: name, family, parameters, input shape and training defaults."""
+    from revsnn.models import all_configs, build_model
+
+    rows = []
+    for name, config in all_configs().items():
+        n_params = sum(p.numel() for p in build_model(config).parameters())
+        train = config.get("train", {})
+        rows.append({"name": name, "family": config["family"], "parameters": n_params,
+                     "input_shape": config["input_shape"], "num_classes": config["num_classes"],
+                     "time_steps": train.get("time_steps"), "encoding": train.get("encoding")})
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="revsnn models", header_style="bold")
+    for col, justify in [("name", "left"), ("family", "left"), ("parameters", "right"),
+                         ("input", "left"), ("classes", "right"), ("T", "right"), ("encoding", "left")]:
+        table.add_column(col, justify=justify, no_wrap=col in ("name", "input"))
+    for r in rows:
+        table.add_row(r["name"], r["family"], f"{r['parameters']:,}", "×".join(map(str, r["input_shape"])),
+                      str(r["num_classes"]),
+                      str(r["time_steps"]), str(r["encoding"]))
+    console.print(table)
+    console.print("The *-digits models train on the embedded digits data; the others have the papers' sizes.")
+
+
+class _ProgressReporter:
+    """Draws the trainer's progress: a bar per epoch with loss and accuracy, then a line per epoch."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}"),
+                                 TimeElapsedColumn(), console=console, transient=True)
+        self.task = None
+        self.sums = [0.0, 0.0, 0]
+
+    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None:
+        self.progress.start()  # no-op while already live
+        self.sums = [0.0, 0.0, 0]
+        self.task = self.progress.add_task("train", total=batches, epoch=f"{epoch}/{epochs}", loss=0.0, acc=0.0)
+
+    def batch(self, loss: float, accuracy: float) -> None:
+        self.sums = [self.sums[0] + loss, self.sums[1] + accuracy, self.sums[2] + 1]
+        n = self.sums[2]
+        self.progress.update(self.task, advance=1, loss=self.sums[0] / n, acc=self.sums[1] / n)
+
+    def end_epoch(self, record: dict) -> None:
+        self.progress.remove_task(self.task)
+        self.progress.console.print(f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  train {record['train_accuracy']:.1%}"
+                      f"  test {record['test_accuracy']:.1%}  ({record['seconds']:.1f} s)", highlight=False)
+
+
+@app.command()
+def train(
+    model: str = typer.Option(..., "--model", help="Model name (see `revsnn models`)."),
+    out: Path = typer.Option(..., "--out", help="Directory for model.pt and metrics.json (created if absent)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs in total [default: the model's]."),
+    time_steps: Optional[int] = typer.Option(None, "--time-steps", help="Time steps T [default: the model's]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size [default: the model's]."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate of AdamW [default: the model's]."),
+    seed: int = typer.Option(0, help="Seed of weights, data order and rate coding: same seed, same weights."),
+    encoding: Optional[str] = typer.Option(None, help="direct (real-valued image every step) or rate "
+                                                      "(Bernoulli spikes; what Loihi needs) [default: the model's]."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from DIR/model.pt after an interruption."),
+) -> None:
+    """Train a model of the zoo on the embedded digits data (scikit-learn, no download).
+
+    Writes DIR/model.pt (weights and full config; loadable with weights_only=True) and DIR/metrics.json after every epoch, atomically; --resume continues after a kill, losing at most the epoch in progress.
+    """
+    from revsnn.train import TrainError, TrainOptions
+    from revsnn.train import train as run_training
+
+    opts = TrainOptions(model=model, out=out, epochs=epochs, time_steps=time_steps, batch_size=batch_size,
+                        lr=lr, seed=seed, encoding=encoding, device=device, resume=resume)
+    reporter = _ProgressReporter()
+    try:
+        metrics = run_training(opts, reporter)
+    except TrainError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail(f"interrupted; the last finished epoch is in {out / 'model.pt'}: add --resume to go on.", 130)
+    finally:
+        reporter.progress.stop()
+    console.print(f"[green]{metrics['model']}[/green]: test accuracy {metrics['test_accuracy']:.1%} after "
+                  f"{metrics['epochs']} epochs ({metrics['train_seconds']:.0f} s of training, T = "
+                  f"{metrics['time_steps']}, {metrics['encoding']} encoding).", highlight=False)
+    console.print(f"Wrote {out / 'model.pt'} and {out / 'metrics.json'}.", highlight=False)
 
 
 if __name__ == "__main__":
