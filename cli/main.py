@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 import revsnn
+from revsnn.cli.bench import bench_app
+from revsnn.cli.common import console, err, fail
 
 app = typer.Typer(
     name="revsnn",
@@ -23,8 +24,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err = Console(stderr=True)
+app.add_typer(bench_app, name="bench")
 
 # Distribution names of what the toolchain runs on, in the order a user thinks of them.
 _PACKAGES = ["torch", "numpy", "nir", "nirtorch", "norse", "onnx", "onnxruntime", "lava-nc", "lava-dl", "h5py",
@@ -109,12 +109,6 @@ def check(
     console.print("[green]All checks passed.[/green]")
 
 
-def _fail(message: str, code: int = 2) -> None:
-    """One clear sentence on stderr and a non-zero exit code: how every bad input ends."""
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
 @app.command()
 def models(json_out: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
     """List every model of the zoo: name, family, parameters, input shape and training defaults."""
@@ -197,9 +191,9 @@ def train(
     try:
         metrics = run_training(opts, reporter)
     except TrainError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:
-        _fail(f"interrupted; the last finished epoch is in {out / 'model.pt'}: add --resume to go on.", 130)
+        fail(f"interrupted; the last finished epoch is in {out / 'model.pt'}: add --resume to go on.", 130)
     finally:
         reporter.progress.stop()
     console.print(f"[green]{metrics['model']}[/green]: test accuracy {metrics['test_accuracy']:.1%} after "

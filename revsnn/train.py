@@ -155,15 +155,12 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data: Optiona
     torch.manual_seed(s["seed"])
     model = build_model(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=s["epochs"])
     generator = torch.Generator().manual_seed(s["seed"])
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resume_state is not None:
         model.load_state_dict(resume_state["state_dict"])
         optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        scheduler.T_max = s["epochs"]
         generator.set_state(resume_state["rng"]["generator"])
         torch.set_rng_state(resume_state["rng"]["torch"])
         history = list(resume_state.get("history", []))
@@ -173,6 +170,8 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data: Optiona
     loss_fn = nn.CrossEntropyLoss()
     for epoch in range(start_epoch, s["epochs"]):
         model.train()
+        for group in optimizer.param_groups:  # cosine schedule in closed form: resuming needs only the epoch
+            group["lr"] = s["lr"] * 0.5 * (1.0 + math.cos(math.pi * epoch / s["epochs"]))
         batches = _batches(len(data.y_train), s["batch_size"], generator)
         reporter.start_epoch(epoch + 1, s["epochs"], len(batches))
         t0 = time.perf_counter()
@@ -192,13 +191,11 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data: Optiona
             total_correct += correct
             seen += len(y)
             reporter.batch(loss.item(), correct / len(y))
-        scheduler.step()
         test_acc = evaluate(model, data.x_test, data.y_test, s["time_steps"], s["encoding"], device)
         record = {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": total_correct / seen,
                   "test_accuracy": test_acc, "seconds": time.perf_counter() - t0}
         history.append(record)
-        save_checkpoint(ckpt_path, model, optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), epoch=epoch + 1, train=train_settings,
+        save_checkpoint(ckpt_path, model, optimizer=optimizer.state_dict(), epoch=epoch + 1, train=train_settings,
                         rng={"generator": generator.get_state(), "torch": torch.get_rng_state()},
                         history=history)
         metrics = _metrics(opts.model, train_settings, history, epoch + 1)

@@ -1,0 +1,170 @@
+"""``revsnn bench ...``: benchmarks that print tables and write numbers (never test assertions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from revsnn.cli.common import console, fail, parse_ints, parse_list
+
+bench_app = typer.Typer(help="Benchmarks: activation memory against depth, training-step speed.",
+                        no_args_is_help=True)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        fail(f"--device must be cpu or cuda, got {device!r}.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fail("--device cuda was asked for, but this machine has no CUDA device; use --device cpu.")
+
+
+def _check_models(names: list[str]) -> None:
+    from revsnn.models import all_configs
+
+    known = all_configs()
+    for name in names:
+        if name not in known:
+            fail(f"Unknown model {name!r}; `revsnn models` lists the known names.")
+
+
+def _check_plot_path(plot: Optional[Path]) -> None:
+    if plot is not None:
+        if plot.suffix.lower() != ".png":
+            fail(f"--plot must name a .png file, got {plot}.")
+        if not plot.parent.is_dir():
+            fail(f"--plot {plot}: the directory {plot.parent} does not exist.")
+
+
+@bench_app.command("memory")
+def memory(
+    models: Optional[str] = typer.Option(None, help="Comma-separated models [default: the digits models swept "
+                                                     "in depth, plus revsresnet37 and revsformer-4-384]."),
+    depths: str = typer.Option("1,2,4,8", help="Blocks per stage (ResNets) or blocks (RevSFormer) for the "
+                                               "*-digits models; paper configs are measured as named."),
+    time_steps: int = typer.Option(4, "--time-steps", help="Time steps T."),
+    batch_size: int = typer.Option(2, "--batch-size", help="Batch size (B1; CUDA also runs 2 x B1)."),
+    device: str = typer.Option("cpu", help="cpu (saved-tensor meter) or cuda (peak-memory difference)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
+    plot: Optional[Path] = typer.Option(None, help="Also draw memory against depth into this PNG file."),
+) -> None:
+    """Activation memory per sample of each model: reversible, reversible with recomputed boundaries, plain twin, and the twin under torch.utils.checkpoint."""
+    from revsnn.bench import DEFAULT_MEMORY_SWEEP, memory_rows
+
+    _check_device(device)
+    _check_plot_path(plot)
+    if time_steps < 1 or batch_size < 1:
+        fail("--time-steps and --batch-size must be at least 1.")
+    scales = parse_ints(depths, "--depths")
+    if models is None:
+        sweep = [(name, scales if s else None) for name, s in DEFAULT_MEMORY_SWEEP]
+    else:
+        names = parse_list(models, "--models")
+        _check_models(names)
+        sweep = [(name, scales if name.endswith("-digits") else None) for name in names]
+        unsupported = [n for n in names if not n.startswith(("revsresnet", "pararevsnn", "revsformer"))]
+        if unsupported:
+            fail(f"bench memory sweeps the ResNet and RevSFormer families; {unsupported[0]} is not one of them.")
+
+    rows = []
+    with console.status("measuring ...") as status:
+        def on_row(row):
+            rows.append(row)
+            status.update(f"measured {row['model']} depth {row['depth']} {row['variant']}")
+
+        memory_rows(sweep, time_steps, batch_size, device=device, on_row=on_row)
+    if json_out:
+        print(json.dumps(rows, indent=2))
+    else:
+        _memory_table(rows)
+    if plot is not None:
+        _memory_plot(rows, plot)
+        if not json_out:
+            console.print(f"Wrote {plot}.")
+
+
+def _memory_table(rows: list[dict]) -> None:
+    plain = {(r["model"], r["depth"]): r["bytes_per_sample"] for r in rows if r["variant"] == "plain"}
+    table = Table(title=f"Activation memory per sample ({rows[0]['method']}, T = {rows[0]['time_steps']}, "
+                        f"{rows[0]['device']})", header_style="bold")
+    for col in ("model", "depth", "variant", "KiB / sample", "plain / this"):
+        table.add_column(col, justify="left" if col in ("model", "variant") else "right",
+                         no_wrap=col in ("model", "variant"))
+    for r in rows:
+        ratio = plain.get((r["model"], r["depth"]), float("nan")) / r["bytes_per_sample"]
+        table.add_row(r["model"], str(r["depth"]), r["variant"], f"{r['bytes_per_sample'] / 1024:,.1f}",
+                      f"{ratio:.2f}x")
+    console.print(table)
+
+
+def _memory_plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from revsnn.checkpoint import atomic_write
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for r in rows:
+        series.setdefault((r["model"], r["variant"]), []).append((r["depth"], r["bytes_per_sample"] / 2**20))
+    styles = {"reversible": "-o", "reversible-recompute": "-s", "plain": "--^", "checkpoint": ":v"}
+    for (model, variant), points in series.items():
+        points.sort()
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, styles.get(variant, "-"), label=f"{model} {variant}")
+    ax.set_xlabel("depth (weight layers)")
+    ax.set_ylabel("activation MiB per sample")
+    ax.set_yscale("log")
+    ax.set_title(f"Activation memory against depth (T = {rows[0]['time_steps']}, {rows[0]['device']})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+@bench_app.command("train-speed")
+def train_speed(
+    batch_size: int = typer.Option(64, "--batch-size", help="Batch size."),
+    time_steps: int = typer.Option(4, "--time-steps", help="Time steps T."),
+    repeats: int = typer.Option(5, help="Timed training steps per model (median reported)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
+) -> None:
+    """Time one training step of reversible against plain, and ParaRev against Rev, in the same run."""
+    from revsnn.bench import speed_rows
+
+    _check_device(device)
+    if min(batch_size, time_steps, repeats) < 1:
+        fail("--batch-size, --time-steps and --repeats must be at least 1.")
+    pairs = [
+        ("revsresnet-digits", "reversible", "revsresnet-digits", "plain"),
+        ("pararevsnn-digits", "reversible", "pararevsnn-digits", "plain"),
+        ("pararevsnn-digits", "reversible", "revsresnet-digits", "reversible"),
+        ("revsformer-digits", "reversible", "revsformer-digits", "plain"),
+    ]
+    rows = []
+    with console.status("timing ...") as status:
+        def on_row(row):
+            rows.append(row)
+            status.update(f"timed {row['a']} against {row['b']}")
+
+        speed_rows(pairs, batch_size, time_steps, repeats, device, on_row=on_row)
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"Training step, median of {repeats} (batch {batch_size}, T = {time_steps}, {device})",
+                  header_style="bold")
+    for col in ("A", "B", "A (ms)", "B (ms)", "A / B"):
+        table.add_column(col, justify="left" if col in ("A", "B") else "right", no_wrap=col in ("A", "B"))
+    for r in rows:
+        table.add_row(r["a"], r["b"], f"{1e3 * r['median_a_s']:.1f}", f"{1e3 * r['median_b_s']:.1f}",
+                      f"{r['ratio']:.2f}")
+    console.print(table)

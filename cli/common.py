@@ -1,0 +1,32 @@
+"""What every command shares: the consoles and the one way a command fails."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+console = Console()
+err = Console(stderr=True, soft_wrap=True)  # one sentence stays one line, however narrow the terminal
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One clear sentence on stderr and a non-zero exit code: how every bad input ends."""
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def parse_list(text: str, option: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        fail(f"{option} needs a comma-separated list, got {text!r}.")
+    return items
+
+
+def parse_ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(t) for t in parse_list(text, option)]
+    except ValueError:
+        fail(f"{option} needs comma-separated whole numbers, got {text!r}.")
+    if any(v < 1 for v in values):
+        fail(f"{option} needs numbers of at least 1, got {text!r}.")
+    return values

@@ -1,0 +1,179 @@
+"""Benchmarks: activation memory against depth, and training-step time. Numbers, never assertions.
+
+Memory variants of one model, all with identical parameters:
+
+- ``reversible``: the model as trained (reversible blocks keep only their sequence outputs);
+- ``reversible-recompute``: also recompute the non-reversible stem, downsample layers and head in
+  backward (ResNet families), keeping only their inputs;
+- ``plain``: the plain-autograd twin;
+- ``checkpoint``: the twin with ``torch.utils.checkpoint`` around every block, what a user would
+  otherwise reach for (it keeps each block's input, and it updates BatchNorm statistics and neuron
+  state twice, which is why the reversible Function does its own recompute).
+
+On CPU the figure is the meter's: bytes retained for backward per sample. On CUDA it is the per-image peak
+``(max_memory_allocated(B2) - max_memory_allocated(B1)) / (B2 - B1)`` of a full training step.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .memory import activation_bytes, cuda_bytes_per_sample
+from .models import build_model, get_config
+from .reversible import ReversibleSequence, plain_twin
+
+__all__ = ["VARIANTS", "model_depth", "memory_rows", "train_step_seconds", "speed_rows", "DEFAULT_MEMORY_SWEEP"]
+
+VARIANTS = ("reversible", "reversible-recompute", "plain", "checkpoint")
+
+
+class _Checkpointed(nn.Module):
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x1, x2):
+        return checkpoint(self.block, x1, x2, use_reentrant=False)
+
+
+def _variant(config: dict[str, Any], variant: str) -> nn.Module:
+    if variant == "reversible-recompute":
+        return build_model({**config, "recompute_boundaries": True})
+    model = build_model(config)
+    if variant == "reversible":
+        return model
+    twin = plain_twin(model)
+    if variant == "checkpoint":
+        for m in twin.modules():
+            if isinstance(m, ReversibleSequence):
+                m.blocks = nn.ModuleList(_Checkpointed(b) for b in m.blocks)
+    return twin
+
+
+def model_depth(config: dict[str, Any]) -> int:
+    """Layer depth by the papers' rule: weight layers on the longest path (RevSResNet37 -> 37)."""
+    family = config["family"]
+    if family in ("revsresnet", "pararevsnn"):
+        stages = len(config["blocks"])
+        return 1 + 4 * sum(config["blocks"]) + (stages - 1) + 1
+    if family == "revsformer":
+        return 5 + 6 * config["depth"] + 1  # tokenizer convs, per block q|k|v + proj + 2 MLP convs, head
+    return int(config.get("depth", 0))
+
+
+def _with_depth(config: dict[str, Any], scale: int) -> dict[str, Any]:
+    config = dict(config)
+    if config["family"] in ("revsresnet", "pararevsnn"):
+        config["blocks"] = [scale] * len(config["blocks"])
+    elif config["family"] == "revsformer":
+        config["depth"] = scale
+    else:
+        raise ValueError(f"depth sweeps are defined for the ResNet and former families, not {config['family']}.")
+    return config
+
+
+# (model, depth scales) of the default sweep; the named paper configs are measured as they are.
+DEFAULT_MEMORY_SWEEP: list[tuple[str, Optional[list[int]]]] = [
+    ("revsresnet-digits", [1, 2, 4, 8]),
+    ("pararevsnn-digits", [1, 2, 4, 8]),
+    ("revsformer-digits", [1, 2, 4, 8]),
+    ("revsresnet37", None),
+    ("revsformer-4-384", None),
+]
+
+
+def memory_rows(sweep: Iterable[tuple[str, Optional[list[int]]]], time_steps: int = 4, batch_size: int = 2,
+                variants: Iterable[str] = VARIANTS, device: str = "cpu",
+                on_row: Optional[Callable[[dict[str, Any]], None]] = None) -> list[dict[str, Any]]:
+    """Measure every (model, depth, variant); ``on_row`` sees each row as it is measured."""
+    rows = []
+    for name, scales in sweep:
+        base = get_config(name)
+        configs = [base] if not scales else [_with_depth(base, s) for s in scales]
+        for config in configs:
+            for variant in variants:
+                if variant == "reversible-recompute" and config["family"] not in ("revsresnet", "pararevsnn"):
+                    continue
+                row = _measure(config, variant, time_steps, batch_size, device)
+                rows.append(row)
+                if on_row:
+                    on_row(row)
+    return rows
+
+
+def _measure(config: dict[str, Any], variant: str, time_steps: int, batch_size: int, device: str) -> dict:
+    torch.manual_seed(0)
+    model = _variant(config, variant).to(device).train()
+    shape = config["input_shape"]
+    if device.startswith("cuda"):
+        loss_fn = nn.CrossEntropyLoss()
+
+        def step(b: int) -> None:
+            x = torch.rand(time_steps, b, *shape, device=device)
+            y = torch.randint(0, config["num_classes"], (b,), device=device)
+            loss_fn(model(x), y).backward()
+            model.zero_grad(set_to_none=True)
+
+        step(batch_size)  # warm-up: cuDNN workspaces and allocator pools
+        per_sample = cuda_bytes_per_sample(step, (batch_size, 2 * batch_size), device)
+        method = "cuda peak difference"
+    else:
+        x = torch.rand(time_steps, batch_size, *shape)
+        per_sample = activation_bytes(model, x, backward=False) / batch_size
+        method = "saved tensors"
+    return {"model": config["name"], "family": config["family"], "variant": variant, "depth": model_depth(config),
+            "time_steps": time_steps, "batch_size": batch_size, "bytes_per_sample": per_sample,
+            "device": device, "method": method}
+
+
+def train_step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> list[float]:
+    """Wall time of full training steps (forward, backward, AdamW step), after one warm-up step."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_fn = nn.CrossEntropyLoss()
+    times = []
+    for i in range(repeats + 1):
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def speed_rows(pairs: Iterable[tuple[str, str, str, str]], batch_size: int, time_steps: int, repeats: int,
+               device: str = "cpu", on_row: Optional[Callable[[dict[str, Any]], None]] = None) -> list[dict]:
+    """For each (label, model A, variant A, model B, variant B)-style pair ``(a_name, a_variant, b_name,
+    b_variant)``: the median training-step time of each and the ratio A / B, measured interleaved."""
+    rows = []
+    for a_name, a_variant, b_name, b_variant in pairs:
+        a_cfg, b_cfg = get_config(a_name), get_config(b_name)
+        torch.manual_seed(0)
+        x = torch.rand(time_steps, batch_size, *a_cfg["input_shape"], device=device)
+        y = torch.randint(0, a_cfg["num_classes"], (batch_size,), device=device)
+        models = {}
+        for key, cfg, variant in (("a", a_cfg, a_variant), ("b", b_cfg, b_variant)):
+            torch.manual_seed(0)
+            models[key] = _variant(cfg, variant).to(device).train()
+        times = {"a": [], "b": []}
+        for _ in range(repeats):  # interleaved, so that drifts of the machine hit both alike
+            for key in ("a", "b"):
+                times[key] += train_step_seconds(models[key], x, y, 1)
+        med_a, med_b = statistics.median(times["a"]), statistics.median(times["b"])
+        row = {"a": f"{a_name} ({a_variant})", "b": f"{b_name} ({b_variant})", "median_a_s": med_a,
+               "median_b_s": med_b, "ratio": med_a / med_b, "repeats": repeats, "batch_size": batch_size,
+               "time_steps": time_steps, "device": device}
+        rows.append(row)
+        if on_row:
+            on_row(row)
+    return rows

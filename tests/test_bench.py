@@ -1,0 +1,48 @@
+"""`revsnn bench`: the commands run and report what they promise (numbers are never asserted as timings)."""
+
+import json
+
+from typer.testing import CliRunner
+
+from revsnn.cli.main import app
+
+runner = CliRunner()
+
+
+def test_bench_memory_json_rows_and_plot(tmp_path):
+    plot = tmp_path / "mem.png"
+    result = runner.invoke(app, ["bench", "memory", "--models", "revsresnet-digits", "--depths", "1,2",
+                                 "--json", "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert {r["variant"] for r in rows} == {"reversible", "reversible-recompute", "plain", "checkpoint"}
+    for r in rows:
+        assert {"model", "variant", "depth", "time_steps", "bytes_per_sample"} <= set(r)
+    by = {(r["variant"], r["depth"]): r["bytes_per_sample"] for r in rows}
+    # Memory behaviour, not timing: flat for the reversible model, growing for the twin.
+    assert by[("reversible", 11)] == by[("reversible", 19)]
+    assert by[("plain", 11)] < by[("plain", 19)]
+    assert by[("reversible-recompute", 19)] < by[("reversible", 19)] < by[("plain", 19)]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_train_speed_rows():
+    result = runner.invoke(app, ["bench", "train-speed", "--batch-size", "4", "--time-steps", "1", "--repeats", "1",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert ("pararevsnn-digits (reversible)", "revsresnet-digits (reversible)") in {(r["a"], r["b"]) for r in rows}
+    for r in rows:
+        assert r["ratio"] == r["median_a_s"] / r["median_b_s"] and r["repeats"] == 1
+
+
+def test_bench_bad_input():
+    for args, message in [(["bench", "memory", "--models", "nope"], "Unknown model"),
+                          (["bench", "memory", "--plot", "/no/such/dir/x.png"], "does not exist"),
+                          (["bench", "memory", "--plot", "x.jpg"], ".png"),
+                          (["bench", "train-speed", "--device", "cuda"] , "cuda")]:
+        result = runner.invoke(app, args)
+        if args[-1] == "cuda" and result.exit_code == 0:
+            continue  # a machine with CUDA runs it
+        assert result.exit_code == 2, args
+        assert message in result.output and "Traceback" not in result.output
