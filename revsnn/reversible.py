@@ -29,6 +29,7 @@ they reach ``.grad`` through autograd's own accumulation (and DDP's hooks fire).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -156,25 +157,57 @@ def _grads(out: Tensor, leaf: Tensor, params: list[Tensor], grad_out: Tensor) ->
     return g_leaf, list(got[1:])
 
 
+def _local_backward(fn: nn.Module, inp: Tensor, ev: _Evaluation, grad_out: Tensor, accumulate) -> tuple[Tensor, Tensor]:
+    """Recompute ``fn(inp)`` under grad, backpropagate ``grad_out`` through it, restore ``fn``'s state.
+
+    Returns ``(fn's output, detached; gradient with respect to inp)``; parameter gradients go to
+    ``accumulate``.
+    """
+    params = [p for p in fn.parameters() if p.requires_grad]
+    leaf = inp.detach().requires_grad_(True)
+    out, restore = _evaluate_again(fn, leaf, ev)
+    g_in, g_params = _grads(out, leaf, params, grad_out)
+    restore()
+    accumulate(params, g_params)
+    return out.detach(), g_in
+
+
+class _Streams:
+    """A side CUDA stream for the parallel schedule; on the CPU every method is a no-op, so the same
+    schedule runs there, in the same order, and gives the same numbers."""
+
+    def __init__(self, device: torch.device, enabled: bool):
+        self.cuda = enabled and device.type == "cuda"
+        if self.cuda:
+            self.main = torch.cuda.current_stream(device)
+            self.side = torch.cuda.Stream(device)
+
+    @contextlib.contextmanager
+    def on_side(self):
+        if not self.cuda:
+            yield
+            return
+        self.side.wait_stream(self.main)  # the side stream reads what the main stream produced
+        with torch.cuda.stream(self.side):
+            yield
+
+    def join(self, *from_side: Optional[Tensor]) -> None:
+        if self.cuda:
+            self.main.wait_stream(self.side)
+            for t in from_side:
+                if t is not None:
+                    t.record_stream(self.main)  # freed only once the main stream is done with it
+
+
 class _ReversibleFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, seq: "ReversibleSequence", *params: Tensor) -> Tensor:
         ctx.seq = seq
-        x1, x2 = seq.split(x)
-        evaluations = []
         with torch.no_grad():
-            for block in seq.blocks:
-                a, b = block._order(x1, x2)
-                f, ev_f = _evaluate_no_grad(block.F, b, seq.preserve_rng)
-                y1 = a + f
-                del f
-                g, ev_g = _evaluate_no_grad(block.G, y1, seq.preserve_rng)
-                y2 = b + g
-                del g, a, b
-                evaluations.append((ev_f, ev_g))
-                x1, x2 = y1, y2
-            y = torch.cat((x1, x2), dim=seq.split_dim)
-        ctx.evaluations = evaluations
+            if seq.parallel_schedule:
+                y, ctx.evaluations = _forward_parallel(seq, x)
+            else:
+                y, ctx.evaluations = _forward_serial(seq, x)
         ctx.save_for_backward(y)
         return y
 
@@ -194,36 +227,96 @@ class _ReversibleFn(torch.autograd.Function):
                 i = index[id(p)]
                 param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
 
-        y1, y2 = seq.split(y.detach())
-        dy1, dy2 = seq.split(dy)
-        for block, (ev_f, ev_g) in zip(reversed(seq.blocks), reversed(ctx.evaluations)):
-            # (a, b) -> y1 = a + F(b), y2 = b + G(y1)
-            pF = [p for p in block.F.parameters() if p.requires_grad]
-            pG = [p for p in block.G.parameters() if p.requires_grad]
-
-            y1_leaf = y1.detach().requires_grad_(True)
-            g, restore_g = _evaluate_again(block.G, y1_leaf, ev_g)
-            dy1_from_g, gG = _grads(g, y1_leaf, pG, dy2)
-            restore_g()
-            accumulate(pG, gG)
-            b = (y2 - g.detach())
-            del g, y1_leaf
-
-            dy1_total = dy1 + dy1_from_g
-            b_leaf = b.requires_grad_(True)
-            f, restore_f = _evaluate_again(block.F, b_leaf, ev_f)
-            db_from_f, gF = _grads(f, b_leaf, pF, dy1_total)
-            restore_f()
-            accumulate(pF, gF)
-            a = y1 - f.detach()
-            del f, b_leaf
-
-            da, db = dy1_total, dy2 + db_from_f
-            y1, y2 = block._order(a, b.detach())
-            dy1, dy2 = block._order(da, db)
-
-        dx = torch.cat((dy1, dy2), dim=seq.split_dim)
+        backward = _backward_parallel if seq.parallel_schedule else _backward_serial
+        dx = backward(seq, ctx.evaluations, y.detach(), dy, accumulate)
         return (dx, None, *param_grads)
+
+
+def _forward_serial(seq: "ReversibleSequence", x: Tensor):
+    x1, x2 = seq.split(x)
+    evaluations = []
+    for block in seq.blocks:
+        a, b = block._order(x1, x2)
+        f, ev_f = _evaluate_no_grad(block.F, b, seq.preserve_rng)
+        y1 = a + f
+        del f
+        g, ev_g = _evaluate_no_grad(block.G, y1, seq.preserve_rng)
+        y2 = b + g
+        del g, a, b
+        evaluations.append((ev_f, ev_g))
+        x1, x2 = y1, y2
+    return torch.cat((x1, x2), dim=seq.split_dim), evaluations
+
+
+def _backward_serial(seq: "ReversibleSequence", evaluations, y: Tensor, dy: Tensor, accumulate) -> Tensor:
+    y1, y2 = seq.split(y)
+    dy1, dy2 = seq.split(dy)
+    for block, (ev_f, ev_g) in zip(reversed(seq.blocks), reversed(evaluations)):
+        # (a, b) -> y1 = a + F(b), y2 = b + G(y1)
+        g, dy1_from_g = _local_backward(block.G, y1, ev_g, dy2, accumulate)
+        b = y2 - g
+        dy1_total = dy1 + dy1_from_g
+        f, db_from_f = _local_backward(block.F, b, ev_f, dy1_total, accumulate)
+        a = y1 - f
+        y1, y2 = block._order(a, b)
+        dy1, dy2 = block._order(dy1_total, dy2 + db_from_f)
+    return torch.cat((dy1, dy2), dim=seq.split_dim)
+
+
+# The parallel schedule of ParaRevSNN. With Y1 = X2 + F(X1), Y2 = X1 + G(Y1), block k's G and block k+1's
+# F both read Y1 of block k, so they run side by side: G_k on a side stream, F_{k+1} on the main one. In
+# backward, F_k and G_{k-1} both read block k's reconstructed input X1 (= Y1 of block k-1), and both
+# backpropagate the same gradient (dY1 total of block k = dY2 of block k-1), so they run side by side too.
+# Work is launched from the host in the serial order (G_k before F_{k+1}), so the RNG draws are the same.
+
+
+def _forward_parallel(seq: "ReversibleSequence", x: Tensor):
+    streams = _Streams(x.device, seq.use_streams)
+    blocks = list(seq.blocks)
+    x1, x2 = seq.split(x)
+    ev_f = [None] * len(blocks)
+    ev_g = [None] * len(blocks)
+    f, ev_f[0] = _evaluate_no_grad(blocks[0].F, x1, seq.preserve_rng)
+    y1 = x2 + f
+    for k, block in enumerate(blocks):
+        with streams.on_side():
+            g, ev_g[k] = _evaluate_no_grad(block.G, y1, seq.preserve_rng)
+        f_next = None
+        if k + 1 < len(blocks):
+            f_next, ev_f[k + 1] = _evaluate_no_grad(blocks[k + 1].F, y1, seq.preserve_rng)
+        streams.join(g)
+        y2 = x1 + g
+        x1, x2 = y1, y2
+        if f_next is not None:
+            y1 = x2 + f_next
+    return torch.cat((x1, x2), dim=seq.split_dim), list(zip(ev_f, ev_g))
+
+
+def _backward_parallel(seq: "ReversibleSequence", evaluations, y: Tensor, dy: Tensor, accumulate) -> Tensor:
+    streams = _Streams(y.device, seq.use_streams)
+    blocks = list(seq.blocks)
+    y1, y2 = seq.split(y)
+    dy1, dy2 = seq.split(dy)
+    k = len(blocks) - 1
+    g, dy1_from_g = _local_backward(blocks[k].G, y1, evaluations[k][1], dy2, accumulate)
+    x1 = y2 - g                 # block k's X1: the input of F_k and of G_{k-1}
+    dy1_total = dy1 + dy1_from_g
+    while True:
+        g_prev = dprev = None
+        with streams.on_side():
+            if k > 0:
+                g_prev, dprev = _local_backward(blocks[k - 1].G, x1, evaluations[k - 1][1], dy1_total, accumulate)
+        f, dx1_from_f = _local_backward(blocks[k].F, x1, evaluations[k][0], dy1_total, accumulate)
+        streams.join(g_prev, dprev)
+        x2 = y1 - f
+        dx1, dx2 = dy2 + dx1_from_f, dy1_total
+        if k == 0:
+            return torch.cat((dx1, dx2), dim=seq.split_dim)
+        # Block k-1's outputs are block k's inputs.
+        y1, y2, dy1, dy2 = x1, x2, dx1, dx2
+        x1 = y2 - g_prev
+        dy1_total = dy1 + dprev
+        k -= 1
 
 
 class ReversibleModule(nn.Module):
@@ -246,6 +339,9 @@ class ReversibleSequence(ReversibleModule):
 
     ``preserve_rng`` restores the RNG state before each recompute; turn it off only to demonstrate what
     goes wrong with stochastic blocks (dropout) without it.
+
+    ``parallel`` (ParaRevSNN couplings only): run block k's G beside block k+1's F, forward and backward,
+    on two CUDA streams. On the CPU the same schedule runs serially and gives identical numbers.
     """
 
     def __init__(
@@ -254,6 +350,7 @@ class ReversibleSequence(ReversibleModule):
         split_dim: int = 2,
         reversible: bool = True,
         preserve_rng: bool = True,
+        parallel: bool = True,
     ):
         super().__init__()
         if len(blocks) == 0:
@@ -265,6 +362,9 @@ class ReversibleSequence(ReversibleModule):
         self.split_dim = split_dim
         self.reversible = reversible
         self.preserve_rng = preserve_rng
+        # ParaRevSNN's inter-block parallelism: only for sequences of parallel couplings.
+        self.parallel_schedule = parallel and all(isinstance(b, ParaRevCoupling) for b in blocks)
+        self.use_streams = True  # the side CUDA stream of the parallel schedule (no effect on the CPU)
 
     def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.shape[self.split_dim] % 2:
@@ -310,13 +410,13 @@ class _RecomputeFn(torch.autograd.Function):
         owner: Recompute = ctx.owner
         (x,) = ctx.saved_tensors
         params = list(owner.parameters())
-        trainable = [p for p in params if p.requires_grad]
-        x_leaf = x.detach().requires_grad_(True)
-        out, restore = _evaluate_again(owner.module, x_leaf, ctx.evaluation)
-        dx, grads = _grads(out, x_leaf, trainable, dout)
-        restore()
-        by_id = {id(p): g for p, g in zip(trainable, grads)}
-        return (dx, None, *[by_id.get(id(p)) for p in params])
+        grads: dict[int, Tensor] = {}
+
+        def accumulate(ps: list[Tensor], gs: list[Optional[Tensor]]) -> None:
+            grads.update({id(p): g for p, g in zip(ps, gs) if g is not None})
+
+        _, dx = _local_backward(owner.module, x, ctx.evaluation, dout, accumulate)
+        return (dx, None, *[grads.get(id(p)) for p in params])
 
 
 class Recompute(ReversibleModule):

@@ -187,3 +187,35 @@ def test_activation_memory_flat_in_depth():
     assert plain_bytes[4] - plain_bytes[2] == 2 * step
     assert plain_bytes[8] - plain_bytes[4] == 4 * step
     assert rev_bytes[1] < plain_bytes[1]
+
+
+def test_parallel_schedule_equals_serial():
+    """ParaRevSNN's parallel schedule (G_k beside F_{k+1}) gives bit-identical results, dropout included."""
+    par = make_sequence(4, "para", dropout=0.2)
+    ser = copy.deepcopy(par)
+    ser.parallel_schedule = False
+    assert par.parallel_schedule
+    x, w = inputs(3)
+    out_p, dx_p, g_p = run(par, x, w)
+    out_s, dx_s, g_s = run(ser, x, w)
+    assert torch.equal(out_p, out_s) and torch.equal(dx_p, dx_s)
+    for name in g_p:
+        assert torch.equal(g_p[name], g_s[name]), name
+    for (name, b_p), (_, b_s) in zip(par.named_buffers(), ser.named_buffers()):
+        assert torch.equal(b_p, b_s), name
+    assert not make_sequence(2, "revnet").parallel_schedule  # RevNet couplings are serial by nature
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_parallel_schedule_on_cuda_streams():
+    par = make_sequence(4, "para").cuda()
+    ser = copy.deepcopy(par)
+    ser.use_streams = False
+    x, w = inputs(3)
+    x, w = x.cuda(), w.cuda()
+    out_p, dx_p, g_p = run(par, x, w)
+    out_s, dx_s, g_s = run(ser, x, w)
+    assert torch.equal(out_p, out_s)
+    torch.testing.assert_close(dx_p, dx_s, rtol=1e-12, atol=1e-14)
+    for name in g_p:
+        torch.testing.assert_close(g_p[name], g_s[name], rtol=1e-12, atol=1e-14)
