@@ -59,7 +59,8 @@ inside a column, the levels top-down (the inverse of level i needs the already-r
 
 The recompute restores RNG state, neuron state and buffers through ``revsnn.reversible``'s
 ``_evaluate_no_grad``/``_evaluate_again``, so BatchNorm statistics are updated exactly once per forward.
-Gradients: ``g(c_i[t-1]) = alpha * g(c_i[t]) + (Up_{i-1} of column t's use)``,
+Gradients: ``g(c_i[t-1]) = alpha_i[t] * g(c_i[t])`` plus what column t's ``Up_{i-1}`` sends back through its
+``c_i[t-1]`` input, ``g(c_{i-1}[t]) += `` what level i's Down sends back,
 ``g(alpha) = sum_{B,H,W} g(c_i[t]) * c_i[t-1]``; all parameter gradients (shared PW2/DW2 accumulated over
 columns) are returned as gradients of the Function's parameter inputs, via ``torch.autograd.grad``. Saved
 activations are therefore O(levels), independent of both ``blocks_per_level`` and the number of columns
@@ -573,7 +574,7 @@ CONFIGS: dict[str, dict] = {
         "alpha_init": 0.5,
         "alpha_min": 1e-3,
         "gamma_init": 1.0,
-        "train": {"epochs": 30, "lr": 3e-3, "time_steps": 4, "batch_size": 64, "encoding": "direct"},
+        "train": {"epochs": 20, "lr": 3e-3, "time_steps": 4, "batch_size": 64, "encoding": "direct"},
     },
 }
 
