@@ -45,8 +45,10 @@ def _check_plot_path(plot: Optional[Path]) -> None:
 def memory(
     models: Optional[str] = typer.Option(None, help="Comma-separated models [default: the digits models swept "
                                                      "in depth, plus revsresnet37 and revsformer-4-384]."),
-    depths: str = typer.Option("1,2,4,8", help="Blocks per stage (ResNets) or blocks (RevSFormer) for the "
-                                               "*-digits models; paper configs are measured as named."),
+    depths: str = typer.Option("1,2,4,8", help="Depth scales of the *-digits models: blocks per stage "
+                                               "(ResNets), blocks (RevSFormer), blocks per level (T-RevSNN), "
+                                               "hidden layers (reversible node); paper configs are measured "
+                                               "as named."),
     time_steps: int = typer.Option(4, "--time-steps", help="Time steps T."),
     batch_size: int = typer.Option(2, "--batch-size", help="Batch size (B1; CUDA also runs 2 x B1)."),
     device: str = typer.Option("cpu", help="cpu (saved-tensor meter) or cuda (peak-memory difference)."),
@@ -67,9 +69,6 @@ def memory(
         names = parse_list(models, "--models")
         _check_models(names)
         sweep = [(name, scales if name.endswith("-digits") else None) for name in names]
-        unsupported = [n for n in names if not n.startswith(("revsresnet", "pararevsnn", "revsformer"))]
-        if unsupported:
-            fail(f"bench memory sweeps the ResNet and RevSFormer families; {unsupported[0]} is not one of them.")
 
     rows = []
     with console.status("measuring ...") as status:
@@ -128,6 +127,30 @@ def _memory_plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
+
+
+@bench_app.command("node-memory")
+def node_memory(
+    time_steps: str = typer.Option("1,4,16,64", "--time-steps", help="Comma-separated T values."),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
+) -> None:
+    """Activation memory of one neuron node under BPTT: the reversible node (RevLIF) against its plain twin and a standard LIF, on a [T, 32, 256] float32 input."""
+    from revsnn.models.revnode import node_memory_comparison
+
+    result = node_memory_comparison(time_steps=parse_ints(time_steps, "--time-steps"))
+    if json_out:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title="Bytes retained for backward by one node, [T, 32, 256] float32", header_style="bold")
+    for col in ("T", "RevLIF", "BPTT twin", "LIF", "LIF / RevLIF", "in a network: LIF / RevLIF"):
+        table.add_column(col, justify="right")
+    for r in result["rows"]:
+        table.add_row(str(r["time_steps"]), f"{r['reversible_bytes']:,}", f"{r['bptt_twin_bytes']:,}",
+                      f"{r['lif_bytes']:,}", f"{r['ratio_lif']:.2f}x",
+                      f"{r['ratio_lif_beyond_output']:.1f}x")
+    console.print(table)
+    console.print("In a network the next layer keeps the node's output anyway; the last column counts only "
+                  "what each node keeps beyond it.")
 
 
 @bench_app.command("train-speed")

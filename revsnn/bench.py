@@ -6,9 +6,13 @@ Memory variants of one model, all with identical parameters:
 - ``reversible-recompute``: also recompute the non-reversible stem, downsample layers and head in
   backward (ResNet families), keeping only their inputs;
 - ``plain``: the plain-autograd twin;
-- ``checkpoint``: the twin with ``torch.utils.checkpoint`` around every block, what a user would
+- ``checkpoint``: the twin with ``torch.utils.checkpoint`` around every coupling block, what a user would
   otherwise reach for (it keeps each block's input, and it updates BatchNorm statistics and neuron
   state twice, which is why the reversible Function does its own recompute).
+
+Depth is counted in weight layers on the longest path (the papers' rule for ResNets: RevSResNet37 ->
+37); a sweep scales blocks per stage (ResNets), blocks (RevSFormer), blocks per level (T-RevSNN) or
+hidden layers (reversible node network).
 
 On CPU the figure is the meter's: bytes retained for backward per sample. On CUDA it is the per-image peak
 ``(max_memory_allocated(B2) - max_memory_allocated(B1)) / (B2 - B1)`` of a full training step.
@@ -28,7 +32,7 @@ from .memory import activation_bytes, cuda_bytes_per_sample
 from .models import build_model, get_config
 from .reversible import ReversibleSequence, plain_twin
 
-__all__ = ["VARIANTS", "model_depth", "memory_rows", "train_step_seconds", "speed_rows", "DEFAULT_MEMORY_SWEEP"]
+__all__ = ["VARIANTS", "variants_of", "model_depth", "memory_rows", "train_step_seconds", "speed_rows", "DEFAULT_MEMORY_SWEEP"]
 
 VARIANTS = ("reversible", "reversible-recompute", "plain", "checkpoint")
 
@@ -64,7 +68,11 @@ def model_depth(config: dict[str, Any]) -> int:
         return 1 + 4 * sum(config["blocks"]) + (stages - 1) + 1
     if family == "revsformer":
         return 5 + 6 * config["depth"] + 1  # tokenizer convs, per block q|k|v + proj + 2 MLP convs, head
-    return int(config.get("depth", 0))
+    if family == "trevsnn":  # stem, then per level a fuse conv and 4 convs a block, then the head
+        return len(config["stem"]) + len(config["channels"]) * (1 + 4 * config["blocks_per_level"]) + 1
+    if family == "revnode":
+        return len(config["hidden"]) + 1
+    raise ValueError(f"no depth rule for family {family!r}.")
 
 
 def _with_depth(config: dict[str, Any], scale: int) -> dict[str, Any]:
@@ -73,8 +81,12 @@ def _with_depth(config: dict[str, Any], scale: int) -> dict[str, Any]:
         config["blocks"] = [scale] * len(config["blocks"])
     elif config["family"] == "revsformer":
         config["depth"] = scale
+    elif config["family"] == "trevsnn":
+        config["blocks_per_level"] = scale
+    elif config["family"] == "revnode":
+        config["hidden"] = [config["hidden"][0]] * scale
     else:
-        raise ValueError(f"depth sweeps are defined for the ResNet and former families, not {config['family']}.")
+        raise ValueError(f"no depth sweep for family {config['family']!r}.")
     return config
 
 
@@ -83,9 +95,21 @@ DEFAULT_MEMORY_SWEEP: list[tuple[str, Optional[list[int]]]] = [
     ("revsresnet-digits", [1, 2, 4, 8]),
     ("pararevsnn-digits", [1, 2, 4, 8]),
     ("revsformer-digits", [1, 2, 4, 8]),
+    ("trevsnn-digits", [1, 2, 4, 8]),
+    ("revnode-digits", [1, 2, 4, 8]),
     ("revsresnet37", None),
     ("revsformer-4-384", None),
 ]
+
+
+def variants_of(family: str) -> tuple[str, ...]:
+    """The variants that exist for a family: boundary recompute is a ResNet option, and the checkpoint
+    variant wraps coupling blocks, which T-RevSNN columns and the reversible node do not have."""
+    if family in ("revsresnet", "pararevsnn"):
+        return VARIANTS
+    if family == "revsformer":
+        return ("reversible", "plain", "checkpoint")
+    return ("reversible", "plain")
 
 
 def memory_rows(sweep: Iterable[tuple[str, Optional[list[int]]]], time_steps: int = 4, batch_size: int = 2,
@@ -98,7 +122,7 @@ def memory_rows(sweep: Iterable[tuple[str, Optional[list[int]]]], time_steps: in
         configs = [base] if not scales else [_with_depth(base, s) for s in scales]
         for config in configs:
             for variant in variants:
-                if variant == "reversible-recompute" and config["family"] not in ("revsresnet", "pararevsnn"):
+                if variant not in variants_of(config["family"]):
                     continue
                 row = _measure(config, variant, time_steps, batch_size, device)
                 rows.append(row)

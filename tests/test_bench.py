@@ -46,3 +46,24 @@ def test_bench_bad_input():
             continue  # a machine with CUDA runs it
         assert result.exit_code == 2, args
         assert message in result.output and "Traceback" not in result.output
+
+
+def test_bench_node_memory_rows():
+    result = runner.invoke(app, ["bench", "node-memory", "--time-steps", "2,8", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["rows"]
+    assert [r["time_steps"] for r in rows] == [2, 8]
+    # Beyond its output, the reversible node keeps O(1) floats plus a bit per step; the LIF keeps floats per step.
+    # LIF: two float32 per neuron and step (h - theta for the surrogate, the reset mask); 32 x 256 neurons.
+    assert rows[1]["lif_beyond_output_bytes"] - rows[0]["lif_beyond_output_bytes"] == 6 * 2 * 4 * 32 * 256
+    assert rows[1]["reversible_beyond_output_bytes"] < 2 * rows[0]["reversible_beyond_output_bytes"]
+
+
+def test_bench_memory_trevsnn_flat_in_blocks():
+    result = runner.invoke(app, ["bench", "memory", "--models", "trevsnn-digits", "--depths", "1,2", "--json",
+                                 "--time-steps", "2"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    rev = [r["bytes_per_sample"] for r in rows if r["variant"] == "reversible"]
+    plain = [r["bytes_per_sample"] for r in rows if r["variant"] == "plain"]
+    assert rev[0] == rev[1] and plain[0] < plain[1]
