@@ -186,7 +186,7 @@ def train_speed(
     table = Table(title=f"Training step, median of {repeats} (batch {batch_size}, T = {time_steps}, {device})",
                   header_style="bold")
     for col in ("A", "B", "A (ms)", "B (ms)", "A / B"):
-        table.add_column(col, justify="left" if col in ("A", "B") else "right", no_wrap=col in ("A", "B"))
+        table.add_column(col, justify="left" if col in ("A", "B") else "right", no_wrap=col not in ("A", "B"))
     for r in rows:
         table.add_row(r["a"], r["b"], f"{1e3 * r['median_a_s']:.1f}", f"{1e3 * r['median_b_s']:.1f}",
                       f"{r['ratio']:.2f}")
