@@ -1,0 +1,324 @@
+"""Building a feedforward spiking graph out of NIR's own node classes (DESIGN §3, §6).
+
+The graph's time semantics: every time step, every node is evaluated once in topological order; edges
+have no delay and the edges that enter a node are summed (NIR's fan-in). Neuron nodes carry their state
+from one step to the next. The graph's ``Output`` is the per-step logits; ``metadata["readout"]`` says how
+the per-step outputs become the prediction (``mean`` over time, or the ``last`` step).
+
+While collapsing, a value flowing between neurons is kept symbolic, as a sum of *terms*: a term is a chain
+of linear operations (pooling, convolution, flatten, affine) applied to one source node (a spike
+population or the input). That is what makes the reversible structure dissolve:
+
+- an addition ``Y1 = X1 + F(X2)`` concatenates the term lists (fan-in into the next neuron);
+- a channel split slices the output channels of each term's last mixing operation;
+- a channel concatenation is a list of channel groups; a convolution over it becomes one convolution per
+  group with its input channels sliced, summed by fan-in;
+- BatchNorm scales each term's last mixing operation and shifts one bias.
+
+Terms become graph nodes only when a neuron (or the output) consumes them; chains that share a prefix
+share its nodes.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Optional
+
+import nir
+import numpy as np
+import torch
+import torch.nn.functional as tf
+
+__all__ = ["Op", "ConvOp", "AffineOp", "PoolOp", "FlattenOp", "Term", "Group", "Value", "GraphBuilder",
+           "Collapsed", "CollapseError"]
+
+
+class CollapseError(ValueError):
+    """A model (or a part of it) that cannot be collapsed; the message names the part."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Linear operations on one time step, batch-free shapes.
+
+
+class Op:
+    mixing = False  # mixes channels (slicing its output channels is meaningful)
+    label = "op"    # the model module it came from (plus the part, when sliced); names its graph node
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        with torch.no_grad():
+            return tuple(self.apply(torch.zeros(1, *in_shape, dtype=torch.float64)).shape[1:])
+
+    def to_nir(self, in_shape: tuple[int, ...]) -> nir.NIRNode:
+        raise NotImplementedError
+
+
+@dataclass(eq=False)
+class ConvOp(Op):
+    weight: torch.Tensor                 # (C_out, C_in / groups, kH, kW)
+    bias: Optional[torch.Tensor]         # (C_out,) or None
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    mixing = True
+
+    def apply(self, x):
+        return tf.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def to_nir(self, in_shape):
+        bias = self.bias if self.bias is not None else torch.zeros(self.weight.shape[0], dtype=self.weight.dtype)
+        return nir.Conv2d(input_shape=np.array(in_shape[1:]), weight=_np(self.weight), stride=np.array(self.stride),
+                          padding=np.array(self.padding), dilation=np.array(self.dilation), groups=self.groups,
+                          bias=_np(bias))
+
+
+@dataclass(eq=False)
+class AffineOp(Op):
+    weight: torch.Tensor                 # (out, in)
+    bias: Optional[torch.Tensor]
+    mixing = True
+
+    def apply(self, x):
+        return tf.linear(x, self.weight, self.bias)
+
+    def to_nir(self, in_shape):
+        if self.bias is None:
+            return nir.Linear(weight=_np(self.weight))
+        return nir.Affine(weight=_np(self.weight), bias=_np(self.bias))
+
+
+@dataclass(eq=False)
+class PoolOp(Op):
+    """Average pooling as torch computes it (zero padding counted in the divisor)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] = (0, 0)
+
+    def apply(self, x):
+        return tf.avg_pool2d(x, self.kernel, self.stride, self.padding, count_include_pad=True)
+
+    def to_nir(self, in_shape):
+        return nir.AvgPool2d(kernel_size=np.array(self.kernel), stride=np.array(self.stride),
+                             padding=np.array(self.padding))
+
+
+@dataclass(eq=False)
+class FlattenOp(Op):
+    def apply(self, x):
+        return x.flatten(1)
+
+    def to_nir(self, in_shape):
+        # Batch-free indices, as NIR specifies: start_dim 0 flattens (C, H, W) into one axis.
+        return nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=0, end_dim=-1)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().copy()
+
+
+def _slice_out(op: Op, idx: slice) -> Op:
+    if isinstance(op, ConvOp):
+        if op.groups != 1:
+            raise CollapseError("slicing the output channels of a grouped convolution is not supported.")
+        new = ConvOp(op.weight[idx], None if op.bias is None else op.bias[idx], op.stride, op.padding,
+                     op.dilation, op.groups)
+    elif isinstance(op, AffineOp):
+        new = AffineOp(op.weight[idx], None if op.bias is None else op.bias[idx])
+    else:
+        raise CollapseError(f"cannot slice the output channels of {type(op).__name__}.")
+    new.label = f"{op.label}.out{idx.start}_{idx.stop}"
+    return new
+
+
+def _scale_out(op: Op, scale: torch.Tensor) -> Op:
+    view = (-1,) + (1,) * (op.weight.dim() - 1)
+    new = copy.copy(op)
+    new.weight = op.weight * scale.reshape(view)
+    new.bias = None if op.bias is None else op.bias * scale
+    return new
+
+
+def _add_bias(op: Op, shift: torch.Tensor) -> Op:
+    new = copy.copy(op)
+    new.bias = shift.clone() if op.bias is None else op.bias + shift
+    return new
+
+
+# --------------------------------------------------------------------------------------------------------
+# Symbolic values: sums of terms, in channel groups.
+
+
+@dataclass(eq=False)
+class Term:
+    src: str                       # a node of the graph: "input" or a neuron population
+    src_shape: tuple[int, ...]
+    ops: list[Op] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        shape = self.src_shape
+        for op in self.ops:
+            shape = op.out_shape(shape)
+        return shape
+
+    def last_mixing(self) -> int:
+        for i in range(len(self.ops) - 1, -1, -1):
+            if self.ops[i].mixing:
+                return i
+        raise CollapseError(f"a value read straight from {self.src!r} cannot be split by channels here.")
+
+
+@dataclass
+class Group:
+    """A block of channels whose value is the sum of ``terms`` (all of the same shape)."""
+
+    terms: list[Term]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.terms[0].shape
+
+    @property
+    def channels(self) -> int:
+        return self.shape[0]
+
+
+Value = list[Group]  # channel groups, concatenated along channels
+
+
+def add(a: Group, b: Group) -> Group:
+    if a.shape != b.shape:
+        raise CollapseError(f"cannot add values of shapes {a.shape} and {b.shape}.")
+    return Group(a.terms + b.terms)
+
+
+def apply_elementwise(value: Value, op: Op) -> Value:
+    """A per-channel linear op (pooling, flatten): the same op on every term."""
+    return [Group([Term(t.src, t.src_shape, t.ops + [op]) for t in g.terms]) for g in value]
+
+
+def apply_mixing(value: Value, make: "callable[[slice], Op]", bias: Optional[torch.Tensor]) -> Value:
+    """A channel-mixing op over a concatenation: one op per input group with its input channels
+    sliced (``make(in_slice)``), the bias once; the result is one group."""
+    terms = []
+    start = 0
+    for g in value:
+        op = make(slice(start, start + g.channels))
+        if len(value) > 1:
+            op.label = f"{op.label}.in{start}_{start + g.channels}"
+        start += g.channels
+        terms += [Term(t.src, t.src_shape, t.ops + [op]) for t in g.terms]
+    if bias is not None:
+        t = terms[0]
+        t.ops[-1] = _add_bias(t.ops[-1], bias)
+    return [Group(terms)]
+
+
+def split_channels(group: Group, sizes: list[int]) -> list[Group]:
+    """Split a group along channels by slicing each term's last mixing op (ops after it are per channel)."""
+    out, start = [], 0
+    for size in sizes:
+        idx = slice(start, start + size)
+        start += size
+        terms = []
+        for t in group.terms:
+            i = t.last_mixing()
+            ops = list(t.ops)
+            ops[i] = _slice_out(ops[i], idx)
+            terms.append(Term(t.src, t.src_shape, ops))
+        out.append(Group(terms))
+    return out
+
+
+def batchnorm(value: Value, scale: torch.Tensor, shift: torch.Tensor) -> Value:
+    """Fold ``y = scale * x + shift`` (per channel) into the terms' last mixing ops."""
+    out, start = [], 0
+    for g in value:
+        idx = slice(start, start + g.channels)
+        start += g.channels
+        terms = []
+        for t in g.terms:
+            i = t.last_mixing()
+            ops = list(t.ops)
+            ops[i] = _scale_out(ops[i], scale[idx])
+            terms.append(Term(t.src, t.src_shape, ops))
+        terms[0].ops[terms[0].last_mixing()] = _add_bias(terms[0].ops[terms[0].last_mixing()], shift[idx])
+        out.append(Group(terms))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# The graph under construction.
+
+
+@dataclass
+class Collapsed:
+    """A collapsed model: the NIR graph and, for each neuron node, the model module and the channel
+    range of that module's output it reproduces (what the equivalence tests and ``verify`` compare)."""
+
+    graph: nir.NIRGraph
+    populations: dict[str, tuple[str, int, int]]
+    output_node: str = "output"
+
+
+class GraphBuilder:
+    def __init__(self, input_shape: tuple[int, ...]):
+        self.nodes: dict[str, nir.NIRNode] = {"input": nir.Input(input_type=np.array(input_shape))}
+        self.edges: list[tuple[str, str]] = []
+        self.populations: dict[str, tuple[str, int, int]] = {}
+        self.input_shape = tuple(input_shape)
+        self._materialized: dict[tuple, str] = {}
+
+    def input_value(self) -> Value:
+        return [Group([Term("input", self.input_shape)])]
+
+    def _unique(self, name: str) -> str:
+        name = name.replace(".", "_")
+        if name not in self.nodes:
+            return name
+        k = 1
+        while f"{name}_{k}" in self.nodes:
+            k += 1
+        return f"{name}_{k}"
+
+    def _materialize(self, term: Term, hint: str) -> str:
+        """The node whose output is ``term``; shared prefixes become shared nodes."""
+        node, shape = term.src, term.src_shape
+        for i, op in enumerate(term.ops):
+            key = (term.src, tuple(id(o) for o in term.ops[: i + 1]))
+            if key not in self._materialized:
+                name = self._unique(op.label)
+                self.nodes[name] = op.to_nir(shape)
+                self.edges.append((node, name))
+                self._materialized[key] = name
+            node = self._materialized[key]
+            shape = op.out_shape(shape)
+        return node
+
+    def neuron(self, group: Group, node: nir.NIRNode, name: str, module: str, channels: tuple[int, int]) -> Group:
+        """Add a neuron population fed by ``group``; returns its spikes as a new group."""
+        name = self._unique(name)
+        sources = [self._materialize(t, name + ".in") for t in group.terms]
+        self.nodes[name] = node
+        for s in dict.fromkeys(sources):
+            if sources.count(s) > 1:
+                raise CollapseError(f"{name}: the same source reached it twice; merge the terms first.")
+            self.edges.append((s, name))
+        self.populations[name] = (module, channels[0], channels[1])
+        return Group([Term(name, group.shape)])
+
+    def output(self, value: Value, metadata: dict) -> Collapsed:
+        if len(value) != 1:
+            raise CollapseError("the output must be a single group of channels.")
+        shape = value[0].shape
+        self.nodes["output"] = nir.Output(output_type=np.array(shape))
+        for t in value[0].terms:
+            self.edges.append((self._materialize(t, "head"), "output"))
+        graph = nir.NIRGraph(nodes=self.nodes, edges=self.edges, metadata=metadata)
+        return Collapsed(graph, self.populations)

@@ -1,0 +1,174 @@
+"""The reference executor: runs a spiking graph of NIR nodes one time step at a time in torch.
+
+It is the golden model of every comparison (DESIGN §3), so it implements NIR's documented semantics
+directly from the node parameters, with no code shared with the training models:
+
+- every step, every node is evaluated once in topological order; edges have no delay; the inputs of a
+  node are summed (fan-in);
+- ``LIF``: forward Euler with dt = 1, ``h = v + (v_leak - v + r I) / tau``; ``IF``: ``h = v + r I``; spike
+  ``h > v_threshold`` (strict); hard reset to ``v_reset``; membranes start at 0;
+- ``Threshold``: ``x > threshold``, no state;
+- ``Affine``/``Linear``/``Conv2d``/``AvgPool2d`` (torch's zero-padding-counted average)/``Flatten``
+  (batch-free indices)/``Scale`` as written.
+
+Runs on CPU or CUDA (TF32 off, so that CUDA matches the CPU's float arithmetic as closely as it can).
+"""
+
+from __future__ import annotations
+
+from graphlib import CycleError, TopologicalSorter
+from typing import Callable, Optional
+
+import nir
+import numpy as np
+import torch
+import torch.nn.functional as tf
+
+__all__ = ["ReferenceExecutor", "UnsupportedNodeError", "NEURON_TYPES"]
+
+NEURON_TYPES = (nir.LIF, nir.IF, nir.Threshold)
+
+
+class UnsupportedNodeError(ValueError):
+    """A node this target cannot run; the message names it."""
+
+
+def _t(a, device, dtype) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a), dtype=dtype, device=device)
+
+
+def _ints(a) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.atleast_1d(np.asarray(a)))
+
+
+class ReferenceExecutor:
+    """``reset(batch)``, then ``step(x_t)`` per time step; ``spikes`` holds each neuron node's last output."""
+
+    def __init__(self, graph: nir.NIRGraph, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64):
+        self.graph = graph
+        self.device = torch.device(device)
+        self.dtype = dtype
+        if self.device.type == "cuda":
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+        self.inputs: dict[str, list[str]] = {name: [] for name in graph.nodes}
+        for src, dst in graph.edges:
+            self.inputs[dst].append(src)
+        try:
+            self.order = list(TopologicalSorter({n: self.inputs[n] for n in graph.nodes}).static_order())
+        except CycleError as exc:
+            raise UnsupportedNodeError("the graph has a cycle; the reference executor runs feedforward graphs "
+                                       "(recurrence must go through neuron state).") from exc
+        self.input_name = next(n for n, node in graph.nodes.items() if isinstance(node, nir.Input))
+        self.output_name = next(n for n, node in graph.nodes.items() if isinstance(node, nir.Output))
+        self.neurons = [n for n in self.order if isinstance(graph.nodes[n], NEURON_TYPES)]
+        self.fns: dict[str, Callable] = {n: self._compile(n, graph.nodes[n]) for n in self.order}
+        self.state: dict[str, Optional[torch.Tensor]] = {}
+        self.spikes: dict[str, torch.Tensor] = {}
+        self.potentials: dict[str, torch.Tensor] = {}
+
+    def _compile(self, name: str, node: nir.NIRNode) -> Callable:
+        dev, dt = self.device, self.dtype
+        if isinstance(node, (nir.Input, nir.Output)):
+            return lambda x: x
+        if isinstance(node, nir.Affine):
+            w, b = _t(node.weight, dev, dt), _t(node.bias, dev, dt)
+            return lambda x: tf.linear(x, w, b)
+        if isinstance(node, nir.Linear):
+            w = _t(node.weight, dev, dt)
+            return lambda x: tf.linear(x, w)
+        if isinstance(node, nir.Scale):
+            s = _t(node.scale, dev, dt)
+            return lambda x: x * s
+        if isinstance(node, nir.Conv2d):
+            w = _t(node.weight, dev, dt)
+            b = None if node.bias is None else _t(node.bias, dev, dt)
+            if isinstance(node.padding, str):
+                raise UnsupportedNodeError(f"{name}: string padding {node.padding!r} is not supported.")
+            stride, padding, dilation = _ints(node.stride), _ints(node.padding), _ints(node.dilation)
+            return lambda x: tf.conv2d(x, w, b, stride, padding, dilation, int(node.groups))
+        if isinstance(node, nir.AvgPool2d):
+            k, s, p = _ints(node.kernel_size), _ints(node.stride), _ints(node.padding)
+            return lambda x: tf.avg_pool2d(x, k, s, p, count_include_pad=True)
+        if isinstance(node, nir.SumPool2d):
+            k, s, p = _ints(node.kernel_size), _ints(node.stride), _ints(node.padding)
+            area = float(np.prod(k))
+            return lambda x: tf.avg_pool2d(x, k, s, p, count_include_pad=True) * area
+        if isinstance(node, nir.Flatten):
+            start = int(node.start_dim) + 1 if int(node.start_dim) >= 0 else int(node.start_dim)
+            end = int(node.end_dim) + 1 if int(node.end_dim) >= 0 else int(node.end_dim)
+            return lambda x: x.flatten(start, end)
+        if isinstance(node, nir.LIF):
+            tau, r = _t(node.tau, dev, dt), _t(node.r, dev, dt)
+            leak, th, reset = _t(node.v_leak, dev, dt), _t(node.v_threshold, dev, dt), _t(node.v_reset, dev, dt)
+
+            def lif(i: torch.Tensor) -> torch.Tensor:
+                v = self.state.get(name)
+                v = torch.zeros_like(i) if v is None else v
+                h = v + (leak - v + r * i) / tau
+                return self._fire(name, h, th, reset)
+            return lif
+        if isinstance(node, nir.IF):
+            r, th, reset = _t(node.r, dev, dt), _t(node.v_threshold, dev, dt), _t(node.v_reset, dev, dt)
+
+            def if_(i: torch.Tensor) -> torch.Tensor:
+                v = self.state.get(name)
+                v = torch.zeros_like(i) if v is None else v
+                return self._fire(name, v + r * i, th, reset)
+            return if_
+        if isinstance(node, nir.Threshold):
+            th = _t(node.threshold, dev, dt)
+
+            def threshold(i: torch.Tensor) -> torch.Tensor:
+                self.potentials[name] = i
+                return (i > th).to(i.dtype)
+            return threshold
+        raise UnsupportedNodeError(f"node {name!r} is a {type(node).__name__}, which the reference executor "
+                                   "does not run.")
+
+    def _fire(self, name: str, h: torch.Tensor, th: torch.Tensor, reset: torch.Tensor) -> torch.Tensor:
+        s = (h > th).to(h.dtype)
+        self.potentials[name] = h
+        self.state[name] = torch.where(s > 0, reset.expand_as(h), h)
+        return s
+
+    def reset(self) -> None:
+        self.state = {}
+        self.spikes = {}
+        self.potentials = {}
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """One time step: ``x`` is ``[B, *input_shape]``; returns the output node's value ``[B, ...]``."""
+        values: dict[str, torch.Tensor] = {}
+        for name in self.order:
+            if name == self.input_name:
+                values[name] = x.to(self.device, self.dtype)
+                continue
+            srcs = self.inputs[name]
+            if not srcs:
+                raise UnsupportedNodeError(f"node {name!r} has no input.")
+            total = values[srcs[0]]
+            for s in srcs[1:]:
+                total = total + values[s]
+            out = self.fns[name](total)
+            values[name] = out
+            if name in self.state or isinstance(self.graph.nodes[name], nir.Threshold):
+                self.spikes[name] = out
+        return values[self.output_name]
+
+    @torch.no_grad()
+    def run(self, x: torch.Tensor, record: bool = False):
+        """Run ``x`` ``[T, B, ...]`` from reset. Returns the per-step outputs ``[T, B, ...]`` and, with
+        ``record``, each neuron node's spikes ``[T, B, ...]``."""
+        self.reset()
+        outs, rec = [], {n: [] for n in self.neurons}
+        for x_t in x:
+            outs.append(self.step(x_t))
+            if record:
+                for n in self.neurons:
+                    rec[n].append(self.spikes[n])
+        outputs = torch.stack(outs)
+        if not record:
+            return outputs
+        return outputs, {n: torch.stack(v) for n, v in rec.items()}

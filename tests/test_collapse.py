@@ -1,0 +1,105 @@
+"""Collapse + reference executor against the training model's own forward (DESIGN §3, §6)."""
+
+import nir
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from revsnn.exporters.collapse import CollapseError, collapse
+from revsnn.models import build_model, get_config
+from revsnn.neurons import SpikingNeuron
+from revsnn.targets.reference import ReferenceExecutor
+
+
+def trained_like(name: str, seed: int = 0, **changes) -> nn.Module:
+    """A model whose BatchNorms hold non-trivial statistics and affine parameters, as after training."""
+    config = get_config(name)
+    config.update(changes)
+    torch.manual_seed(seed)
+    model = build_model(config).double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                c = m.num_features
+                m.running_mean.copy_(0.3 * torch.randn(c, generator=g, dtype=torch.float64))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=g, dtype=torch.float64))
+                m.weight.copy_(1.5 + 0.5 * torch.randn(c, generator=g, dtype=torch.float64))
+                m.bias.copy_(0.2 * torch.randn(c, generator=g, dtype=torch.float64))
+    return model.eval()
+
+
+def model_trace(model: nn.Module, x: torch.Tensor):
+    """Every neuron module's spikes [T, B, ...], and the head's per-step logits [T, B, K]."""
+    spikes, hooks = {}, []
+    names = {id(m): n for n, m in model.named_modules()}
+    for m in model.modules():
+        if isinstance(m, SpikingNeuron):
+            hooks.append(m.register_forward_hook(lambda mod, i, o: spikes.__setitem__(names[id(mod)], o)))
+    head_linear = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    per_step = []
+    hooks.append(head_linear.register_forward_hook(lambda mod, i, o: per_step.append(o)))
+    with torch.no_grad():
+        logits = model(x)
+    for h in hooks:
+        h.remove()
+    T, B = x.shape[:2]
+    return spikes, per_step[0].reshape(T, B, -1), logits
+
+
+@pytest.mark.parametrize("name", ["revsresnet-digits", "pararevsnn-digits"])
+@pytest.mark.parametrize("recompute", [False, True])
+def test_reference_executor_equals_training_forward(name, recompute):
+    model = trained_like(name, planes=[4, 6], blocks=[2, 1], recompute_boundaries=recompute)
+    T = 5
+    x = torch.rand(T, 6, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 1.5
+    spikes, per_step, logits = model_trace(model, x)
+
+    collapsed = collapse(model, T)
+    graph = collapsed.graph
+    assert {type(n).__name__ for n in graph.nodes.values()} <= {
+        "Input", "Output", "Conv2d", "AvgPool2d", "Flatten", "Affine", "Linear", "IF", "LIF"}
+    out, rec = ReferenceExecutor(graph).run(x, record=True)
+
+    # Every neuron population of the graph reproduces its module's spikes, exactly.
+    assert set(rec) == set(collapsed.populations)
+    covered = {}
+    for node, (module, c0, c1) in collapsed.populations.items():
+        assert torch.equal(rec[node], spikes[module][:, :, c0:c1]), node
+        covered.setdefault(module, 0)
+        covered[module] += c1 - c0
+    for module, s in spikes.items():
+        assert covered[module] == s.shape[2], module  # every channel of every neuron module is in the graph
+    assert sum(s.sum().item() for s in spikes.values()) > 0
+    torch.testing.assert_close(out, per_step, rtol=0, atol=1e-9)
+    torch.testing.assert_close(out.mean(0), logits, rtol=0, atol=1e-9)
+    assert torch.equal(out.mean(0).argmax(1), logits.argmax(1))
+
+
+def test_graph_is_valid_nir_with_contract_metadata():
+    collapsed = collapse(trained_like("revsresnet-digits", planes=[2, 3]), 4)
+    g = collapsed.graph
+    assert g.metadata["dt"] == 1.0 and g.metadata["reset"] == "hard" and g.metadata["readout"] == "mean"
+    checked = nir.NIRGraph(nodes=g.nodes, edges=g.edges, metadata=g.metadata, type_check=True)
+    assert list(checked.output_type.values())[0].tolist() == [10]
+    for node in g.nodes.values():
+        if isinstance(node, nir.IF):
+            assert np.all(node.r == 1.0) and np.all(node.v_reset == 0.0)
+
+
+def test_fan_in_replaces_additions():
+    collapsed = collapse(trained_like("revsresnet-digits", planes=[2, 3], blocks=[2, 1]), 4)
+    fan_in = {}
+    for src, dst in collapsed.graph.edges:
+        fan_in[dst] = fan_in.get(dst, 0) + 1
+    # Block 2's G neuron reads Y1 = stem half + F1 + F2: three edges, no add node.
+    g_neuron = "stages_0_blocks_1_G_0"
+    assert fan_in[g_neuron] == 3
+    assert {src for src, dst in collapsed.graph.edges if dst == g_neuron} == {
+        "stem_0_out0_2", "stages_0_blocks_0_F_4", "stages_0_blocks_1_F_4"}  # stem's first half, F1's and F2's conv
+
+
+def test_revsformer_is_refused_with_a_pointer_to_onnx():
+    with pytest.raises(CollapseError, match="ONNX"):
+        collapse(trained_like("revsformer-digits", dim=8, heads=2), 4)
