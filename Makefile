@@ -6,7 +6,7 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	$(VENV)/bin/revsnn check
+	$(VENV)/bin/revsnn demo
 
 test: setup
 	$(VENV)/bin/python -m pytest

@@ -16,6 +16,7 @@ from rich.table import Table
 import revsnn
 from revsnn.cli.bench import bench_app
 from revsnn.cli.common import console, err, fail
+from revsnn.cli.export import export_app, export_nir_file
 
 app = typer.Typer(
     name="revsnn",
@@ -25,6 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(bench_app, name="bench")
+app.add_typer(export_app, name="export")
 
 # Distribution names of what the toolchain runs on, in the order a user thinks of them.
 _PACKAGES = ["torch", "numpy", "nir", "nirtorch", "norse", "onnx", "onnxruntime", "lava-nc", "lava-dl", "h5py",
@@ -200,6 +202,200 @@ def train(
                   f"{metrics['epochs']} epochs ({metrics['train_seconds']:.0f} s of training, T = "
                   f"{metrics['time_steps']}, {metrics['encoding']} encoding).", highlight=False)
     console.print(f"Wrote {out / 'model.pt'} and {out / 'metrics.json'}.", highlight=False)
+
+
+def _pct(x: float) -> str:
+    return "100%" if x == 1.0 else f"{x:.2%}"
+
+
+def _verify_table(report) -> Table:
+    table = Table(title=f"verify {report.model}: {report.samples} test samples x {report.time_steps} steps "
+                        f"({report.encoding} encoding)", header_style="bold")
+    for col in ("target", "spikes out / all", "ties", "predictions", "max |Δ|", "seconds", "result"):
+        table.add_column(col, justify="left" if col in ("target", "result") else "right", no_wrap=True)
+    for t in report.targets.values():
+        table.add_row(t.name, f"{_pct(t.output_spike_agreement)} / {_pct(t.spike_agreement)}",
+                      str(t.threshold_ties), _pct(t.prediction_agreement), f"{t.max_abs_diff:.1e}",
+                      f"{t.seconds:.2f}", "[green]pass[/green]" if t.ok else "[red]FAIL[/red]")
+    return table
+
+
+def _raster_plots(report, folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from revsnn.checkpoint import atomic_write
+
+    paths = []
+    for t in report.targets.values():
+        fig, axes = plt.subplots(1, 2, figsize=(8, 4.5), sharey=True)
+        for ax, raster, title in ((axes[0], report.reference_raster, "reference executor"),
+                                  (axes[1], t.raster, t.name)):
+            steps, neurons = torch_nonzero(raster)
+            ax.scatter(steps, neurons, s=2, marker="|", color="black")
+            ax.set_title(title)
+            ax.set_xlabel("time step")
+            ax.set_xlim(-0.5, raster.shape[0] - 0.5)
+            ax.set_xticks(range(raster.shape[0]))
+        axes[0].set_ylabel(f"neuron ({report.output_population})")
+        fig.suptitle(f"{report.model}, sample 0: output population spikes "
+                     f"({'identical' if t.output_spike_agreement == 1.0 else 'DIFFERENT'})")
+        fig.tight_layout()
+        path = folder / f"raster_{t.name}.png"
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def torch_nonzero(raster):
+    idx = raster.nonzero()
+    return idx[:, 0].numpy(), idx[:, 1].numpy()
+
+
+def _run_verify(checkpoint: Path, targets: list[str], samples: int, plot: Optional[Path]):
+    from revsnn.checkpoint import CheckpointError
+    from revsnn.exporters.collapse import CollapseError
+    from revsnn.exporters.nir_file import NIRFileError
+    from revsnn.targets.reference import UnsupportedNodeError
+    from revsnn.verify import VerifyError, verify
+
+    if plot is not None and not plot.is_dir():
+        if plot.exists() or not plot.parent.is_dir():
+            fail(f"--plot {plot} must be a directory (its parent must exist).")
+    try:
+        with console.status("running every target step by step ...") as status:
+            report = verify(checkpoint, tuple(targets), samples,
+                            on_target=lambda t: status.update(f"{t.name} done; running the next target ..."))
+    except (CheckpointError, CollapseError, NIRFileError, UnsupportedNodeError, VerifyError) as exc:
+        fail(str(exc))
+    plots = []
+    if plot is not None:
+        plot.mkdir(exist_ok=True)
+        plots = _raster_plots(report, plot)
+    return report, plots
+
+
+@app.command()
+def verify(
+    checkpoint: Path = typer.Argument(..., help="model.pt written by `revsnn train`."),
+    targets: str = typer.Option("torch,norse", help="Comma-separated targets: torch, torch-cuda, norse."),
+    samples: int = typer.Option(32, help="Test samples of the model's data to run."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    plot: Optional[Path] = typer.Option(None, help="Directory for one spike-raster PNG per target (sample 0)."),
+) -> None:
+    """Prove that every target reproduces the training model, one time step at a time.
+
+    Exports what each target needs to a temporary folder, runs it step by step on test samples, and compares spikes of every population it exposes, predictions and per-step outputs with the reference executor (which is itself compared with the training model). Exit code 0 only when every target agrees.
+    """
+    from revsnn.cli.common import parse_list
+
+    report, plots = _run_verify(checkpoint, parse_list(targets, "--targets"), samples, plot)
+    if json_out:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        console.print(_verify_table(report))
+        console.print("ties: spike differences where the reference membrane is within float rounding of the "
+                      "threshold (counted, never hidden).", highlight=False)
+        for p in plots:
+            console.print(f"Wrote {p}.", highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def info(file: Path = typer.Argument(..., help="A .pt checkpoint or a .nir file.")) -> None:
+    """A readable summary of a checkpoint or an exported file: nodes by type, neurons, synapses, shapes, metadata."""
+    if not file.is_file():
+        fail(f"{file} does not exist.")
+    if file.suffix == ".pt":
+        from revsnn.checkpoint import CheckpointError, load_model
+
+        try:
+            model, payload = load_model(file)
+        except CheckpointError as exc:
+            fail(str(exc))
+        config = model.config
+        table = Table(title=f"{file}", show_header=False)
+        table.add_row("model", f"{config.get('name')} ({config.get('family')})")
+        table.add_row("parameters", f"{sum(p.numel() for p in model.parameters()):,}")
+        table.add_row("input", "×".join(map(str, config["input_shape"])) + f", {config['num_classes']} classes")
+        for key, value in payload.get("train", {}).items():
+            table.add_row(key, str(value))
+        history = payload.get("history") or []
+        if history:
+            table.add_row("epochs done", str(payload.get("epoch")))
+            table.add_row("test accuracy", f"{history[-1]['test_accuracy']:.2%}")
+        table.add_row("revsnn version", str(payload.get("revsnn_version")))
+        console.print(table)
+        return
+    if file.suffix == ".nir":
+        from revsnn.exporters.nir_file import NIRFileError, read_nir, summarize
+
+        try:
+            summary = summarize(read_nir(file))
+        except NIRFileError as exc:
+            fail(str(exc))
+        table = Table(title=f"{file}", show_header=False)
+        table.add_row("nodes", ", ".join(f"{n} {k}" for k, n in sorted(summary["node_types"].items())))
+        table.add_row("edges", str(summary["edges"]))
+        table.add_row("neurons", f"{summary['neurons']:,}")
+        table.add_row("synapses", f"{summary['synapses']:,}")
+        table.add_row("input", str(summary["input_shape"]))
+        table.add_row("output", str(summary["output_shape"]))
+        for key, value in summary["metadata"].items():
+            table.add_row(f"metadata: {key}", str(value))
+        console.print(table)
+        return
+    fail(f"{file}: info reads .pt checkpoints and .nir files.")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("revsnn-demo"), "--out", help="Folder for the checkpoint, exports and plots."),
+    model: str = typer.Option("revsresnet-digits", "--model", help="Model to train (see `revsnn models`)."),
+    epochs: int = typer.Option(4, help="Training epochs."),
+    samples: int = typer.Option(64, help="Test samples that verify runs on every target."),
+) -> None:
+    """The main job: train a small reversible SNN on digits, export it, and verify every target reproduces it."""
+    from revsnn.checkpoint import CheckpointError
+    from revsnn.exporters.collapse import CollapseError
+    from revsnn.exporters.nir_file import NIRFileError
+    from revsnn.train import TrainError, TrainOptions
+    from revsnn.train import train as run_training
+
+    console.rule(f"1/3 train {model} on the embedded digits")
+    reporter = _ProgressReporter()
+    try:
+        metrics = run_training(TrainOptions(model=model, out=out, epochs=epochs), reporter)
+    except TrainError as exc:
+        fail(str(exc))
+    finally:
+        reporter.progress.stop()
+    console.print(f"test accuracy {metrics['test_accuracy']:.1%}", highlight=False)
+
+    console.rule("2/3 export")
+    nir_path = out / "model.nir"
+    try:
+        summary = export_nir_file(out / "model.pt", nir_path)
+    except (CheckpointError, CollapseError, NIRFileError) as exc:
+        fail(str(exc))
+    console.print(f"{nir_path}: {len(summary['node_types'])} node types, {summary['neurons']:,} neurons, "
+                  f"{summary['synapses']:,} synapses", highlight=False)
+
+    console.rule("3/3 verify: every target, one time step at a time")
+    import torch
+
+    targets = ["torch"] + (["torch-cuda"] if torch.cuda.is_available() else []) + ["norse"]
+    report, plots = _run_verify(out / "model.pt", targets, samples, out / "plots")
+    console.print(_verify_table(report))
+    console.print(f"Files in {out}/: model.pt, metrics.json, model.nir, "
+                  + ", ".join(f"plots/{p.name}" for p in plots), highlight=False)
+    if not report.ok:
+        fail("a target disagrees with the training model; see the table above.", 1)
+    console.print("[green]Every target reproduces the training model.[/green]")
 
 
 if __name__ == "__main__":

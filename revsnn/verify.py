@@ -1,0 +1,265 @@
+"""``revsnn verify``: prove that every target reproduces the training model, step by step.
+
+This is the one place where the training core, the exporters and the targets meet (DESIGN §3); nothing
+in the training core imports it. For a checkpoint it:
+
+1. rebuilds the model and runs its own T-step forward (float64) on N test samples of its data, recording
+   every neuron module's spikes;
+2. collapses it into the spiking graph and exports what each target needs into a temporary folder;
+3. runs every target one time step at a time on the same inputs and compares:
+   - ``torch``: the reference executor against the training model itself (spikes of every population,
+     per-step logits, predictions);
+   - every other target against the reference executor.
+
+Spike differences are split in two: *threshold ties*, where the reference's membrane lies within float
+rounding of the threshold (``|h - θ| <= 1e-6 · max(1, |θ|)``), which an implementation may legitimately
+resolve either way, and *mismatches*, which are errors. A target passes when it has no mismatch, full
+prediction agreement and ``max |Δ|`` of the per-step outputs within its tolerance.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from .checkpoint import load_model
+from .data import encode, load_digits
+from .neurons import SpikingNeuron
+
+__all__ = ["TargetReport", "VerifyReport", "verify", "TARGETS", "TIE_TOLERANCE"]
+
+TIE_TOLERANCE = 1e-6
+# Tolerance of max |Δ| of the per-step outputs, per target.
+TOLERANCES = {"torch": 1e-6, "torch-cuda": 1e-5, "norse": 1e-5}
+TARGETS = ("torch", "torch-cuda", "norse")
+
+
+@dataclass
+class TargetReport:
+    name: str
+    ok: bool
+    time_steps: int
+    spike_agreement: float           # over every population the target exposes
+    output_spike_agreement: float    # the population that feeds the readout
+    threshold_ties: int
+    mismatches: int
+    prediction_agreement: float
+    max_abs_diff: float
+    tolerance: float
+    populations: int
+    seconds: float
+    note: str = ""
+    raster: Optional[torch.Tensor] = field(default=None, repr=False)   # [T, neurons] of sample 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "spike_agreement": self.spike_agreement,
+                "output_spike_agreement": self.output_spike_agreement, "threshold_ties": self.threshold_ties,
+                "mismatches": self.mismatches, "prediction_agreement": self.prediction_agreement,
+                "max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance, "time_steps": self.time_steps,
+                "populations": self.populations, "seconds": self.seconds, "note": self.note}
+
+
+@dataclass
+class VerifyReport:
+    model: str
+    samples: int
+    time_steps: int
+    encoding: str
+    targets: dict[str, TargetReport]
+    reference_raster: Optional[torch.Tensor] = field(default=None, repr=False)
+    output_population: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.targets.values())
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "model": self.model, "samples": self.samples, "time_steps": self.time_steps,
+                "encoding": self.encoding, "targets": {n: t.as_json() for n, t in self.targets.items()}}
+
+
+class VerifyError(ValueError):
+    """Bad verify options; one sentence."""
+
+
+def _model_trace(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Spikes of every neuron module [T, B, ...] and the per-step outputs of the last Linear [T, B, K]."""
+    spikes, hooks = {}, []
+    names = {id(m): n for n, m in model.named_modules()}
+    for m in model.modules():
+        if isinstance(m, SpikingNeuron):
+            hooks.append(m.register_forward_hook(lambda mod, i, o: spikes.__setitem__(names[id(mod)], o)))
+    per_step = []
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    hooks.append(head.register_forward_hook(lambda mod, i, o: per_step.append(o)))
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    T, B = x.shape[:2]
+    return spikes, per_step[0].reshape(T, B, -1)
+
+
+def _compare_spikes(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor],
+                    potentials: dict[str, torch.Tensor], thresholds: dict[str, torch.Tensor]) -> tuple[int, int, int]:
+    """(neuron-steps compared, threshold ties, mismatches) over the populations both sides have."""
+    total = ties = wrong = 0
+    for name, w in want.items():
+        if name not in got:
+            continue
+        g = got[name].to(w.device, w.dtype)
+        differ = g != w
+        total += w.numel()
+        if differ.any():
+            near = (potentials[name] - thresholds[name]).abs() <= TIE_TOLERANCE * thresholds[name].abs().clamp(min=1)
+            ties += int((differ & near).sum())
+            wrong += int((differ & ~near).sum())
+    return total, ties, wrong
+
+
+def _readout(outputs: torch.Tensor, mode: str) -> torch.Tensor:
+    return outputs[-1] if mode == "last" else outputs.mean(0)
+
+
+def verify(checkpoint: Path | str, targets: tuple[str, ...] = ("torch", "norse"), samples: int = 32,
+           on_target: Optional[Callable[[TargetReport], None]] = None) -> VerifyReport:
+    from revsnn.exporters.collapse import collapse
+    from revsnn.targets.reference import NEURON_TYPES, ReferenceExecutor
+
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise VerifyError(f"unknown target {unknown[0]!r}; known: {', '.join(TARGETS)}.")
+    if samples < 1:
+        raise VerifyError(f"--samples must be at least 1, got {samples}.")
+    if "torch-cuda" in targets and not torch.cuda.is_available():
+        raise VerifyError("target torch-cuda needs a CUDA device, and this machine has none.")
+
+    model, payload = load_model(checkpoint)
+    config = model.config
+    train = payload.get("train", {})
+    T, encoding = int(train.get("time_steps", config.get("train", {}).get("time_steps", 4))), \
+        train.get("encoding", "direct")
+    data = load_digits()
+    n = min(samples, len(data.y_test))
+    x = encode(data.x_test[:n], T, encoding, torch.Generator().manual_seed(1234)).double()
+
+    model = model.double().eval()
+    model_spikes, model_steps = _model_trace(model, x)
+    collapsed = collapse(model, T)
+    graph = collapsed.graph
+    readout = graph.metadata.get("readout", "mean")
+    # The model's spikes, as the graph's populations.
+    want = {node: model_spikes[mod][:, :, c0:c1] for node, (mod, c0, c1) in collapsed.populations.items()}
+    neuron_nodes = [n_ for n_ in graph.nodes if isinstance(graph.nodes[n_], NEURON_TYPES)]
+    thresholds = {}
+    for name in neuron_nodes:
+        node = graph.nodes[name]
+        th = node.threshold if hasattr(node, "threshold") else node.v_threshold
+        thresholds[name] = torch.as_tensor(th, dtype=torch.float64)
+    output_pops = _output_populations(graph, neuron_nodes)
+
+    reference = ReferenceExecutor(graph)
+    t_ref = time.perf_counter()
+    ref_steps, ref_spikes, ref_potentials = _run_recording(reference, x)
+    t_ref = time.perf_counter() - t_ref
+    reports: dict[str, TargetReport] = {}
+    model_pred = _readout(model_steps, readout).argmax(1)
+    with tempfile.TemporaryDirectory(prefix="revsnn-verify-") as tmp:
+        for name in targets:
+            t0 = time.perf_counter()
+            note = ""
+            if name in ("torch", "torch-cuda"):
+                device = "cuda" if name == "torch-cuda" else "cpu"
+                executor = reference if device == "cpu" else ReferenceExecutor(graph, device=device)
+                steps, spikes, potentials = (ref_steps, ref_spikes, ref_potentials) if device == "cpu" else \
+                    _run_recording(executor, x)
+                # Against the training model itself.
+                total, ties, wrong = _compare_spikes(spikes, want, potentials, thresholds)
+                base_steps, base_pred = model_steps, model_pred
+                note = "reference executor vs the training model"
+            else:
+                steps, spikes = _run_file_target(name, graph, Path(tmp), x)
+                total, ties, wrong = _compare_spikes(spikes, ref_spikes, ref_potentials, thresholds)
+                base_steps, base_pred = ref_steps, _readout(ref_steps, readout).argmax(1)
+                note = "vs the reference executor"
+            seconds = time.perf_counter() - t0
+            steps = steps.to(torch.float64).cpu()
+            pred = _readout(steps, readout).argmax(1)
+            max_diff = float((steps - base_steps).abs().max())
+            base_spikes = want if name.startswith("torch") else ref_spikes
+            out_total, out_ties, out_wrong = _compare_spikes({p: spikes[p] for p in output_pops},
+                                                             {p: base_spikes[p] for p in output_pops},
+                                                             ref_potentials, thresholds)
+            if name == "torch":
+                seconds += t_ref
+            tol = TOLERANCES[name]
+            report = TargetReport(
+                name=name, ok=wrong == 0 and bool((pred == base_pred).all()) and max_diff <= tol, time_steps=T,
+                spike_agreement=1.0 - (ties + wrong) / max(total, 1),
+                output_spike_agreement=1.0 - (out_ties + out_wrong) / max(out_total, 1),
+                threshold_ties=ties, mismatches=wrong,
+                prediction_agreement=float((pred == base_pred).double().mean()), max_abs_diff=max_diff,
+                tolerance=tol, populations=len([p for p in spikes if p in ref_spikes]), seconds=seconds, note=note,
+                raster=_raster(spikes, output_pops))
+            reports[name] = report
+            if on_target:
+                on_target(report)
+    return VerifyReport(config.get("name", "?"), n, T, encoding, reports,
+                        reference_raster=_raster(ref_spikes, output_pops),
+                        output_population=", ".join(output_pops))
+
+
+def _output_populations(graph, neuron_nodes: list[str]) -> list[str]:
+    """The neuron populations nearest the output: the ones the readout reads (one per stream half)."""
+    feeds: dict[str, set[str]] = {}
+    for s, d in graph.edges:
+        feeds.setdefault(d, set()).add(s)
+    frontier, seen = ["output"], set()
+    while frontier:
+        found = sorted(n for n in frontier if n in neuron_nodes)
+        if found:
+            return found
+        nxt = []
+        for node in frontier:
+            for s in sorted(feeds.get(node, ())):
+                if s not in seen:
+                    seen.add(s)
+                    nxt.append(s)
+        frontier = nxt
+    return neuron_nodes[-1:]
+
+
+def _raster(spikes: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
+    """Sample 0 of the named populations as one raster [T, neurons]."""
+    return torch.cat([spikes[n][:, 0].reshape(spikes[n].shape[0], -1) for n in names], dim=1).cpu()
+
+
+def _run_recording(executor, x: torch.Tensor):
+    executor.reset()
+    outs, spikes, potentials = [], {n: [] for n in executor.neurons}, {n: [] for n in executor.neurons}
+    for x_t in x:
+        outs.append(executor.step(x_t))
+        for n in executor.neurons:
+            spikes[n].append(executor.spikes[n])
+            potentials[n].append(executor.potentials[n])
+    return (torch.stack(outs).cpu(), {n: torch.stack(v).cpu() for n, v in spikes.items()},
+            {n: torch.stack(v).cpu() for n, v in potentials.items()})
+
+
+def _run_file_target(name: str, graph, folder: Path, x: torch.Tensor):
+    if name == "norse":
+        from revsnn.exporters.nir_file import write_nir
+        from revsnn.targets.norse import NorseTarget
+
+        path = folder / "model.nir"
+        write_nir(graph, path)
+        target = NorseTarget.load(path, dtype=torch.float64)
+        steps, spikes = target.run(x, record=True)
+        return steps.cpu(), {k: v.cpu() for k, v in spikes.items()}
+    raise VerifyError(f"unknown target {name!r}.")

@@ -1,0 +1,311 @@
+"""The norse target: runs a ``.nir`` graph with norse's neuron modules, one time step at a time (DESIGN §7).
+
+The graph is built with ``nirtorch.nir_to_torch(graph, node_map)``, which wires the nodes into a
+``torch.fx.GraphModule`` and sums the edges entering a node at zero delay — NIR's fan-in, as the contract
+wants. (``norse.torch.from_nir`` is *not* used: it goes through nirtorch's deprecated ``GraphExecutor``,
+whose DFS execution order feeds a skip branch into its merge node one step late, and which silently skips
+node types it does not know, passing the signal through unchanged.)
+
+Node mappings (all ours; nirtorch 2.6's default map is not used, because its Affine map leaves the bias
+random and its Flatten passes NIR's batch-free indices to torch unchanged):
+
+- ``LIF`` → ``norse.torch.LIFBoxCell(LIFBoxParameters(tau_mem_inv=1/τ, v_th=θ, v_leak=v_leak), dt=1)``.
+  norse integrates ``v ← v + dt·τ_mem_inv·(i + v_leak − v)`` (forward Euler), spikes on
+  ``v − v_th > 0`` and resets to ``v_reset`` (0). With **dt = 1** that is exactly the contract's
+  ``h = v + (x − (v − v_leak))/τ``, ``s = h > θ``, hard reset: NIR's continuous-time ODE
+  ``τ v̇ = (v_leak − v) + r I`` under Euler with the contract's step of one time unit. (norse's default
+  dt = 1e-3 would take steps a thousand times shorter.) The membrane starts at 0 as the contract says
+  (norse's own cell would start it at ``v_leak``).
+- ``IF`` → ``norse.torch.IAFCell`` (``v ← v + i``, no dt), membrane starting at 0.
+- Refused before anything is built (:class:`UnsupportedNodeError`): LIF/IF nodes with ``r ≠ 1`` or
+  ``v_reset ≠ 0`` (norse ignores both, so they would run wrongly), any node type not mapped here (CubaLIF,
+  LI, Delay, Conv1d, nested graphs, ...), graph cycles (the contract's edges have no delay; nirtorch would
+  add one), and graphs without exactly one Input and one Output.
+- ``Affine``/``Linear`` → ``nn.Linear`` (with the bias), ``Conv2d`` → ``nn.Conv2d``, ``AvgPool2d`` →
+  ``nn.AvgPool2d(count_include_pad=True)`` (torch's divisor, as the reference), ``SumPool2d`` → that times
+  the window area, ``Scale`` → ``x·s``, ``Flatten`` → ``nn.Flatten`` with NIR's batch-free indices shifted
+  by one when ≥ 0, ``Threshold`` → stateless ``x > θ``, ``Input``/``Output`` → identity.
+
+Hidden spikes: a forward hook on every neuron module records its output, so ``spikes`` holds every neuron
+node's spikes of the last step (keyed by the NIR node name).
+"""
+
+from __future__ import annotations
+
+import keyword
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import nir
+import numpy as np
+import torch
+from torch import nn
+
+from .reference import UnsupportedNodeError
+
+__all__ = ["NorseTarget", "UnsupportedNodeError", "MAPPED_TYPES"]
+
+NEURONS = (nir.LIF, nir.IF, nir.Threshold)
+
+
+def _tensor(a, dtype, device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a), dtype=dtype, device=device).clone()
+
+
+def _ints(a) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.atleast_1d(np.asarray(a)))
+
+
+def _pair(a) -> tuple[int, int]:
+    v = _ints(a)
+    return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
+
+
+def _flatten_index(i: int) -> int:
+    return i + 1 if i >= 0 else i  # NIR's indices skip the batch dimension torch has
+
+
+# --------------------------------------------------------------------------------------------------------
+# Modules nirtorch wires together.
+
+
+class _Threshold(nn.Module):
+    def __init__(self, threshold: torch.Tensor):
+        super().__init__()
+        self.register_buffer("threshold", threshold)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x > self.threshold).to(x.dtype)
+
+
+class _Scale(nn.Module):
+    def __init__(self, scale: torch.Tensor):
+        super().__init__()
+        self.register_buffer("scale", scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+class _SumPool2d(nn.AvgPool2d):
+    def __init__(self, kernel, stride, padding):
+        super().__init__(kernel, stride, padding, count_include_pad=True)
+        self.area = float(np.prod(kernel))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.area
+
+
+def _norse():
+    import warnings
+
+    with warnings.catch_warnings():  # norse 1.1 calls the deprecated torch.jit.script at import time
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import norse.torch as norse_torch  # imported lazily: norse is needed only by this target
+
+    return norse_torch
+
+
+def _lif_cell(node: nir.LIF, dtype, device) -> nn.Module:
+    norse_torch = _norse()
+
+    class ContractLIFBoxCell(norse_torch.LIFBoxCell):
+        """norse's LIFBoxCell with the membrane starting at 0 (the contract) instead of at v_leak."""
+
+        def initial_state(self, input_tensor):
+            return norse_torch.LIFBoxFeedForwardState(v=torch.zeros_like(input_tensor))
+
+    p = norse_torch.LIFBoxParameters(tau_mem_inv=1.0 / _tensor(node.tau, dtype, device),
+                                     v_leak=_tensor(node.v_leak, dtype, device),
+                                     v_th=_tensor(node.v_threshold, dtype, device),
+                                     v_reset=torch.zeros((), dtype=dtype, device=device))
+    return ContractLIFBoxCell(p, dt=1.0)
+
+
+def _if_cell(node: nir.IF, dtype, device) -> nn.Module:
+    norse_torch = _norse()
+    from norse.torch.functional.iaf import IAFFeedForwardState, IAFParameters
+
+    class ContractIAFCell(norse_torch.IAFCell):
+        """norse's IAFCell with a membrane of the input's shape, dtype and device, starting at 0."""
+
+        def initial_state(self, input_tensor):
+            return IAFFeedForwardState(v=torch.zeros_like(input_tensor))
+
+    p = IAFParameters(v_th=_tensor(node.v_threshold, dtype, device),
+                      v_reset=torch.zeros((), dtype=dtype, device=device))
+    return ContractIAFCell(p, dt=1.0)
+
+
+def _linear(node, bias: bool, dtype, device) -> nn.Module:
+    w = _tensor(node.weight, dtype, device)
+    m = nn.Linear(w.shape[1], w.shape[0], bias=bias, dtype=dtype, device=device)
+    with torch.no_grad():
+        m.weight.copy_(w)
+        if bias:
+            m.bias.copy_(_tensor(node.bias, dtype, device))
+    return m
+
+
+def _conv2d(node: nir.Conv2d, dtype, device) -> nn.Module:
+    w = _tensor(node.weight, dtype, device)
+    has_bias = node.bias is not None
+    m = nn.Conv2d(w.shape[1] * int(node.groups), w.shape[0], tuple(w.shape[2:]), stride=_pair(node.stride),
+                  padding=_pair(node.padding), dilation=_pair(node.dilation), groups=int(node.groups),
+                  bias=has_bias, dtype=dtype, device=device)
+    with torch.no_grad():
+        m.weight.copy_(w)
+        if has_bias:
+            m.bias.copy_(_tensor(node.bias, dtype, device).reshape(-1))
+    return m
+
+
+def _node_map(dtype: torch.dtype, device: torch.device) -> dict[type, Callable[[nir.NIRNode], nn.Module]]:
+    return {
+        nir.Input: lambda n: nn.Identity(),
+        nir.Output: lambda n: nn.Identity(),
+        nir.Affine: lambda n: _linear(n, True, dtype, device),
+        nir.Linear: lambda n: _linear(n, False, dtype, device),
+        nir.Conv2d: lambda n: _conv2d(n, dtype, device),
+        nir.AvgPool2d: lambda n: nn.AvgPool2d(_pair(n.kernel_size), _pair(n.stride), _pair(n.padding),
+                                              count_include_pad=True),
+        nir.SumPool2d: lambda n: _SumPool2d(_pair(n.kernel_size), _pair(n.stride), _pair(n.padding)),
+        nir.Flatten: lambda n: nn.Flatten(_flatten_index(int(n.start_dim)), _flatten_index(int(n.end_dim))),
+        nir.Scale: lambda n: _Scale(_tensor(n.scale, dtype, device)),
+        nir.Threshold: lambda n: _Threshold(_tensor(n.threshold, dtype, device)),
+        nir.LIF: lambda n: _lif_cell(n, dtype, device),
+        nir.IF: lambda n: _if_cell(n, dtype, device),
+    }
+
+
+MAPPED_TYPES: tuple[type, ...] = tuple(_node_map(torch.float32, torch.device("cpu")))
+
+
+def _sanitized(name: str) -> str:
+    """The module name nirtorch 2.6 gives a node (``nir_interpreter._sanitize_name``)."""
+    name = name.replace(".", "_")
+    return "nir_node_" + name if keyword.iskeyword(name) else name
+
+
+def check_graph(graph: nir.NIRGraph) -> None:
+    """Raise :class:`UnsupportedNodeError` for anything this target would not run exactly as the contract."""
+    if not isinstance(graph, nir.NIRGraph):
+        raise UnsupportedNodeError(f"the norse target runs a nir.NIRGraph, not a {type(graph).__name__}.")
+    for name, node in graph.nodes.items():
+        if type(node) not in MAPPED_TYPES:
+            raise UnsupportedNodeError(f"node {name!r} is a {type(node).__name__}, which the norse target does not "
+                                       "map; use a graph of LIF/IF/Threshold neurons and Affine/Linear/Conv2d/"
+                                       "pooling/Flatten layers, or another target.")
+        if isinstance(node, (nir.LIF, nir.IF)):
+            for field, want in (("r", 1.0), ("v_reset", 0.0)):
+                value = np.asarray(getattr(node, field))
+                if not np.all(value == want):
+                    raise UnsupportedNodeError(f"node {name!r} ({type(node).__name__}) has {field} ≠ {want:g}, which "
+                                               f"norse ignores; fold {field} into the graph (weights or "
+                                               "thresholds) or use the reference target.")
+        if isinstance(node, nir.Conv2d) and isinstance(node.padding, str):
+            raise UnsupportedNodeError(f"node {name!r} (Conv2d) has string padding {node.padding!r}; write "
+                                       "explicit padding.")
+        if isinstance(node, (nir.Affine, nir.Linear)) and np.asarray(node.weight).ndim != 2:
+            raise UnsupportedNodeError(f"node {name!r} ({type(node).__name__}) has a weight of "
+                                       f"{np.asarray(node.weight).ndim} dimensions; the norse target maps 2-D "
+                                       "weights only.")
+    inputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
+    outputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Output)]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise UnsupportedNodeError(f"the norse target runs graphs with one Input and one Output; this one has "
+                                   f"{len(inputs)} and {len(outputs)}.")
+    sanitized: dict[str, str] = {}
+    for name in graph.nodes:
+        other = sanitized.setdefault(_sanitized(name), name)
+        if other != name:
+            raise UnsupportedNodeError(f"nodes {other!r} and {name!r} get the same torch module name; rename one.")
+    preds: dict[str, list[str]] = {n: [] for n in graph.nodes}
+    for src, dst in graph.edges:
+        preds[dst].append(src)
+    try:
+        tuple(TopologicalSorter(preds).static_order())
+    except CycleError as exc:
+        raise UnsupportedNodeError("the graph has a cycle; the norse target runs feedforward graphs (nirtorch "
+                                   "would delay the recurrent edge by one step, which the contract does not "
+                                   "have).") from exc
+
+
+# --------------------------------------------------------------------------------------------------------
+
+
+class NorseTarget:
+    """Runs a NIR graph with norse through ``nirtorch.nir_to_torch``.
+
+    ``NorseTarget.load(path_or_graph)``; ``reset()``; ``step(x_t)`` with ``x_t`` ``[B, *input_shape]``
+    returns the output ``[B, ...]``; ``spikes`` maps each neuron node to its last step's spikes;
+    ``run(x, record)`` as :meth:`revsnn.targets.reference.ReferenceExecutor.run`.
+    """
+
+    def __init__(self, graph: nir.NIRGraph, dtype: torch.dtype = torch.float32,
+                 device: Union[str, torch.device] = "cpu"):
+        import nirtorch
+
+        check_graph(graph)
+        self.graph = graph
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.module = nirtorch.nir_to_torch(graph, _node_map(dtype, self.device), default_map={},
+                                            device=self.device, dtype=dtype)
+        self.module.eval()
+        self.neurons = [n for n, node in graph.nodes.items() if isinstance(node, NEURONS)]
+        self.spikes: dict[str, torch.Tensor] = {}
+        self._state: Optional[dict] = None
+        for name in self.neurons:
+            sub = self.module.get_submodule(_sanitized(name))
+            sub.register_forward_hook(self._recorder(name))
+
+    def _recorder(self, name: str):
+        def hook(module, args, output):
+            self.spikes[name] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    @classmethod
+    def load(cls, path_or_graph: Union[str, Path, nir.NIRGraph], dtype: torch.dtype = torch.float32,
+             device: Union[str, torch.device] = "cpu") -> "NorseTarget":
+        """From a ``.nir`` file (read with :func:`revsnn.exporters.nir_file.read_nir`) or an in-memory graph."""
+        if isinstance(path_or_graph, nir.NIRGraph):
+            graph = path_or_graph
+        else:
+            from revsnn.exporters.nir_file import read_nir
+
+            graph = read_nir(path_or_graph)
+        return cls(graph, dtype=dtype, device=device)
+
+    def reset(self) -> None:
+        """Forget all membranes; the next step starts from the contract's v = 0."""
+        self._state = None  # the GraphModule builds a fresh state dict when it gets None
+        self.spikes = {}
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """One time step: ``x`` ``[B, *input_shape]``; returns the output node's value ``[B, ...]``."""
+        result = self.module(x.to(self.device, self.dtype), self._state)
+        # nirtorch returns (*inputs of the Output node, state): it does not sum fan-in into the Output node.
+        *outs, self._state = result
+        out = outs[0]
+        for o in outs[1:]:
+            out = out + o
+        return out
+
+    @torch.no_grad()
+    def run(self, x: torch.Tensor, record: bool = False):
+        """Run ``x`` ``[T, B, ...]`` from reset: the per-step outputs ``[T, B, ...]`` and, with ``record``,
+        each neuron node's spikes ``[T, B, ...]``."""
+        self.reset()
+        outs, rec = [], {n: [] for n in self.neurons}
+        for x_t in x:
+            outs.append(self.step(x_t))
+            if record:
+                for n in self.neurons:
+                    rec[n].append(self.spikes[n])
+        outputs = torch.stack(outs)
+        if not record:
+            return outputs
+        return outputs, {n: torch.stack(v) for n, v in rec.items()}

@@ -1,0 +1,97 @@
+"""`revsnn export nir`, `revsnn verify`, `revsnn info` and `revsnn demo` as a user runs them."""
+
+import json
+
+import nir
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from revsnn.cli.main import app
+from revsnn.data import ImageData, load_digits
+from revsnn.train import TrainOptions, train
+from revsnn.verify import verify
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Briefly trained checkpoints of the families that collapse to NIR."""
+    d = load_digits()
+    data = ImageData("digits", d.x_train[:128], d.y_train[:128], d.x_test[:32], d.y_test[:32])
+    root = tmp_path_factory.mktemp("ckpt")
+    paths = {}
+    for name, encoding in [("revsresnet-digits", "direct"), ("pararevsnn-digits", "rate")]:
+        train(TrainOptions(model=name, out=root / name, epochs=2, time_steps=3, batch_size=32, lr=0.01,
+                           encoding=encoding), data=data)
+        paths[name] = root / name / "model.pt"
+    return paths
+
+
+@pytest.mark.parametrize("name", ["revsresnet-digits", "pararevsnn-digits"])
+def test_verify_torch_and_norse_agree_exactly(checkpoints, name):
+    report = verify(checkpoints[name], ("torch", "norse"), samples=24)
+    assert report.ok, report.as_json()
+    for target in report.targets.values():
+        assert target.spike_agreement == 1.0 and target.output_spike_agreement == 1.0
+        assert target.prediction_agreement == 1.0 and target.max_abs_diff <= 1e-5
+        assert target.mismatches == 0 and target.populations >= 10
+    assert report.reference_raster.sum() > 0  # the output population spikes: agreement is not vacuous
+
+
+def test_verify_cli_json_and_plots(checkpoints, tmp_path):
+    result = runner.invoke(app, ["verify", str(checkpoints["revsresnet-digits"]), "--samples", "8", "--json",
+                                 "--plot", str(tmp_path / "plots")])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["ok"] is True
+    for name in ("torch", "norse"):
+        assert {"ok", "spike_agreement", "prediction_agreement", "max_abs_diff", "seconds"} <= set(data["targets"][name])
+        assert (tmp_path / "plots" / f"raster_{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_export_nir_and_info(checkpoints, tmp_path):
+    out = tmp_path / "model.nir"
+    result = runner.invoke(app, ["export", "nir", str(checkpoints["revsresnet-digits"]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    graph = nir.read(str(out))
+    assert graph.metadata["dt"] == 1.0 and graph.metadata["reset"] == "hard"
+    assert graph.metadata["model"] == "revsresnet-digits"
+    result = runner.invoke(app, ["info", str(out)])
+    assert result.exit_code == 0 and "IF" in result.output and "neurons" in result.output
+    result = runner.invoke(app, ["info", str(checkpoints["revsresnet-digits"])])
+    assert result.exit_code == 0 and "revsresnet-digits" in result.output
+
+
+def test_bad_inputs_fail_cleanly(checkpoints, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00" * 100)
+    cases = [
+        (["verify", str(junk)], "not a readable revsnn checkpoint"),
+        (["verify", str(checkpoints["revsresnet-digits"]), "--targets", "loihi9"], "unknown target"),
+        (["verify", str(checkpoints["revsresnet-digits"]), "--samples", "0"], "at least 1"),
+        (["export", "nir", str(junk), "--out", str(tmp_path / "x.nir")], "not a readable revsnn checkpoint"),
+        (["export", "nir", str(checkpoints["revsresnet-digits"]), "--out", str(tmp_path / "no" / "x.nir")], "exist"),
+        (["info", str(tmp_path / "absent.nir")], "does not exist"),
+        (["info", str(junk.with_suffix(".txt"))], "does not exist"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "x.nir").exists()
+
+
+def test_revsformer_export_is_refused(tmp_path):
+    from revsnn.checkpoint import save_checkpoint
+    from revsnn.models import build_model, get_config
+
+    config = get_config("revsformer-digits")
+    config.update(dim=8, heads=2)
+    model = build_model(config)
+    save_checkpoint(tmp_path / "model.pt", model, train={"time_steps": 2, "encoding": "direct"})
+    result = runner.invoke(app, ["export", "nir", str(tmp_path / "model.pt"), "--out", str(tmp_path / "m.nir")])
+    assert result.exit_code == 2 and "ONNX" in result.output
+    assert not (tmp_path / "m.nir").exists()
