@@ -262,9 +262,13 @@ class Collapsed:
     """A collapsed model: the NIR graph and, for each neuron node, the model module and the channel
     range of that module's output it reproduces (what the equivalence tests and ``verify`` compare)."""
 
+
     graph: nir.NIRGraph
     populations: dict[str, tuple[str, int, int]]
     output_node: str = "output"
+    # For unrolled graphs (T-RevSNN: one column per step), the step at which each population equals its
+    # module's single output; absent for graphs whose populations run at every step.
+    population_steps: Optional[dict[str, int]] = None
 
 
 class GraphBuilder:

@@ -88,36 +88,45 @@ class VerifyError(ValueError):
     """Bad verify options; one sentence."""
 
 
-def _model_trace(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Spikes of every neuron module [T, B, ...] and the per-step outputs of the last Linear [T, B, K]."""
+def _model_trace(model: nn.Module, x: torch.Tensor, per_step: bool):
+    """Every neuron module's output, the model's logits and, if ``per_step``, the per-step outputs of
+    its last Linear layer ``[T, B, K]`` (the graph's output before the readout)."""
     spikes, hooks = {}, []
     names = {id(m): n for n, m in model.named_modules()}
     for m in model.modules():
         if isinstance(m, SpikingNeuron):
             hooks.append(m.register_forward_hook(lambda mod, i, o: spikes.__setitem__(names[id(mod)], o)))
-    per_step = []
+    outputs = []
     head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    hooks.append(head.register_forward_hook(lambda mod, i, o: per_step.append(o)))
+    hooks.append(head.register_forward_hook(lambda mod, i, o: outputs.append(o)))
     with torch.no_grad():
-        model(x)
+        logits = model(x)
     for h in hooks:
         h.remove()
     T, B = x.shape[:2]
-    return spikes, per_step[0].reshape(T, B, -1)
+    return spikes, logits, (outputs[0].reshape(T, B, -1) if per_step else None)
 
 
 def _compare_spikes(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor],
-                    potentials: dict[str, torch.Tensor], thresholds: dict[str, torch.Tensor]) -> tuple[int, int, int]:
-    """(neuron-steps compared, threshold ties, mismatches) over the populations both sides have."""
+                    potentials: dict[str, torch.Tensor], thresholds: dict[str, torch.Tensor],
+                    steps: Optional[dict[str, int]] = None) -> tuple[int, int, int]:
+    """(neuron-steps compared, threshold ties, mismatches) over the populations both sides have.
+
+    ``steps``: populations that equal ``want`` at one step only (unrolled graphs); ``want`` then has no
+    time axis and ``got[name][step]`` is compared with it.
+    """
     total = ties = wrong = 0
     for name, w in want.items():
         if name not in got:
             continue
-        g = got[name].to(w.device, w.dtype)
+        g, p = got[name], potentials[name]
+        if steps and name in steps:
+            g, p = g[steps[name]], p[steps[name]]
+        g = g.to(w.device, w.dtype)
         differ = g != w
         total += w.numel()
         if differ.any():
-            near = (potentials[name] - thresholds[name]).abs() <= TIE_TOLERANCE * thresholds[name].abs().clamp(min=1)
+            near = (p - thresholds[name]).abs() <= TIE_TOLERANCE * thresholds[name].abs().clamp(min=1)
             ties += int((differ & near).sum())
             wrong += int((differ & ~near).sum())
     return total, ties, wrong
@@ -150,12 +159,17 @@ def verify(checkpoint: Path | str, targets: tuple[str, ...] = ("torch", "norse")
     x = encode(data.x_test[:n], T, encoding, torch.Generator().manual_seed(1234)).double()
 
     model = model.double().eval()
-    model_spikes, model_steps = _model_trace(model, x)
     collapsed = collapse(model, T)
     graph = collapsed.graph
     readout = graph.metadata.get("readout", "mean")
-    # The model's spikes, as the graph's populations.
-    want = {node: model_spikes[mod][:, :, c0:c1] for node, (mod, c0, c1) in collapsed.populations.items()}
+    model_spikes, model_logits, model_steps = _model_trace(model, x, per_step=readout == "mean")
+    if model_steps is None:  # only the last step is the model's output (T-RevSNN: one column per step)
+        model_steps = model_logits.unsqueeze(0)
+    # The model's spikes, as the graph's populations (a population of an unrolled graph equals its
+    # module's single output at one step).
+    steps_of = collapsed.population_steps or {}
+    want = {node: (model_spikes[mod][:, c0:c1] if node in steps_of else model_spikes[mod][:, :, c0:c1])
+            for node, (mod, c0, c1) in collapsed.populations.items()}
     neuron_nodes = [n_ for n_ in graph.nodes if isinstance(graph.nodes[n_], NEURON_TYPES)]
     thresholds = {}
     for name in neuron_nodes:
@@ -169,7 +183,7 @@ def verify(checkpoint: Path | str, targets: tuple[str, ...] = ("torch", "norse")
     ref_steps, ref_spikes, ref_potentials = _run_recording(reference, x)
     t_ref = time.perf_counter() - t_ref
     reports: dict[str, TargetReport] = {}
-    model_pred = _readout(model_steps, readout).argmax(1)
+    model_pred = model_logits.argmax(1)
     with tempfile.TemporaryDirectory(prefix="revsnn-verify-") as tmp:
         for name in targets:
             t0 = time.perf_counter()
@@ -180,7 +194,7 @@ def verify(checkpoint: Path | str, targets: tuple[str, ...] = ("torch", "norse")
                 steps, spikes, potentials = (ref_steps, ref_spikes, ref_potentials) if device == "cpu" else \
                     _run_recording(executor, x)
                 # Against the training model itself.
-                total, ties, wrong = _compare_spikes(spikes, want, potentials, thresholds)
+                total, ties, wrong = _compare_spikes(spikes, want, potentials, thresholds, steps_of)
                 base_steps, base_pred = model_steps, model_pred
                 note = "reference executor vs the training model"
             else:
@@ -191,11 +205,13 @@ def verify(checkpoint: Path | str, targets: tuple[str, ...] = ("torch", "norse")
             seconds = time.perf_counter() - t0
             steps = steps.to(torch.float64).cpu()
             pred = _readout(steps, readout).argmax(1)
-            max_diff = float((steps - base_steps).abs().max())
-            base_spikes = want if name.startswith("torch") else ref_spikes
+            max_diff = float((steps[-base_steps.shape[0]:] - base_steps).abs().max())
+            from_model = name.startswith("torch")
+            base_spikes = want if from_model else ref_spikes
             out_total, out_ties, out_wrong = _compare_spikes({p: spikes[p] for p in output_pops},
                                                              {p: base_spikes[p] for p in output_pops},
-                                                             ref_potentials, thresholds)
+                                                             ref_potentials, thresholds,
+                                                             steps_of if from_model else None)
             if name == "torch":
                 seconds += t_ref
             tol = TOLERANCES[name]

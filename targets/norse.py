@@ -19,12 +19,14 @@ random and its Flatten passes NIR's batch-free indices to torch unchanged):
 - ``IF`` → ``norse.torch.IAFCell`` (``v ← v + i``, no dt), membrane starting at 0.
 - Refused before anything is built (:class:`UnsupportedNodeError`): LIF/IF nodes with ``r ≠ 1`` or
   ``v_reset ≠ 0`` (norse ignores both, so they would run wrongly), any node type not mapped here (CubaLIF,
-  LI, Delay, Conv1d, nested graphs, ...), graph cycles (the contract's edges have no delay; nirtorch would
+  LI, Conv1d, nested graphs, ...), graph cycles (the contract's edges have no delay; nirtorch would
   add one), and graphs without exactly one Input and one Output.
 - ``Affine``/``Linear`` → ``nn.Linear`` (with the bias), ``Conv2d`` → ``nn.Conv2d``, ``AvgPool2d`` →
   ``nn.AvgPool2d(count_include_pad=True)`` (torch's divisor, as the reference), ``SumPool2d`` → that times
   the window area, ``Scale`` → ``x·s``, ``Flatten`` → ``nn.Flatten`` with NIR's batch-free indices shifted
-  by one when ≥ 0, ``Threshold`` → stateless ``x > θ``, ``Input``/``Output`` → identity.
+  by one when ≥ 0, ``Threshold`` → stateless ``x > θ``, ``Input``/``Output`` → identity, ``Delay`` → a
+  stateful FIFO module (``y[t] = x[t − d]``, d in steps since dt = 1, zeros before the first input), its
+  state carried by nirtorch's state dict like the neurons' (grouped ``Conv2d`` maps with its ``groups``).
 
 Hidden spikes: a forward hook on every neuron module records its output, so ``spikes`` holds every neuron
 node's spikes of the last step (keyed by the NIR node name).
@@ -86,6 +88,31 @@ class _Scale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale
+
+
+class _Delay(nn.Module):
+    """``y[t] = x[t - d]`` (d in steps, per element), zeros before the first input. The state is the tuple
+    of the last ``max d`` inputs, oldest first; nirtorch passes it back in through ``state``."""
+
+    def __init__(self, delay: np.ndarray, device):
+        super().__init__()
+        d = np.asarray(delay, dtype=np.float64)
+        self.register_buffer("steps", torch.as_tensor(d.astype(np.int64), device=device))
+        self.depth = int(d.max())
+        self.values = sorted({int(v) for v in np.unique(d)})
+
+    def forward(self, x: torch.Tensor, state: Optional[tuple] = None):
+        if self.depth == 0:
+            return x, ()
+        fifo = tuple(state) if state else (torch.zeros_like(x),) * self.depth
+        fifo = fifo + (x,)
+        if len(self.values) == 1:
+            out = fifo[-1 - self.values[0]]
+        else:
+            out = torch.zeros_like(x)
+            for k in self.values:
+                out = torch.where(self.steps == k, fifo[-1 - k], out)
+        return out, fifo[1:]
 
 
 class _SumPool2d(nn.AvgPool2d):
@@ -176,6 +203,7 @@ def _node_map(dtype: torch.dtype, device: torch.device) -> dict[type, Callable[[
         nir.Threshold: lambda n: _Threshold(_tensor(n.threshold, dtype, device)),
         nir.LIF: lambda n: _lif_cell(n, dtype, device),
         nir.IF: lambda n: _if_cell(n, dtype, device),
+        nir.Delay: lambda n: _Delay(n.delay, device),
     }
 
 
@@ -207,6 +235,11 @@ def check_graph(graph: nir.NIRGraph) -> None:
         if isinstance(node, nir.Conv2d) and isinstance(node.padding, str):
             raise UnsupportedNodeError(f"node {name!r} (Conv2d) has string padding {node.padding!r}; write "
                                        "explicit padding.")
+        if isinstance(node, nir.Delay):
+            d = np.asarray(node.delay, dtype=np.float64)
+            if d.size == 0 or np.any(d < 0) or np.any(d != np.round(d)):
+                raise UnsupportedNodeError(f"node {name!r} (Delay) needs non-negative whole numbers of steps "
+                                           "(dt = 1).")
         if isinstance(node, (nir.Affine, nir.Linear)) and np.asarray(node.weight).ndim != 2:
             raise UnsupportedNodeError(f"node {name!r} ({type(node).__name__}) has a weight of "
                                        f"{np.asarray(node.weight).ndim} dimensions; the norse target maps 2-D "

@@ -8,7 +8,9 @@ directly from the node parameters, with no code shared with the training models:
 - ``LIF``: forward Euler with dt = 1, ``h = v + (v_leak - v + r I) / tau``; ``IF``: ``h = v + r I``; spike
   ``h > v_threshold`` (strict); hard reset to ``v_reset``; membranes start at 0;
 - ``Threshold``: ``x > threshold``, no state;
-- ``Affine``/``Linear``/``Conv2d``/``AvgPool2d`` (torch's zero-padding-counted average)/``Flatten``
+- ``Delay``: ``y[t] = x[t - d]`` with ``d`` in steps (dt = 1; a non-negative integer per element), zeros
+  before the first input; ``d = 0`` is the identity. A FIFO of the last ``max d`` inputs per node;
+- ``Affine``/``Linear``/``Conv2d`` (grouped too)/``AvgPool2d`` (torch's zero-padding-counted average)/``Flatten``
   (batch-free indices)/``Scale`` as written.
 
 Runs on CPU or CUDA (TF32 off, so that CUDA matches the CPU's float arithmetic as closely as it can).
@@ -64,6 +66,7 @@ class ReferenceExecutor:
         self.neurons = [n for n in self.order if isinstance(graph.nodes[n], NEURON_TYPES)]
         self.fns: dict[str, Callable] = {n: self._compile(n, graph.nodes[n]) for n in self.order}
         self.state: dict[str, Optional[torch.Tensor]] = {}
+        self.buffers: dict[str, list[torch.Tensor]] = {}  # Delay FIFOs
         self.spikes: dict[str, torch.Tensor] = {}
         self.potentials: dict[str, torch.Tensor] = {}
 
@@ -123,8 +126,36 @@ class ReferenceExecutor:
                 self.potentials[name] = i
                 return (i > th).to(i.dtype)
             return threshold
+        if isinstance(node, nir.Delay):
+            return self._delay(name, node)
         raise UnsupportedNodeError(f"node {name!r} is a {type(node).__name__}, which the reference executor "
                                    "does not run.")
+
+    def _delay(self, name: str, node: nir.Delay) -> Callable:
+        d = np.asarray(node.delay, dtype=np.float64)
+        if d.size == 0 or np.any(d < 0) or np.any(d != np.round(d)):
+            raise UnsupportedNodeError(f"{name}: Delay needs non-negative whole numbers of steps (dt = 1), got "
+                                       f"{np.unique(d)[:5]}.")
+        steps = torch.as_tensor(d.astype(np.int64), device=self.device)
+        depth = int(d.max())
+        values = sorted({int(v) for v in np.unique(d)})
+        if depth == 0:
+            return lambda x: x
+
+        def delay(x: torch.Tensor) -> torch.Tensor:
+            fifo = self.buffers.get(name)  # the last `depth` inputs, oldest first
+            if fifo is None:
+                fifo = [torch.zeros_like(x)] * depth
+            fifo = fifo + [x]               # fifo[-1 - k]: the input k steps ago
+            if len(values) == 1:
+                out = fifo[-1 - values[0]]
+            else:
+                out = torch.zeros_like(x)
+                for k in values:
+                    out = torch.where(steps == k, fifo[-1 - k], out)
+            self.buffers[name] = fifo[1:]
+            return out
+        return delay
 
     def _fire(self, name: str, h: torch.Tensor, th: torch.Tensor, reset: torch.Tensor) -> torch.Tensor:
         s = (h > th).to(h.dtype)
@@ -134,6 +165,7 @@ class ReferenceExecutor:
 
     def reset(self) -> None:
         self.state = {}
+        self.buffers = {}
         self.spikes = {}
         self.potentials = {}
 

@@ -16,6 +16,12 @@ Model, per column ``t = 0 .. T-1`` (``T = time_steps``) and level ``i = 0 .. L-1
   ``Q -> Conv1x1 -> BN`` (same resolution as the level below). Up: levels 0 .. L-3
   ``Q -> Conv1x1 -> BN -> nearest x2``; level L-2 ``Q -> Conv1x1 -> BN``; the last level has no Up.
   With L = 4 this is exactly the paper's wiring. Convolutions before a BN have no bias.
+- ``level_strides`` (one per level 1 .. L-1, each 1 or 2): the stride of that level's Down convolution;
+  the Up that reads a stride-2 level ends in nearest x2 upsampling, the Up that reads a stride-1 level
+  has none (``Q -> Conv1x1 -> BN``). The default ``[2] * (L-2) + [1]`` is the wiring above.
+  ``trevsnn-digits`` uses ``[1, 1, 1]``: every level stays at the stem's 8x8. NIR has no upsampling node,
+  so only a single-resolution T-RevSNN collapses to a NIR graph (``exporters/collapse_trev.py``; a
+  multi-resolution one is refused there and goes to ONNX); at 8x8 the pyramid buys little anyway.
 - ``L_i`` is ``blocks_per_level`` ConvNeXt-like spiking blocks,
   ``u + gamma * DW2(PW2(Q(PW1(DW1(Q(u))))))`` (DW depthwise k x k with bias, PW 1x1 with bias,
   C -> expansion*C -> C, no normalisation inside). As in the code: even-indexed blocks ("block A") have
@@ -184,6 +190,11 @@ class Column(nn.Module):
         self.alpha = alpha
 
 
+def default_level_strides(num_levels: int) -> list[int]:
+    """The paper's wiring: levels 1 .. L-2 halve the resolution, the last level keeps it."""
+    return [2] * (num_levels - 2) + [1]
+
+
 def _frame(x: Tensor, t: int, static: bool) -> Tensor:
     """Column t's stem output: the shared one (static input) or frame t."""
     return x if static else x[t]
@@ -315,6 +326,7 @@ class TRevColumns(ReversibleModule):
         gamma_init: float = 1.0,
         reversible: bool = True,
         preserve_rng: bool = True,
+        level_strides: Optional[Sequence[int]] = None,
     ):
         super().__init__()
         channels = [int(c) for c in channels]
@@ -328,6 +340,11 @@ class TRevColumns(ReversibleModule):
             raise ValueError(f"alpha_min must be positive (the inverse divides by alpha), got {alpha_min}.")
         neuron = neuron or threshold_neuron()
         L = len(channels)
+        strides = default_level_strides(L) if level_strides is None else [int(s) for s in level_strides]
+        if len(strides) != L - 1 or any(s not in (1, 2) for s in strides):
+            raise ValueError(f"level_strides must give a stride of 1 or 2 for each of levels 1..{L - 1}, got "
+                             f"{list(level_strides)}.")
+        self.level_strides = strides
         self.channels = channels
         self.num_levels = L
         self.time_steps = int(time_steps)
@@ -344,12 +361,12 @@ class TRevColumns(ReversibleModule):
                 if i == 0:
                     down: nn.Module = nn.Identity()
                 elif i < L - 1:
-                    down = _spike_conv_bn(neuron, channels[i - 1], channels[i], 3, 2)
+                    down = _spike_conv_bn(neuron, channels[i - 1], channels[i], 3, strides[i - 1])
                 else:
-                    down = _spike_conv_bn(neuron, channels[i - 1], channels[i], 1, 1)
+                    down = _spike_conv_bn(neuron, channels[i - 1], channels[i], 1, strides[i - 1])
                 up = None
                 if t > 0 and i < L - 1:
-                    up = _spike_conv_bn(neuron, channels[i + 1], channels[i], 1, 1, upsample=i < L - 2)
+                    up = _spike_conv_bn(neuron, channels[i + 1], channels[i], 1, 1, upsample=strides[i] == 2)
                 blocks = []
                 for b in range(blocks_per_level):
                     block_a = b % 2 == 0
@@ -482,6 +499,7 @@ class TRevSNN(nn.Module):
         gamma_init: float = 1.0,
         neuron: Optional[NeuronFactory] = None,
         reversible: bool = True,
+        level_strides: Optional[Sequence[int]] = None,
     ):
         super().__init__()
         self.input_shape = tuple(int(s) for s in input_shape)
@@ -501,14 +519,18 @@ class TRevSNN(nn.Module):
                        nn.BatchNorm2d(channels[0])]
             c_in, h, w = channels[0], _conv_out(h, kernel, stride), _conv_out(w, kernel, stride)
         self.stem = nn.Sequential(*layers)
-        # nearest x2 must restore the size a stride-2 conv halved: levels 0 .. L-3 need even sizes.
-        for i in range(len(channels) - 2):
-            if h % 2 or w % 2:
-                raise ValueError(f"Level {i} of T-RevSNN would be {h}x{w}; levels 0..{len(channels) - 3} need "
-                                 f"even sizes for the x2 upsampling. Change input_shape, stem or the levels.")
-            h, w = (h + 1) // 2, (w + 1) // 2
+        # nearest x2 must restore the size a stride-2 conv halved: a level below a stride-2 level needs even sizes.
+        strides = default_level_strides(len(channels)) if level_strides is None else [int(s) for s in level_strides]
+        halving = [i for i, s in enumerate(strides) if s == 2]
+        for i, s in enumerate(strides):
+            if s == 2:
+                if h % 2 or w % 2:
+                    raise ValueError(f"Level {i} of T-RevSNN would be {h}x{w}; levels {halving} need even sizes "
+                                     f"for the x2 upsampling. Change input_shape, stem, level_strides or the levels.")
+                h, w = (h + 1) // 2, (w + 1) // 2
         self.body = TRevColumns(channels, time_steps, blocks_per_level, kernel_size, expansion, neuron,
-                                reuse_pw2_dw2, alpha_init, alpha_min, gamma_init, reversible)
+                                reuse_pw2_dw2, alpha_init, alpha_min, gamma_init, reversible,
+                                level_strides=level_strides)
         self.head = SpikingHead(channels[-1], num_classes, neuron)
 
     def encode(self, x: Tensor) -> Tensor:
@@ -535,7 +557,8 @@ class TRevSNN(nn.Module):
 # Registry.
 
 _MODEL_KEYS = ("channels", "time_steps", "blocks_per_level", "kernel_size", "expansion", "stem", "static_input",
-               "reuse_pw2_dw2", "v_threshold", "surrogate_width", "alpha_init", "alpha_min", "gamma_init")
+               "reuse_pw2_dw2", "v_threshold", "surrogate_width", "alpha_init", "alpha_min", "gamma_init",
+               "level_strides")
 
 CONFIGS: dict[str, dict] = {
     "trevsnn-tiny": {
@@ -578,11 +601,14 @@ CONFIGS: dict[str, dict] = {
         "gamma_init": 1.0,
         "train": {"epochs": 300, "lr": 2e-3, "time_steps": 4, "batch_size": 512, "encoding": "direct"},
     },
+    # Single resolution (level_strides all 1): every level stays 8x8, so Up is Q -> Conv1x1 -> BN with no
+    # upsampling and the trained model collapses to NIR (which has no upsampling node); see exporters.
     "trevsnn-digits": {
         "family": "trevsnn",
         "input_shape": [1, 8, 8],
         "num_classes": 10,
-        "channels": [16, 32, 32, 64],
+        "channels": [16, 24, 24, 32],
+        "level_strides": [1, 1, 1],
         "time_steps": 4,
         "blocks_per_level": 2,
         "kernel_size": 3,
