@@ -157,6 +157,23 @@ def _grads(out: Tensor, leaf: Tensor, params: list[Tensor], grad_out: Tensor) ->
     return g_leaf, list(got[1:])
 
 
+class ParamGrads:
+    """Gradients of a custom Function's parameter inputs, summed over every recompute that used them
+    (a parameter shared by several blocks or columns gets the sum). ``grads`` is in ``params`` order,
+    ``None`` where nothing arrived, ready to be returned from ``backward``."""
+
+    def __init__(self, params: list[Tensor]):
+        self._index = {id(p): i for i, p in enumerate(params)}
+        self.grads: list[Optional[Tensor]] = [None] * len(params)
+
+    def __call__(self, ps: list[Tensor], gs: list[Optional[Tensor]]) -> None:
+        for p, g in zip(ps, gs):
+            if g is None:
+                continue
+            i = self._index[id(p)]
+            self.grads[i] = g if self.grads[i] is None else self.grads[i] + g
+
+
 def _local_backward(fn: nn.Module, inp: Tensor, ev: _Evaluation, grad_out: Tensor, accumulate) -> tuple[Tensor, Tensor]:
     """Recompute ``fn(inp)`` under grad, backpropagate ``grad_out`` through it, restore ``fn``'s state.
 
@@ -216,20 +233,10 @@ class _ReversibleFn(torch.autograd.Function):
     def backward(ctx, dy: Tensor):
         seq: ReversibleSequence = ctx.seq
         (y,) = ctx.saved_tensors
-        params = [p for p in seq.parameters()]
-        index = {id(p): i for i, p in enumerate(params)}
-        param_grads: list[Optional[Tensor]] = [None] * len(params)
-
-        def accumulate(ps: list[Tensor], gs: list[Optional[Tensor]]) -> None:
-            for p, g in zip(ps, gs):
-                if g is None:
-                    continue
-                i = index[id(p)]
-                param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
-
+        accumulate = ParamGrads(list(seq.parameters()))
         backward = _backward_parallel if seq.parallel_schedule else _backward_serial
         dx = backward(seq, ctx.evaluations, y.detach(), dy, accumulate)
-        return (dx, None, *param_grads)
+        return (dx, None, *accumulate.grads)
 
 
 def _forward_serial(seq: "ReversibleSequence", x: Tensor):
@@ -409,14 +416,9 @@ class _RecomputeFn(torch.autograd.Function):
     def backward(ctx, dout: Tensor):
         owner: Recompute = ctx.owner
         (x,) = ctx.saved_tensors
-        params = list(owner.parameters())
-        grads: dict[int, Tensor] = {}
-
-        def accumulate(ps: list[Tensor], gs: list[Optional[Tensor]]) -> None:
-            grads.update({id(p): g for p, g in zip(ps, gs) if g is not None})
-
+        accumulate = ParamGrads(list(owner.parameters()))
         _, dx = _local_backward(owner.module, x, ctx.evaluation, dout, accumulate)
-        return (dx, None, *[grads.get(id(p)) for p in params])
+        return (dx, None, *accumulate.grads)
 
 
 class Recompute(ReversibleModule):
