@@ -6,28 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from revsnn.testing import trained_like
 from revsnn.exporters.collapse import CollapseError, collapse
-from revsnn.models import build_model, get_config
 from revsnn.neurons import SpikingNeuron
 from revsnn.targets.reference import ReferenceExecutor
-
-
-def trained_like(name: str, seed: int = 0, **changes) -> nn.Module:
-    """A model whose BatchNorms hold non-trivial statistics and affine parameters, as after training."""
-    config = get_config(name)
-    config.update(changes)
-    torch.manual_seed(seed)
-    model = build_model(config).double()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.copy_(0.3 * torch.randn(c, generator=g, dtype=torch.float64))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g, dtype=torch.float64))
-                m.weight.copy_(1.5 + 0.5 * torch.randn(c, generator=g, dtype=torch.float64))
-                m.bias.copy_(0.2 * torch.randn(c, generator=g, dtype=torch.float64))
-    return model.eval()
 
 
 def model_trace(model: nn.Module, x: torch.Tensor):

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from revsnn.testing import trained_like as base_trained_like
 from revsnn.exporters.collapse import CollapseError, collapse
 from revsnn.exporters.nir_file import write_nir
-from revsnn.models import build_model, get_config
 from revsnn.neurons import Threshold
 from revsnn.targets.norse import NorseTarget
 from revsnn.targets.reference import ReferenceExecutor
@@ -16,25 +16,15 @@ SMALL = dict(channels=[3, 4, 5], blocks_per_level=2, expansion=2, level_strides=
 
 
 def trained_like(name: str, seed: int = 0, **changes) -> nn.Module:
-    """A model whose BatchNorms hold non-trivial statistics and affine parameters, as after training."""
-    config = get_config(name)
-    config.update(changes)
-    torch.manual_seed(seed)
-    model = build_model(config).double()
-    g = torch.Generator().manual_seed(seed)
+    """``revsnn.testing.trained_like`` plus leaks moved away from their init, one of them negative."""
+    model = base_trained_like(name, seed, **changes)
+    g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.copy_(0.3 * torch.randn(c, generator=g, dtype=torch.float64))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g, dtype=torch.float64))
-                m.weight.copy_(1.5 + 0.5 * torch.randn(c, generator=g, dtype=torch.float64))
-                m.bias.copy_(0.2 * torch.randn(c, generator=g, dtype=torch.float64))
-        for a in model.body.alphas():  # leaks away from their init, one of them negative
+        for a in model.body.alphas():
             a.copy_(0.2 + 0.6 * torch.rand(a.shape, generator=g, dtype=torch.float64))
         if model.body.alphas():
             model.body.alphas()[0][0] = -0.4
-    return model.eval()
+    return model
 
 
 def model_trace(model: nn.Module, x: torch.Tensor):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from revsnn.neurons import (IF, LIF, ATan, Rectangular, Sigmoid, Threshold, get_states, lif_step,
+from revsnn.neurons import (IF, LIF, ATan, Rectangular, Sigmoid, Threshold, get_states,
                             reset_states, spike)
 
 CONTRACT = json.loads((Path(__file__).parent / "contract" / "float_neurons.json").read_text())

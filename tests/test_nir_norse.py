@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from torch import nn
 
+from revsnn.testing import trained_like
 from revsnn.exporters.collapse import collapse
 from revsnn.exporters.nir_file import NIRFileError, read_nir, summarize, write_nir
-from revsnn.models import build_model, get_config
 from revsnn.targets.norse import NorseTarget
 from revsnn.targets.reference import ReferenceExecutor, UnsupportedNodeError
 
@@ -25,25 +24,6 @@ MODELS = {
     "pararevsnn-digits": ("pararevsnn-digits", {}),
     "pararevsnn-digits-lif": ("pararevsnn-digits", {"neuron": LIF_NEURON}),
 }
-
-
-def trained_like(name: str, seed: int = 0, **changes) -> nn.Module:
-    """A zoo model whose BatchNorms hold non-trivial statistics, as after training (as in test_collapse.py;
-    pytest's importlib mode keeps test modules from importing each other)."""
-    config = get_config(name)
-    config.update(changes)
-    torch.manual_seed(seed)
-    model = build_model(config).double()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.copy_(0.3 * torch.randn(c, generator=g, dtype=torch.float64))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g, dtype=torch.float64))
-                m.weight.copy_(1.5 + 0.5 * torch.randn(c, generator=g, dtype=torch.float64))
-                m.bias.copy_(0.2 * torch.randn(c, generator=g, dtype=torch.float64))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

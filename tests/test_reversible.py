@@ -51,7 +51,8 @@ def spike_count(seq: nn.Module, x: torch.Tensor) -> float:
     """(fewest, total) spikes over the neuron populations, in a no-grad forward of a copy."""
     seq = copy.deepcopy(seq)
     counts = []
-    hooks = [n.register_forward_hook(lambda m, i, o: counts.append(o.sum().item())) for n in neurons_of(seq)]
+    for n in neurons_of(seq):
+        n.register_forward_hook(lambda m, i, o: counts.append(o.sum().item()))
     with torch.no_grad():
         seq(x)
     return min(counts), sum(counts)

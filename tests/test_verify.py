@@ -4,7 +4,6 @@ import json
 
 import nir
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from revsnn.cli.main import app
