@@ -169,6 +169,9 @@ def collapse(model: nn.Module, time_steps: int) -> Collapsed:
     elif family == "trevsnn":
         from .collapse_trev import collapse_trev
         return collapse_trev(model, builder, walker, time_steps, config)
+    elif family == "revnode":
+        from .collapse_revnode import collapse_revnode
+        return collapse_revnode(model, builder, names, time_steps, config)
     elif family == "revsformer":
         raise CollapseError("RevSFormer's spiking self-attention multiplies spike maps (Q Kᵀ V), which no NIR "
                             "node expresses; export it to ONNX instead.")

@@ -53,6 +53,7 @@ class TargetReport:
     max_abs_diff: float
     tolerance: float
     populations: int
+    spike_count: int                 # spikes emitted over all populations, samples and steps
     seconds: float
     note: str = ""
     raster: Optional[torch.Tensor] = field(default=None, repr=False)   # [T, neurons] of sample 0
@@ -62,7 +63,8 @@ class TargetReport:
                 "output_spike_agreement": self.output_spike_agreement, "threshold_ties": self.threshold_ties,
                 "mismatches": self.mismatches, "prediction_agreement": self.prediction_agreement,
                 "max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance, "time_steps": self.time_steps,
-                "populations": self.populations, "seconds": self.seconds, "note": self.note}
+                "populations": self.populations, "spike_count": self.spike_count, "seconds": self.seconds,
+                "note": self.note}
 
 
 @dataclass
@@ -95,7 +97,12 @@ def _model_trace(model: nn.Module, x: torch.Tensor, per_step: bool):
     names = {id(m): n for n, m in model.named_modules()}
     for m in model.modules():
         if isinstance(m, SpikingNeuron):
-            hooks.append(m.register_forward_hook(lambda mod, i, o: spikes.__setitem__(names[id(mod)], o)))
+            # A node whose output is not its spike train (the reversible RevLIF node emits y = s + d) says
+            # what its spikes are; models start every forward from rest.
+            record = (lambda mod, i, o: mod.spike_train(i[0])) if hasattr(m, "spike_train") else \
+                (lambda mod, i, o: o)
+            hooks.append(m.register_forward_hook(
+                lambda mod, i, o, record=record: spikes.__setitem__(names[id(mod)], record(mod, i, o))))
     outputs = []
     head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     hooks.append(head.register_forward_hook(lambda mod, i, o: outputs.append(o)))
@@ -221,7 +228,8 @@ def verify(checkpoint: Path | str, targets: tuple[str, ...] = ("torch", "norse")
                 output_spike_agreement=1.0 - (out_ties + out_wrong) / max(out_total, 1),
                 threshold_ties=ties, mismatches=wrong,
                 prediction_agreement=float((pred == base_pred).double().mean()), max_abs_diff=max_diff,
-                tolerance=tol, populations=len([p for p in spikes if p in ref_spikes]), seconds=seconds, note=note,
+                tolerance=tol, populations=len([p for p in spikes if p in ref_spikes]),
+                spike_count=int(sum(float(v.sum()) for v in spikes.values())), seconds=seconds, note=note,
                 raster=_raster(spikes, output_pops))
             reports[name] = report
             if on_target:

@@ -19,8 +19,14 @@ random and its Flatten passes NIR's batch-free indices to torch unchanged):
 - ``IF`` → ``norse.torch.IAFCell`` (``v ← v + i``, no dt), membrane starting at 0.
 - Refused before anything is built (:class:`UnsupportedNodeError`): LIF/IF nodes with ``r ≠ 1`` or
   ``v_reset ≠ 0`` (norse ignores both, so they would run wrongly), any node type not mapped here (CubaLIF,
-  LI, Conv1d, nested graphs, ...), graph cycles (the contract's edges have no delay; nirtorch would
-  add one), and graphs without exactly one Input and one Output.
+  LI, Conv1d, nested graphs, ...), graph cycles that pass through no ``Delay`` of at least one step (the
+  contract's edges have no delay; nirtorch would add one), and graphs without exactly one Input and one
+  Output.
+- Cycles closed by a ``Delay`` (all delays >= 1) run exactly as in the reference executor, without
+  nirtorch's own recurrent handling (which would add a second, implicit step of delay): every such
+  Delay node is cut out of the wiring given to nirtorch (it is fed from the Input node, which it
+  ignores) and becomes a module that returns its FIFO's output; forward hooks capture the outputs of
+  its real source nodes during the step, and after the step their sum is pushed into the FIFO.
 - ``Affine``/``Linear`` → ``nn.Linear`` (with the bias), ``Conv2d`` → ``nn.Conv2d``, ``AvgPool2d`` →
   ``nn.AvgPool2d(count_include_pad=True)`` (torch's divisor, as the reference), ``SumPool2d`` → that times
   the window area, ``Scale`` → ``x·s``, ``Flatten`` → ``nn.Flatten`` with NIR's batch-free indices shifted
@@ -44,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .reference import UnsupportedNodeError
+from .reference import UnsupportedNodeError, delays_at_least_one
 
 __all__ = ["NorseTarget", "UnsupportedNodeError", "MAPPED_TYPES"]
 
@@ -113,6 +119,35 @@ class _Delay(nn.Module):
             for k in self.values:
                 out = torch.where(self.steps == k, fifo[-1 - k], out)
         return out, fifo[1:]
+
+
+class _CutDelay(nn.Module):
+    """A Delay (all delays >= 1) that closes a cycle: returns the input of ``d`` steps ago from a FIFO the
+    target fills after each step (:meth:`NorseTarget.step`); its wired input (the graph's Input) is ignored."""
+
+    def __init__(self, delay: np.ndarray, shape: tuple[int, ...], device):
+        super().__init__()
+        d = np.asarray(delay, dtype=np.float64)
+        self.register_buffer("steps", torch.as_tensor(d.astype(np.int64), device=device))
+        self.depth = int(d.max())
+        self.values = sorted({int(v) for v in np.unique(d)})
+        self.shape = tuple(shape)
+        self.fifo: Optional[list] = None  # the last `depth` inputs, oldest first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fifo is None:
+            zero = torch.zeros(x.shape[0], *self.shape, dtype=x.dtype, device=x.device)
+            self.fifo = [zero] * self.depth
+        n = len(self.fifo)
+        if len(self.values) == 1:
+            return self.fifo[n - self.values[0]]
+        out = torch.zeros_like(self.fifo[-1])
+        for k in self.values:
+            out = torch.where(self.steps == k, self.fifo[n - k], out)
+        return out
+
+    def push(self, x: torch.Tensor) -> None:
+        self.fifo = self.fifo[1:] + [x]
 
 
 class _SumPool2d(nn.AvgPool2d):
@@ -216,8 +251,10 @@ def _sanitized(name: str) -> str:
     return "nir_node_" + name if keyword.iskeyword(name) else name
 
 
-def check_graph(graph: nir.NIRGraph) -> None:
-    """Raise :class:`UnsupportedNodeError` for anything this target would not run exactly as the contract."""
+def check_graph(graph: nir.NIRGraph) -> list[str]:
+    """Raise :class:`UnsupportedNodeError` for anything this target would not run exactly as the contract.
+
+    Returns the Delay nodes to cut out of the wiring (empty for a feedforward graph)."""
     if not isinstance(graph, nir.NIRGraph):
         raise UnsupportedNodeError(f"the norse target runs a nir.NIRGraph, not a {type(graph).__name__}.")
     for name, node in graph.nodes.items():
@@ -259,10 +296,28 @@ def check_graph(graph: nir.NIRGraph) -> None:
         preds[dst].append(src)
     try:
         tuple(TopologicalSorter(preds).static_order())
-    except CycleError as exc:
-        raise UnsupportedNodeError("the graph has a cycle; the norse target runs feedforward graphs (nirtorch "
-                                   "would delay the recurrent edge by one step, which the contract does not "
-                                   "have).") from exc
+    except CycleError:
+        cut = set(delays_at_least_one(graph))
+        try:
+            tuple(TopologicalSorter({n: ([] if n in cut else p) for n, p in preds.items()}).static_order())
+        except CycleError as exc:
+            raise UnsupportedNodeError("the graph has a cycle that passes through no Delay of at least one step; "
+                                       "the norse target runs feedforward graphs and cycles closed by such a Delay "
+                                       "(nirtorch would delay the recurrent edge by one step, which the contract "
+                                       "does not have).") from exc
+        return sorted(cut)
+    return []
+
+
+def _cut_delay_shape(name: str, node: nir.Delay) -> tuple[int, ...]:
+    d = np.asarray(node.delay)
+    if d.size > 1:
+        return tuple(d.shape)
+    shape = np.asarray((node.input_type or {}).get("input", ()), dtype=np.int64)
+    if shape.size == 0:
+        raise UnsupportedNodeError(f"node {name!r} (Delay) closes a cycle and needs its input shape (a per-element "
+                                   "delay array or an input_type).")
+    return tuple(int(v) for v in shape)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -280,12 +335,25 @@ class NorseTarget:
                  device: Union[str, torch.device] = "cpu"):
         import nirtorch
 
-        check_graph(graph)
+        cut = check_graph(graph)
         self.graph = graph
         self.dtype = dtype
         self.device = torch.device(device)
-        self.module = nirtorch.nir_to_torch(graph, _node_map(dtype, self.device), default_map={},
-                                            device=self.device, dtype=dtype)
+        wired = graph
+        node_map = _node_map(dtype, self.device)
+        self._cut: dict[str, list[str]] = {}  # cut Delay node -> its real source nodes
+        if cut:
+            input_name = next(n for n, node in graph.nodes.items() if isinstance(node, nir.Input))
+            edges = [(s, d) for s, d in graph.edges if d not in cut] + [(input_name, d) for d in cut]
+            self._cut = {d: [s for s, dd in graph.edges if dd == d] for d in cut}
+            wired = nir.NIRGraph(nodes=dict(graph.nodes), edges=edges, metadata=dict(graph.metadata),
+                                 type_check=False)
+            cut_modules = {d: _CutDelay(graph.nodes[d].delay, _cut_delay_shape(d, graph.nodes[d]), self.device)
+                           for d in cut}
+            plain_delay = node_map[nir.Delay]
+            node_map[nir.Delay] = lambda n: next((m for d, m in cut_modules.items() if graph.nodes[d] is n),
+                                                 None) or plain_delay(n)
+        self.module = nirtorch.nir_to_torch(wired, node_map, default_map={}, device=self.device, dtype=dtype)
         self.module.eval()
         self.neurons = [n for n, node in graph.nodes.items() if isinstance(node, NEURONS)]
         self.spikes: dict[str, torch.Tensor] = {}
@@ -293,6 +361,14 @@ class NorseTarget:
         for name in self.neurons:
             sub = self.module.get_submodule(_sanitized(name))
             sub.register_forward_hook(self._recorder(name))
+        self._captured: dict[str, torch.Tensor] = {}
+        for src in sorted({s for srcs in self._cut.values() for s in srcs}):
+            self.module.get_submodule(_sanitized(src)).register_forward_hook(self._capturer(src))
+
+    def _capturer(self, name: str):
+        def hook(module, args, output):
+            self._captured[name] = output[0] if isinstance(output, tuple) else output
+        return hook
 
     def _recorder(self, name: str):
         def hook(module, args, output):
@@ -315,6 +391,8 @@ class NorseTarget:
         """Forget all membranes; the next step starts from the contract's v = 0."""
         self._state = None  # the GraphModule builds a fresh state dict when it gets None
         self.spikes = {}
+        for d in self._cut:
+            self.module.get_submodule(_sanitized(d)).fifo = None
 
     @torch.no_grad()
     def step(self, x: torch.Tensor) -> torch.Tensor:
@@ -325,6 +403,12 @@ class NorseTarget:
         out = outs[0]
         for o in outs[1:]:
             out = out + o
+        for d, srcs in self._cut.items():  # push each cut Delay's input of this step
+            total = self._captured[srcs[0]]
+            for s in srcs[1:]:
+                total = total + self._captured[s]
+            self.module.get_submodule(_sanitized(d)).push(total)
+        self._captured = {}
         return out
 
     @torch.no_grad()

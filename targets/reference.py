@@ -10,6 +10,10 @@ directly from the node parameters, with no code shared with the training models:
 - ``Threshold``: ``x > threshold``, no state;
 - ``Delay``: ``y[t] = x[t - d]`` with ``d`` in steps (dt = 1; a non-negative integer per element), zeros
   before the first input; ``d = 0`` is the identity. A FIFO of the last ``max d`` inputs per node;
+- cycles: allowed only when every cycle passes through a ``Delay`` whose delays are all >= 1. Such a
+  graph is run with the edges into those Delay nodes cut: each step first reads every such Delay's
+  output from its FIFO (it does not depend on this step's input), then evaluates the rest in
+  topological order, then pushes each such Delay's new input. Any other cycle is refused;
 - ``Affine``/``Linear``/``Conv2d`` (grouped too)/``AvgPool2d`` (torch's zero-padding-counted average)/``Flatten``
   (batch-free indices)/``Scale`` as written.
 
@@ -26,13 +30,25 @@ import numpy as np
 import torch
 import torch.nn.functional as tf
 
-__all__ = ["ReferenceExecutor", "UnsupportedNodeError", "NEURON_TYPES"]
+__all__ = ["ReferenceExecutor", "UnsupportedNodeError", "NEURON_TYPES", "delays_at_least_one"]
 
 NEURON_TYPES = (nir.LIF, nir.IF, nir.Threshold)
 
 
 class UnsupportedNodeError(ValueError):
     """A node this target cannot run; the message names it."""
+
+
+def delays_at_least_one(graph: nir.NIRGraph) -> list[str]:
+    """The Delay nodes whose every delay is a whole number of steps >= 1: their output at a step does not
+    depend on that step's input, so a cycle through one of them can be run step by step."""
+    out = []
+    for name, node in graph.nodes.items():
+        if isinstance(node, nir.Delay):
+            d = np.asarray(node.delay, dtype=np.float64)
+            if d.size and np.all(d >= 1) and np.all(d == np.round(d)):
+                out.append(name)
+    return out
 
 
 def _t(a, device, dtype) -> torch.Tensor:
@@ -56,11 +72,19 @@ class ReferenceExecutor:
         self.inputs: dict[str, list[str]] = {name: [] for name in graph.nodes}
         for src, dst in graph.edges:
             self.inputs[dst].append(src)
+        # Delay nodes whose inputs are cut from the evaluation order (only in a graph with cycles).
+        self.cut_delays: list[str] = []
         try:
             self.order = list(TopologicalSorter({n: self.inputs[n] for n in graph.nodes}).static_order())
-        except CycleError as exc:
-            raise UnsupportedNodeError("the graph has a cycle; the reference executor runs feedforward graphs "
-                                       "(recurrence must go through neuron state).") from exc
+        except CycleError:
+            self.cut_delays = delays_at_least_one(graph)
+            preds = {n: ([] if n in self.cut_delays else self.inputs[n]) for n in graph.nodes}
+            try:
+                self.order = list(TopologicalSorter(preds).static_order())
+            except CycleError as exc:
+                raise UnsupportedNodeError("the graph has a cycle that passes through no Delay of at least one "
+                                           "step; the reference executor runs only cycles closed by such a "
+                                           "Delay (recurrence must go through neuron state or a Delay).") from exc
         self.input_name = next(n for n, node in graph.nodes.items() if isinstance(node, nir.Input))
         self.output_name = next(n for n, node in graph.nodes.items() if isinstance(node, nir.Output))
         self.neurons = [n for n in self.order if isinstance(graph.nodes[n], NEURON_TYPES)]
@@ -157,6 +181,38 @@ class ReferenceExecutor:
             return out
         return delay
 
+    def _delay_shape(self, name: str) -> tuple[int, ...]:
+        node = self.graph.nodes[name]
+        d = np.asarray(node.delay)
+        if d.size > 1:
+            return tuple(d.shape)
+        shape = np.asarray((node.input_type or {}).get("input", ()), dtype=np.int64)
+        if shape.size == 0:
+            raise UnsupportedNodeError(f"{name}: a Delay that closes a cycle needs its input shape (a per-element "
+                                       "delay array or an input_type).")
+        return tuple(int(v) for v in shape)
+
+    def _read_cut(self, name: str, batch: int) -> torch.Tensor:
+        """A cut Delay's output at this step: its FIFO (zeros before the first input), without the new input."""
+        node = self.graph.nodes[name]
+        d = np.asarray(node.delay, dtype=np.float64)
+        if d.size == 0 or np.any(d < 1) or np.any(d != np.round(d)):
+            raise UnsupportedNodeError(f"{name}: a Delay that closes a cycle needs whole numbers of steps >= 1.")
+        depth = int(d.max())
+        fifo = self.buffers.get(name)
+        if fifo is None:
+            zero = torch.zeros(batch, *self._delay_shape(name), device=self.device, dtype=self.dtype)
+            fifo = [zero] * depth
+            self.buffers[name] = fifo
+        values = sorted({int(v) for v in np.unique(d)})
+        if len(values) == 1:
+            return fifo[len(fifo) - values[0]]  # the input values[0] steps ago (fifo[-1]: last step's)
+        steps = torch.as_tensor(d.astype(np.int64), device=self.device)
+        out = torch.zeros_like(fifo[-1])
+        for k in values:
+            out = torch.where(steps == k, fifo[len(fifo) - k], out)
+        return out
+
     def _fire(self, name: str, h: torch.Tensor, th: torch.Tensor, reset: torch.Tensor) -> torch.Tensor:
         s = (h > th).to(h.dtype)
         self.potentials[name] = h
@@ -173,9 +229,13 @@ class ReferenceExecutor:
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """One time step: ``x`` is ``[B, *input_shape]``; returns the output node's value ``[B, ...]``."""
         values: dict[str, torch.Tensor] = {}
+        for name in self.cut_delays:  # outputs from the FIFOs, before anything of this step
+            values[name] = self._read_cut(name, x.shape[0])
         for name in self.order:
             if name == self.input_name:
                 values[name] = x.to(self.device, self.dtype)
+                continue
+            if name in self.cut_delays:
                 continue
             srcs = self.inputs[name]
             if not srcs:
@@ -187,6 +247,14 @@ class ReferenceExecutor:
             values[name] = out
             if name in self.state or isinstance(self.graph.nodes[name], nir.Threshold):
                 self.spikes[name] = out
+        for name in self.cut_delays:  # push this step's inputs
+            srcs = self.inputs[name]
+            if not srcs:
+                raise UnsupportedNodeError(f"node {name!r} has no input.")
+            total = values[srcs[0]]
+            for s in srcs[1:]:
+                total = total + values[s]
+            self.buffers[name] = self.buffers[name][1:] + [total]
         return values[self.output_name]
 
     @torch.no_grad()

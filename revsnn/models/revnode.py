@@ -274,6 +274,16 @@ class RevLIFNode(SpikingNeuron, ReversibleModule):
         y, v_next, _, h = self.step_full(x, v)
         return y, v_next, h
 
+    @torch.no_grad()
+    def spike_train(self, x_seq: Tensor) -> Tensor:
+        """The spikes ``s_t`` this node emits for ``x_seq`` from rest (its output ``y`` carries them plus
+        the charge increment): what an exported graph's threshold population must reproduce."""
+        v, spikes = torch.zeros_like(x_seq[0]), []
+        for x in x_seq:
+            _, v, s, _ = self.step_full(x, v)
+            spikes.append(s)
+        return torch.stack(spikes)
+
     def inverse_step(self, y: Tensor, v_next: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         return revlif_inverse(y, v_next, s, self.tau, self.v_threshold)
 
