@@ -25,8 +25,11 @@ from revsnn.layers import TimeDistributed
 from revsnn.neurons import IF, LIF, SpikingNeuron, Threshold
 from revsnn.reversible import ParaRevCoupling, Recompute, RevNetCoupling, ReversibleSequence
 
-from .graph import (AffineOp, Collapsed, CollapseError, ConvOp, FlattenOp, GraphBuilder, Group, PoolOp, Value, add,
-                    apply_elementwise, apply_mixing, batchnorm, split_channels)
+from revsnn.models.former import SpikingSelfAttention
+
+from .graph import (AffineOp, Collapsed, CollapseError, Conv1dOp, ConvOp, FlattenOp, GraphBuilder, Group, MaxPoolOp,
+                    PoolOp, Value, add, apply_elementwise, apply_mixing, batchnorm, split_channels)
+from .nodes import SpikingAttention
 
 __all__ = ["collapse", "CollapseError", "neuron_node"]
 
@@ -67,6 +70,8 @@ class _Walker:
             return self.layer(m.module, value, name)
         if isinstance(m, SpikingNeuron):
             return self.neurons(m, value, name)
+        if isinstance(m, SpikingSelfAttention):
+            return self.attention(m, value, name)
         if isinstance(m, nn.Sequential):
             for child in m:
                 value = self.module(child, value)
@@ -93,6 +98,17 @@ class _Walker:
             bias = None if m.bias is None else m.bias.detach()
             return apply_mixing(value, lambda idx: _labelled(ConvOp(w[:, idx], None, stride, padding, dilation),
                                                              name), bias)
+        if isinstance(m, nn.Conv1d):
+            if m.groups != 1 or tuple(m.stride) != (1,) or tuple(m.padding) != (0,) or tuple(m.kernel_size) != (1,):
+                raise CollapseError(f"{name}: only 1x1 token convolutions are collapsed.")
+            w = m.weight.detach()
+            bias = None if m.bias is None else m.bias.detach()
+            return apply_mixing(value, lambda idx: _labelled(Conv1dOp(w[:, idx], None), name), bias)
+        if isinstance(m, nn.MaxPool2d):
+            if m.ceil_mode or _pair(m.dilation) != (1, 1):
+                raise CollapseError(f"{name}: only max pooling without dilation, in floor mode.")
+            return apply_elementwise(value, _labelled(MaxPoolOp(_pair(m.kernel_size), _pair(m.stride or m.kernel_size),
+                                                                _pair(m.padding)), name))
         if isinstance(m, nn.Linear):
             w = m.weight.detach()
             bias = None if m.bias is None else m.bias.detach()
@@ -117,6 +133,30 @@ class _Walker:
             return value
         raise CollapseError(f"{name} ({type(m).__name__}) has no collapse rule.")
 
+    def attention(self, m: SpikingSelfAttention, value: Value, name: str) -> Value:
+        """SN -> our own SpikingAttention node (Q, K, V populations and their products) -> projection."""
+        spikes = self.module(m.input_sn, value)
+        (group,) = spikes
+        C, N = group.shape
+
+        def folded(branch: nn.Sequential) -> tuple[np.ndarray, np.ndarray]:
+            conv, bn = branch[0].module, branch[1].module
+            scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+            w = conv.weight.detach()[:, :, 0] * scale[:, None]
+            b = bn.bias.detach() - bn.running_mean * scale
+            return w.numpy().copy(), b.numpy().copy()
+
+        neurons = [m.q[2], m.k[2], m.v[2], m.attn_sn]
+        if not all(isinstance(n, LIF) for n in neurons) or len({(n.tau, n.v_reset) for n in neurons}) != 1 \
+                or len({n.v_threshold for n in neurons[:3]}) != 1 or neurons[0].v_reset != 0.0:
+            raise CollapseError(f"{name}: attention needs LIF neurons of one tau, reset 0, one Q/K/V threshold.")
+        (wq, bq), (wk, bk), (wv, bv) = folded(m.q), folded(m.k), folded(m.v)
+        node = SpikingAttention(wq=wq, bq=bq, wk=wk, bk=bk, wv=wv, bv=bv, tau=neurons[0].tau,
+                                qkv_threshold=neurons[0].v_threshold,
+                                v_threshold=np.full((C, N), m.attn_sn.v_threshold), heads=m.heads, scale=m.scale)
+        attn = self.b.neuron(group, node, f"{name}.attention", self.names[id(m.attn_sn)], (0, C))
+        return self.module(m.proj, [attn])
+
     def reversible(self, seq: ReversibleSequence, value: Value) -> Value:
         x1, x2 = _halves(value)
         for block in seq.blocks:
@@ -132,6 +172,14 @@ class _Walker:
             y2 = add(b, _single(g))
             x1, x2 = y1, y2
         return [x1, x2]
+
+
+def _token_mean(w: torch.Tensor, idx: slice, n_tokens: int) -> torch.Tensor:
+    """``Linear(mean over tokens of x)`` as one Affine on ``x`` flattened channel-major: ``W / N`` per token.
+
+    ``idx`` slices the flattened input of this stream, channel-major, so channel c sits at c·N .. c·N + N."""
+    channels = slice(idx.start // n_tokens, idx.stop // n_tokens)
+    return w[:, channels].repeat_interleave(n_tokens, dim=1) / n_tokens
 
 
 def _single(value: Value) -> Group:
@@ -173,8 +221,15 @@ def collapse(model: nn.Module, time_steps: int) -> Collapsed:
         from .collapse_revnode import collapse_revnode
         return collapse_revnode(model, builder, names, time_steps, config)
     elif family == "revsformer":
-        raise CollapseError("RevSFormer's spiking self-attention multiplies spike maps (Q Kᵀ V), which no NIR "
-                            "node expresses; export it to ONNX instead.")
+        value = walker.module(model.tokenizer, builder.input_value())
+        value = apply_elementwise(value, _labelled(FlattenOp(start_dim=1), "tokens"))   # (C, H, W) -> (C, N)
+        value = walker.reversible(model.blocks, [value[0], value[0]])                  # cat(tok, tok)
+        # mean over tokens, then Linear: one Affine per stream over its flattened (C, N), weights / N.
+        n_tokens = value[0].shape[1]
+        value = apply_elementwise(value, _labelled(FlattenOp(), "head.tokens"))
+        w, b = model.head.weight.detach(), model.head.bias.detach()
+        value = apply_mixing(value, lambda idx: _labelled(AffineOp(_token_mean(w, idx, n_tokens), None), "head"), b)
+        readout = "mean"
     else:
         raise CollapseError(f"collapsing the {family!r} family is not supported yet.")
     metadata = {"revsnn_version": revsnn.__version__, "model": config.get("name", family), "family": family,

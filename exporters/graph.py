@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as tf
 
-__all__ = ["Op", "ConvOp", "AffineOp", "PoolOp", "FlattenOp", "Term", "Group", "Value", "GraphBuilder",
+__all__ = ["Op", "ConvOp", "Conv1dOp", "MaxPoolOp", "AffineOp", "PoolOp", "FlattenOp", "Term", "Group", "Value", "GraphBuilder",
            "Collapsed", "CollapseError"]
 
 
@@ -44,6 +44,7 @@ class CollapseError(ValueError):
 
 class Op:
     mixing = False  # mixes channels (slicing its output channels is meaningful)
+    linear = True   # distributes over a sum of terms
     label = "op"    # the model module it came from (plus the part, when sliced); names its graph node
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,6 +76,43 @@ class ConvOp(Op):
         return nir.Conv2d(input_shape=np.array(in_shape[1:]), weight=_np(self.weight), stride=np.array(self.stride),
                           padding=np.array(self.padding), dilation=np.array(self.dilation), groups=self.groups,
                           bias=_np(bias))
+
+
+@dataclass(eq=False)
+class Conv1dOp(Op):
+    """A 1x1-or-wider convolution over tokens (C, N), as RevSFormer's projections."""
+
+    weight: torch.Tensor                 # (C_out, C_in, k)
+    bias: Optional[torch.Tensor]
+    mixing = True
+
+    def apply(self, x):
+        return tf.conv1d(x, self.weight, self.bias)
+
+    def to_nir(self, in_shape):
+        bias = self.bias if self.bias is not None else torch.zeros(self.weight.shape[0], dtype=self.weight.dtype)
+        return nir.Conv1d(input_shape=int(in_shape[1]), weight=_np(self.weight), stride=1, padding=0, dilation=1,
+                          groups=1, bias=_np(bias))
+
+
+@dataclass(eq=False)
+class MaxPoolOp(Op):
+    """Max pooling: not linear, so it may only act on a single term (a spike population)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] = (0, 0)
+    linear = False
+
+    def apply(self, x):
+        return tf.max_pool2d(x, self.kernel, self.stride, self.padding)
+
+    def to_nir(self, in_shape):
+        from .nodes import MaxPool2d
+
+        return MaxPool2d(kernel_size=np.array(self.kernel), stride=np.array(self.stride),
+                         padding=np.array(self.padding), in_shape=np.array(in_shape),
+                         out_shape=np.array(self.out_shape(in_shape)))
 
 
 @dataclass(eq=False)
@@ -110,12 +148,13 @@ class PoolOp(Op):
 
 @dataclass(eq=False)
 class FlattenOp(Op):
+    start_dim: int = 0   # batch-free, as NIR specifies: 0 flattens (C, H, W) into one axis, 1 into (C, H*W)
+
     def apply(self, x):
-        return x.flatten(1)
+        return x.flatten(self.start_dim + 1)
 
     def to_nir(self, in_shape):
-        # Batch-free indices, as NIR specifies: start_dim 0 flattens (C, H, W) into one axis.
-        return nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=0, end_dim=-1)
+        return nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=self.start_dim, end_dim=-1)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -123,7 +162,9 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _slice_out(op: Op, idx: slice) -> Op:
-    if isinstance(op, ConvOp):
+    if isinstance(op, Conv1dOp):
+        new = Conv1dOp(op.weight[idx], None if op.bias is None else op.bias[idx])
+    elif isinstance(op, ConvOp):
         if op.groups != 1:
             raise CollapseError("slicing the output channels of a grouped convolution is not supported.")
         new = ConvOp(op.weight[idx], None if op.bias is None else op.bias[idx], op.stride, op.padding,
@@ -199,7 +240,9 @@ def add(a: Group, b: Group) -> Group:
 
 
 def apply_elementwise(value: Value, op: Op) -> Value:
-    """A per-channel linear op (pooling, flatten): the same op on every term."""
+    """A per-channel op (pooling, flatten): the same op on every term."""
+    if not op.linear and any(len(g.terms) != 1 for g in value):
+        raise CollapseError(f"{type(op).__name__} is not linear: it can only follow a neuron population.")
     return [Group([Term(t.src, t.src_shape, t.ops + [op]) for t in g.terms]) for g in value]
 
 
@@ -324,5 +367,9 @@ class GraphBuilder:
         self.nodes["output"] = nir.Output(output_type=np.array(shape))
         for t in value[0].terms:
             self.edges.append((self._materialize(t, "head"), "output"))
-        graph = nir.NIRGraph(nodes=self.nodes, edges=self.edges, metadata=metadata)
+        from .nodes import CUSTOM_NODES
+
+        # NIR's type inference knows only its own node classes.
+        custom = any(isinstance(n, CUSTOM_NODES) for n in self.nodes.values())
+        graph = nir.NIRGraph(nodes=self.nodes, edges=self.edges, metadata=metadata, type_check=not custom)
         return Collapsed(graph, self.populations)

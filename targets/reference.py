@@ -30,9 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as tf
 
+from revsnn.exporters.nodes import MaxPool2d, SpikingAttention
+
 __all__ = ["ReferenceExecutor", "UnsupportedNodeError", "NEURON_TYPES", "delays_at_least_one"]
 
-NEURON_TYPES = (nir.LIF, nir.IF, nir.Threshold)
+NEURON_TYPES = (nir.LIF, nir.IF, nir.Threshold, SpikingAttention)
 
 
 class UnsupportedNodeError(ValueError):
@@ -107,6 +109,18 @@ class ReferenceExecutor:
         if isinstance(node, nir.Scale):
             s = _t(node.scale, dev, dt)
             return lambda x: x * s
+        if isinstance(node, nir.Conv1d):
+            w = _t(node.weight, dev, dt)
+            b = None if node.bias is None else _t(node.bias, dev, dt)
+            if isinstance(node.padding, str):
+                raise UnsupportedNodeError(f"{name}: string padding {node.padding!r} is not supported.")
+            return lambda x: tf.conv1d(x, w, b, int(node.stride), int(node.padding), int(node.dilation),
+                                       int(node.groups))
+        if isinstance(node, MaxPool2d):
+            k, s_, p = _ints(node.kernel_size), _ints(node.stride), _ints(node.padding)
+            return lambda x: tf.max_pool2d(x, k, s_, p)
+        if isinstance(node, SpikingAttention):
+            return self._attention(name, node)
         if isinstance(node, nir.Conv2d):
             w = _t(node.weight, dev, dt)
             b = None if node.bias is None else _t(node.bias, dev, dt)
@@ -212,6 +226,39 @@ class ReferenceExecutor:
         for k in values:
             out = torch.where(steps == k, fifo[len(fifo) - k], out)
         return out
+
+    def _attention(self, name: str, node: SpikingAttention) -> Callable:
+        """Our own node (``exporters/nodes.py``): Q, K, V LIF populations, products, the output LIF."""
+        dev, dt = self.device, self.dtype
+        w = {k: _t(getattr(node, "w" + k), dev, dt) for k in "qkv"}
+        b = {k: _t(getattr(node, "b" + k), dev, dt) for k in "qkv"}
+        tau, heads, scale = float(node.tau), int(node.heads), float(node.scale)
+        th_qkv = torch.tensor(float(node.qkv_threshold), dtype=dt, device=dev)
+        th_out = _t(node.v_threshold, dev, dt)
+        zero = torch.zeros((), dtype=dt, device=dev)
+
+        def lif(key: str, i: torch.Tensor, th: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            v = self.state.get(key)
+            v = torch.zeros_like(i) if v is None else v
+            h = v + (i - v) / tau
+            s = (h > th).to(h.dtype)
+            self.state[key] = torch.where(s > 0, zero, h)
+            return s, h
+
+        def split(x: torch.Tensor) -> torch.Tensor:  # [B, C, N] -> [B, heads, N, C / heads]
+            B, C, N = x.shape
+            return x.reshape(B, heads, C // heads, N).transpose(-1, -2)
+
+        def attention(x: torch.Tensor) -> torch.Tensor:
+            q, k, v = (split(lif(f"{name}/{key}", tf.conv1d(x, w[key][:, :, None], b[key]), th_qkv)[0])
+                       for key in "qkv")
+            a = (q @ k.transpose(-1, -2)) @ v * scale
+            B, H, N, d = a.shape
+            a = a.transpose(-1, -2).reshape(B, H * d, N)
+            s, h = lif(name, a, th_out)
+            self.potentials[name] = h
+            return s
+        return attention
 
     def _fire(self, name: str, h: torch.Tensor, th: torch.Tensor, reset: torch.Tensor) -> torch.Tensor:
         s = (h > th).to(h.dtype)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from revsnn.testing import trained_like
-from revsnn.exporters.collapse import CollapseError, collapse
+from revsnn.exporters.collapse import collapse
 from revsnn.neurons import SpikingNeuron
 from revsnn.targets.reference import ReferenceExecutor
 
@@ -82,6 +82,49 @@ def test_fan_in_replaces_additions():
         "stem_0_out0_2", "stages_0_blocks_0_F_4", "stages_0_blocks_1_F_4"}  # stem's first half, F1's and F2's conv
 
 
-def test_revsformer_is_refused_with_a_pointer_to_onnx():
-    with pytest.raises(CollapseError, match="ONNX"):
-        collapse(trained_like("revsformer-digits", dim=8, heads=2), 4)
+def test_revsformer_collapses_with_our_attention_node(tmp_path):
+    """RevSFormer's graph: NIR nodes plus our own SpikingAttention and MaxPool2d, equal to the model; the NIR
+    writer and the norse target refuse it, pointing to ONNX."""
+    from revsnn.exporters.nir_file import NIRFileError, write_nir
+    from revsnn.targets.norse import NorseTarget
+    from revsnn.targets.reference import UnsupportedNodeError
+
+    # scale 1 and larger BatchNorm gains and shifts: at this toy width the attention neurons must spike
+    model = trained_like("revsformer-digits", dim=8, heads=2, depth=2, scale=1.0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.mul_(2.0)
+                m.bias.add_(1.0)
+    T = 4
+    x = torch.rand(T, 5, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 1.5
+    spikes, per_step, logits = model_trace(model, x)
+    collapsed = collapse(model, T)
+    kinds = {type(n).__name__ for n in collapsed.graph.nodes.values()}
+    assert {"SpikingAttention", "MaxPool2d", "Conv1d", "LIF"} <= kinds
+    out, rec = ReferenceExecutor(collapsed.graph).run(x, record=True)
+    attention = [n for n in collapsed.populations if n.endswith("attention")]
+    assert len(attention) == 2
+    for node, (module, c0, c1) in collapsed.populations.items():
+        assert torch.equal(rec[node], spikes[module][:, :, c0:c1]), node
+    assert all(rec[n].sum() > 0 for n in attention)
+    torch.testing.assert_close(out, per_step, rtol=0, atol=1e-9)
+    assert torch.equal(out.mean(0).argmax(1), logits.argmax(1))
+
+    with pytest.raises(NIRFileError, match="ONNX"):
+        write_nir(collapsed.graph, tmp_path / "former.nir")
+    assert not (tmp_path / "former.nir").exists()
+    with pytest.raises(UnsupportedNodeError, match="SpikingAttention|MaxPool2d"):
+        NorseTarget.load(collapsed.graph)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_reference_executor_on_cuda_equals_cpu():
+    model = trained_like("revsresnet-digits", planes=[4, 6], blocks=[2, 1])
+    x = torch.rand(4, 6, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 1.5
+    graph = collapse(model, 4).graph
+    out_cpu, rec_cpu = ReferenceExecutor(graph).run(x, record=True)
+    out_gpu, rec_gpu = ReferenceExecutor(graph, device="cuda").run(x, record=True)
+    torch.testing.assert_close(out_gpu.cpu(), out_cpu, rtol=0, atol=1e-9)
+    for node in rec_cpu:
+        assert torch.equal(rec_gpu[node].cpu(), rec_cpu[node]), node

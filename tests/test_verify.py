@@ -83,6 +83,27 @@ def test_bad_inputs_fail_cleanly(checkpoints, tmp_path):
     assert not (tmp_path / "x.nir").exists()
 
 
+def test_revsformer_runs_on_the_reference_and_is_refused_by_nir(tmp_path):
+    from torch import nn
+
+    from revsnn.checkpoint import save_checkpoint
+    from revsnn.testing import trained_like
+
+    # A briefly trained toy RevSFormer is silent; larger BatchNorm gains make every part of it spike.
+    model = trained_like("revsformer-digits", dim=8, heads=2, depth=2, scale=1.0)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.weight.data.mul_(2.0)
+            m.bias.data.add_(1.0)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model.float(), train={"time_steps": 4, "encoding": "direct"})
+    report = verify(path, ("torch",), samples=16)
+    assert report.ok and report.targets["torch"].spike_agreement == 1.0
+    assert report.targets["torch"].spike_count > 0
+    result = runner.invoke(app, ["verify", str(path), "--targets", "torch,norse"])
+    assert result.exit_code == 2 and "ONNX" in result.output and "Traceback" not in result.output
+
+
 def test_revsformer_export_is_refused(tmp_path):
     from revsnn.checkpoint import save_checkpoint
     from revsnn.models import build_model, get_config
