@@ -284,25 +284,23 @@ class ReferenceExecutor:
                 continue
             if name in self.cut_delays:
                 continue
-            srcs = self.inputs[name]
-            if not srcs:
-                raise UnsupportedNodeError(f"node {name!r} has no input.")
-            total = values[srcs[0]]
-            for s in srcs[1:]:
-                total = total + values[s]
-            out = self.fns[name](total)
+            out = self.fns[name](self._fan_in(name, values))
             values[name] = out
             if name in self.state or isinstance(self.graph.nodes[name], nir.Threshold):
                 self.spikes[name] = out
         for name in self.cut_delays:  # push this step's inputs
-            srcs = self.inputs[name]
-            if not srcs:
-                raise UnsupportedNodeError(f"node {name!r} has no input.")
-            total = values[srcs[0]]
-            for s in srcs[1:]:
-                total = total + values[s]
-            self.buffers[name] = self.buffers[name][1:] + [total]
+            self.buffers[name] = self.buffers[name][1:] + [self._fan_in(name, values)]
         return values[self.output_name]
+
+    def _fan_in(self, name: str, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The sum of the edges entering ``name`` (NIR's fan-in), in edge order."""
+        srcs = self.inputs[name]
+        if not srcs:
+            raise UnsupportedNodeError(f"node {name!r} has no input.")
+        total = values[srcs[0]]
+        for s in srcs[1:]:
+            total = total + values[s]
+        return total
 
     @torch.no_grad()
     def run(self, x: torch.Tensor, record: bool = False):
