@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 import revsnn
@@ -211,7 +212,7 @@ def _pct(x: float) -> str:
 def _verify_table(report) -> Table:
     table = Table(title=f"verify {report.model}: {report.samples} test samples x {report.time_steps} steps "
                         f"({report.encoding} encoding)", header_style="bold")
-    for col in ("target", "spikes out / all", "ties", "predictions", "max |Δ|", "seconds", "result"):
+    for col in ("target", "spikes out / all", "ties", "pred.", "max |Δ|", "s", "result"):
         table.add_column(col, justify="left" if col in ("target", "result") else "right", no_wrap=True)
     for t in report.targets.values():
         table.add_row(t.name, f"{_pct(t.output_spike_agreement)} / {_pct(t.spike_agreement)}",
@@ -259,6 +260,7 @@ def _run_verify(checkpoint: Path, targets: list[str], samples: int, plot: Option
     from revsnn.checkpoint import CheckpointError
     from revsnn.exporters.collapse import CollapseError
     from revsnn.exporters.nir_file import NIRFileError
+    from revsnn.exporters.onnx_file import ONNXFileError
     from revsnn.targets.reference import UnsupportedNodeError
     from revsnn.verify import VerifyError, verify
 
@@ -269,7 +271,7 @@ def _run_verify(checkpoint: Path, targets: list[str], samples: int, plot: Option
         with console.status("running every target step by step ...") as status:
             report = verify(checkpoint, tuple(targets), samples,
                             on_target=lambda t: status.update(f"{t.name} done; running the next target ..."))
-    except (CheckpointError, CollapseError, NIRFileError, UnsupportedNodeError, VerifyError) as exc:
+    except (CheckpointError, CollapseError, NIRFileError, ONNXFileError, UnsupportedNodeError, VerifyError) as exc:
         fail(str(exc))
     plots = []
     if plot is not None:
@@ -281,7 +283,8 @@ def _run_verify(checkpoint: Path, targets: list[str], samples: int, plot: Option
 @app.command()
 def verify(
     checkpoint: Path = typer.Argument(..., help="model.pt written by `revsnn train`."),
-    targets: str = typer.Option("torch,norse", help="Comma-separated targets: torch, torch-cuda, norse."),
+    targets: str = typer.Option("torch,norse", help="Comma-separated targets: torch, torch-cuda, norse, "
+                                                     "onnxruntime."),
     samples: int = typer.Option(32, help="Test samples of the model's data to run."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     plot: Optional[Path] = typer.Option(None, help="Directory for one spike-raster PNG per target (sample 0)."),
@@ -306,7 +309,7 @@ def verify(
 
 
 @app.command()
-def info(file: Path = typer.Argument(..., help="A .pt checkpoint or a .nir file.")) -> None:
+def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir or a .onnx file.")) -> None:
     """A readable summary of a checkpoint or an exported file: nodes by type, neurons, synapses, shapes, metadata."""
     if not file.is_file():
         fail(f"{file} does not exist.")
@@ -349,7 +352,33 @@ def info(file: Path = typer.Argument(..., help="A .pt checkpoint or a .nir file.
             table.add_row(f"metadata: {key}", str(value))
         console.print(table)
         return
-    fail(f"{file}: info reads .pt checkpoints and .nir files.")
+    if file.suffix == ".onnx":
+        from revsnn.exporters.onnx_file import ONNXFileError, read_onnx
+
+        try:
+            model = read_onnx(file)
+        except ONNXFileError as exc:
+            fail(str(exc))
+        graph = model.graph
+        ops: dict[str, int] = {}
+        for node in graph.node:
+            ops[node.op_type] = ops.get(node.op_type, 0) + 1
+
+        def shape(v) -> str:
+            return "×".join(d.dim_param or str(d.dim_value) for d in v.type.tensor_type.shape.dim)
+
+        table = Table(title=f"{file}", show_header=False)
+        table.add_row("input", escape(f"{graph.input[0].name} [{shape(graph.input[0])}]"))
+        table.add_row("output", escape(f"{graph.output[0].name} [{shape(graph.output[0])}]"))
+        table.add_row("states", f"{len(graph.input) - 1} (in: state.*, out: state_out.*)")
+        table.add_row("ops", ", ".join(f"{n} {k}" for k, n in sorted(ops.items())))
+        table.add_row("opset", str(model.opset_import[0].version))
+        for prop in model.metadata_props:
+            if prop.key not in ("states", "neurons", "state_inputs", "graph_metadata"):
+                table.add_row(f"metadata: {prop.key}", escape(prop.value))
+        console.print(table)
+        return
+    fail(f"{file}: info reads .pt checkpoints, .nir and .onnx files.")
 
 
 @app.command()

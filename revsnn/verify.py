@@ -36,8 +36,8 @@ __all__ = ["TargetReport", "VerifyReport", "verify", "TARGETS", "TIE_TOLERANCE"]
 
 TIE_TOLERANCE = 1e-6
 # Tolerance of max |Δ| of the per-step outputs, per target.
-TOLERANCES = {"torch": 1e-6, "torch-cuda": 1e-5, "norse": 1e-5}
-TARGETS = ("torch", "torch-cuda", "norse")
+TOLERANCES = {"torch": 1e-6, "torch-cuda": 1e-5, "norse": 1e-5, "onnxruntime": 1e-5}
+TARGETS = ("torch", "torch-cuda", "norse", "onnxruntime")
 
 
 @dataclass
@@ -286,4 +286,13 @@ def _run_file_target(name: str, graph, folder: Path, x: torch.Tensor):
         target = NorseTarget.load(path, dtype=torch.float64)
         steps, spikes = target.run(x, record=True)
         return steps.cpu(), {k: v.cpu() for k, v in spikes.items()}
+    if name == "onnxruntime":
+        from revsnn.exporters.onnx_file import write_onnx
+        from revsnn.targets.onnxruntime import OnnxRuntimeTarget
+
+        path = folder / "model.onnx"
+        write_onnx(graph, path)
+        target = OnnxRuntimeTarget.load(path)  # float32: onnxruntime's CPU build has no float64 Conv
+        steps, spikes = target.run(x.float(), record=True)
+        return steps.cpu().double(), {k: v.cpu().double() for k, v in spikes.items()}
     raise VerifyError(f"unknown target {name!r}.")

@@ -115,3 +115,21 @@ def test_revsformer_export_is_refused(tmp_path):
     result = runner.invoke(app, ["export", "nir", str(tmp_path / "model.pt"), "--out", str(tmp_path / "m.nir")])
     assert result.exit_code == 2 and "ONNX" in result.output
     assert not (tmp_path / "m.nir").exists()
+
+
+def test_export_onnx_info_and_verify(checkpoints, tmp_path):
+    out = tmp_path / "model.onnx"
+    result = runner.invoke(app, ["export", "onnx", str(checkpoints["revsresnet-digits"]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["info", str(out)])
+    assert result.exit_code == 0 and "x_t" in result.output and "Conv" in result.output
+    report = verify(checkpoints["pararevsnn-digits"], ("torch", "onnxruntime"), samples=16)
+    ort = report.targets["onnxruntime"]
+    assert report.ok, report.as_json()
+    assert ort.mismatches == 0 and ort.prediction_agreement == 1.0 and ort.max_abs_diff <= 1e-5
+    for args, message in [(["export", "onnx", str(checkpoints["revsresnet-digits"]), "--out", str(tmp_path / "m.txt")],
+                           ".onnx"),
+                          (["export", "onnx", str(checkpoints["revsresnet-digits"]), "--out", str(out), "--opset", "7"],
+                           "--opset")]:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and message in result.output

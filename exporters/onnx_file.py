@@ -1,0 +1,450 @@
+"""Write and read ``.onnx`` files: the spiking graph as a one-step ONNX model with explicit state (DESIGN §3, §7).
+
+The ONNX graph is built node by node with ``onnx.helper`` straight from the in-memory graph (NIR nodes plus
+our own ``MaxPool2d`` and ``SpikingAttention``). ``torch.onnx`` is deliberately not used: the in-memory graph
+is the single source of truth for every target, and torch 2.13's default (dynamo) exporter would also need
+``onnxscript``, which is not installed.
+
+The model is ONE time step (research/ecosystem.md §5.1, pattern 1), the time loop lives in the host:
+
+- inputs: ``x_t`` (float32, ``['batch', *input_shape]``), then one tensor per piece of state, in this order:
+  ``state.<node>`` for each LIF/IF membrane; ``state.<node>.q``, ``.k``, ``.v`` (the Q, K, V LIF membranes)
+  and ``state.<node>`` (the output LIF membrane) for each ``SpikingAttention``; ``state.<node>.fifo<i>`` for
+  each slot of a Delay's FIFO (``fifo0`` the oldest input, ``fifo<d-1>`` last step's). All states start at 0
+  (written in ``metadata_props["initial_state"]``).
+- outputs: ``y_t`` (the graph's Output, the per-step logits), then ``state_out.*``: the new states, with the
+  same suffixes and in the same order as the state inputs. With ``spikes=True`` (what the onnxruntime target
+  asks for) every neuron node's spikes follow as ``spikes.<node>``.
+
+Float32 throughout: onnxruntime's CPU build has no float64 Conv. Op mapping, following the reference
+executor's arithmetic op for op:
+
+- fan-in: the edges entering a node summed with ``Add`` in edge order;
+- ``Affine``/``Linear``: ``Gemm`` (``transB=1``) on ``[B, in]``, else ``MatMul`` with the transposed weight
+  (+ ``Add`` bias); ``Conv2d``/``Conv1d``: ``Conv``; ``AvgPool2d``: ``AveragePool(count_include_pad=1)``
+  (torch's divisor); ``SumPool2d``: that times the window area; ``MaxPool2d``: ``MaxPool``; ``Flatten``:
+  ``Reshape`` to ``[0, ...]`` (0 keeps the batch dimension); ``Scale``: ``Mul``;
+- ``LIF``: ``h = v + (v_leak - v + r*I)/tau`` (``Sub``, ``Mul``, ``Add``, ``Div``, ``Add`` in that order);
+  ``IF``: ``h = v + r*I``; spikes ``Cast(Greater(h, θ))`` (strict ``>``, as the contract); hard reset
+  ``Where(h > θ, v_reset, h)``; ``Threshold``: ``Cast(Greater(I, θ))``, no state;
+- ``SpikingAttention``: Q, K, V = LIF(``Conv`` 1x1 of the input spikes) with ``h = v + (I - v)/tau``; heads
+  split by ``Reshape`` + ``Transpose``; ``((q kᵀ) v) * scale`` by ``MatMul``/``MatMul``/``Mul``; the heads
+  merged back and the output LIF;
+- ``Delay``: the output is a state slot (``Where`` over per-element delays when they differ), the new FIFO
+  is the old one shifted with this step's input appended. A Delay that closes a cycle (all delays >= 1)
+  reads its output from its state before anything else of the step, and its new state is this step's
+  fan-in, exactly as the reference executor runs it.
+"""
+
+from __future__ import annotations
+
+import json
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+from typing import Union
+
+import nir
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import revsnn
+from revsnn.checkpoint import atomic_write
+from revsnn.exporters.nodes import MaxPool2d, SpikingAttention
+
+__all__ = ["ONNXFileError", "graph_to_onnx_step", "write_onnx", "read_onnx", "NEURON_CONTRACT", "INPUT_NAME",
+           "OUTPUT_NAME"]
+
+INPUT_NAME = "x_t"
+OUTPUT_NAME = "y_t"
+NEURON_CONTRACT = ("dt = 1 step; LIF h = v + (v_leak - v + r*I)/tau, IF h = v + r*I; spike s = h > v_threshold "
+                   "(strict); hard reset v = v_reset where s else h; Threshold s = I > threshold (no state); "
+                   "SpikingAttention: Q, K, V, output LIF h = v + (I - v)/tau, hard reset to 0; Delay y[t] = "
+                   "x[t - d], zeros before the first input")
+_NEURONS = (nir.LIF, nir.IF, nir.Threshold, SpikingAttention)
+_F32 = TensorProto.FLOAT
+
+
+class ONNXFileError(ValueError):
+    """An ``.onnx`` file (or graph) that cannot be written or read; the message names the problem and the fix."""
+
+
+def _ints(a, n: int | None = None) -> list[int]:
+    out = [int(v) for v in np.atleast_1d(np.asarray(a))]
+    if n is not None and len(out) == 1:
+        out = out * n
+    return out
+
+
+def _f32(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32)
+
+
+def _conv_len(n: int, k: int, s: int, p: int, d: int = 1) -> int:
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _cut_delays(graph: nir.NIRGraph) -> list[str]:
+    out = []
+    for name, node in graph.nodes.items():
+        if isinstance(node, nir.Delay):
+            d = np.asarray(node.delay, dtype=np.float64)
+            if d.size and np.all(d >= 1) and np.all(d == np.round(d)):
+                out.append(name)
+    return out
+
+
+class _Builder:
+    def __init__(self, graph: nir.NIRGraph):
+        self.graph = graph
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.states: list[tuple[str, str, tuple[int, ...]]] = []  # (input name, new-state tensor, shape)
+        self._k = 0
+
+    # helpers
+    def const(self, name: str, value, dtype=np.float32) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs) -> str:
+        if out is None:
+            self._k += 1
+            out = f"t{self._k}.{op_type}"
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=f"n{len(self.nodes)}.{out}", **attrs))
+        return out
+
+    def state(self, key: str, shape: tuple[int, ...]) -> str:
+        """Declare a state input ``state.<key>``; its new value is set with :meth:`set_state`."""
+        self.states.append((f"state.{key}", "", tuple(int(s) for s in shape)))
+        return f"state.{key}"
+
+    def set_state(self, key: str, tensor: str) -> None:
+        for i, (name, _, shape) in enumerate(self.states):
+            if name == f"state.{key}":
+                self.states[i] = (name, tensor, shape)
+                return
+        raise KeyError(key)
+
+    def fire(self, name: str, key: str, h: str, th: str, reset: str) -> str:
+        above = self.op("Greater", [h, th], f"{key}.above")
+        s = self.op("Cast", [above], f"{key}.spikes", to=_F32)
+        self.set_state(key, self.op("Where", [above, reset, h], f"state_out.{key}"))
+        return s
+
+
+def _shape(graph: nir.NIRGraph, name: str, node, in_shape: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The batch-free output shape of ``node`` given its (fan-in) input shape."""
+    if isinstance(node, nir.Input):
+        return tuple(_ints(list(node.input_type.values())[0]))
+    if isinstance(node, (nir.Affine, nir.Linear)):
+        return tuple(in_shape[:-1]) + (int(np.shape(node.weight)[0]),)
+    if isinstance(node, nir.Conv2d):
+        w = np.shape(node.weight)
+        s, p, d = _ints(node.stride, 2), _ints(node.padding, 2), _ints(node.dilation, 2)
+        return (w[0],) + tuple(_conv_len(in_shape[1 + i], w[2 + i], s[i], p[i], d[i]) for i in range(2))
+    if isinstance(node, nir.Conv1d):
+        w = np.shape(node.weight)
+        return (w[0], _conv_len(in_shape[1], w[2], int(node.stride), int(node.padding), int(node.dilation)))
+    if isinstance(node, (nir.AvgPool2d, nir.SumPool2d, MaxPool2d)):
+        k, s, p = _ints(node.kernel_size, 2), _ints(node.stride, 2), _ints(node.padding, 2)
+        return (in_shape[0],) + tuple(_conv_len(in_shape[1 + i], k[i], s[i], p[i]) for i in range(2))
+    if isinstance(node, nir.Flatten):
+        r = len(in_shape)
+        a = int(node.start_dim) if int(node.start_dim) >= 0 else r + int(node.start_dim)
+        b = int(node.end_dim) if int(node.end_dim) >= 0 else r + int(node.end_dim)
+        return tuple(in_shape[:a]) + (int(np.prod(in_shape[a:b + 1])),) + tuple(in_shape[b + 1:])
+    return tuple(in_shape)  # neurons, Scale, Delay, Output: elementwise
+
+
+def _delay_shape(name: str, node: nir.Delay) -> tuple[int, ...]:
+    d = np.asarray(node.delay)
+    if d.size > 1:
+        return tuple(d.shape)
+    shape = np.asarray((node.input_type or {}).get("input", ()), dtype=np.int64)
+    if shape.size == 0:
+        raise ONNXFileError(f"{name}: a Delay that closes a cycle needs its input shape (a per-element delay "
+                            "array or an input_type).")
+    return tuple(int(v) for v in shape)
+
+
+def graph_to_onnx_step(graph: nir.NIRGraph, opset: int = 17, spikes: bool = False) -> onnx.ModelProto:
+    """The one-step ONNX model of ``graph`` (see the module docstring for its inputs, outputs and ops)."""
+    inputs: dict[str, list[str]] = {n: [] for n in graph.nodes}
+    for src, dst in graph.edges:
+        if src not in inputs or dst not in inputs:
+            raise ONNXFileError(f"edge {src!r} -> {dst!r} names a node the graph does not have.")
+        inputs[dst].append(src)
+    cut: list[str] = []
+    try:
+        order = list(TopologicalSorter({n: inputs[n] for n in graph.nodes}).static_order())
+    except CycleError:
+        cut = _cut_delays(graph)
+        try:
+            order = list(TopologicalSorter({n: ([] if n in cut else inputs[n]) for n in graph.nodes}).static_order())
+        except CycleError as exc:
+            raise ONNXFileError("the graph has a cycle that passes through no Delay of at least one step; a "
+                                "one-step ONNX model can only carry recurrence through neuron state or a "
+                                "Delay.") from exc
+    ins = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
+    outs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Output)]
+    if len(ins) != 1 or len(outs) != 1:
+        raise ONNXFileError(f"the graph needs exactly one Input and one Output node (has {len(ins)} and "
+                            f"{len(outs)}).")
+    in_name, out_name = ins[0], outs[0]
+
+    b = _Builder(graph)
+    values: dict[str, str] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def delay_out(name: str, node: nir.Delay, slots: list[str], current: str | None) -> str:
+        """Output of a Delay: ``(slots + [current])[-1 - k]`` per element (``current`` only when some k = 0)."""
+        d = np.asarray(node.delay, dtype=np.float64)
+        kvals = sorted({int(v) for v in np.unique(d)})
+        full = slots + ([current] if current is not None else [])
+        pick = lambda k: full[len(slots) - k] if k > 0 else current  # noqa: E731
+        out = pick(kvals[0])
+        for k in kvals[1:]:
+            mask = b.const(f"{name}.delay_is{k}", d.astype(np.int64) == k, dtype=bool)
+            out = b.op("Where", [mask, pick(k), out], f"{name}.out_k{k}")
+        return out
+
+    def delay_fifo(name: str, node: nir.Delay, shape) -> tuple[list[str], int]:
+        d = np.asarray(node.delay, dtype=np.float64)
+        if d.size == 0 or np.any(d < 0) or np.any(d != np.round(d)):
+            raise ONNXFileError(f"{name}: Delay needs non-negative whole numbers of steps (dt = 1), got "
+                                f"{np.unique(d)[:5]}.")
+        depth = int(d.max())
+        return [b.state(f"{name}.fifo{i}", shape) for i in range(depth)], depth
+
+    def push(name: str, slots: list[str], x: str) -> None:
+        new = slots[1:] + [x]
+        for i, t in enumerate(new):
+            b.set_state(f"{name}.fifo{i}", b.op("Identity", [t], f"state_out.{name}.fifo{i}"))
+
+    for name in cut:  # outputs from the FIFOs, before anything of this step
+        node = graph.nodes[name]
+        shapes[name] = _delay_shape(name, node)
+        slots, _ = delay_fifo(name, node, shapes[name])
+        values[name] = delay_out(name, node, slots, None)
+
+    for name in order:
+        node = graph.nodes[name]
+        if name == in_name:
+            values[name] = INPUT_NAME
+            shapes[name] = _shape(graph, name, node, None)
+            continue
+        if name in cut:
+            continue
+        srcs = inputs[name]
+        if not srcs:
+            raise ONNXFileError(f"node {name!r} has no input.")
+        x = values[srcs[0]]
+        for k, s in enumerate(srcs[1:]):
+            x = b.op("Add", [x, values[s]], f"{name}.fanin{k + 1}")
+        shape = shapes[srcs[0]]
+        for s in srcs[1:]:
+            if shapes[s] != shape:
+                raise ONNXFileError(f"node {name!r}: its inputs have different shapes ({shape} and {shapes[s]}).")
+        values[name] = _emit(b, name, node, x, shape, delay_fifo, delay_out, push)
+        shapes[name] = _shape(graph, name, node, shape)
+
+    for name in cut:  # push this step's fan-in
+        srcs = inputs[name]
+        x = values[srcs[0]]
+        for k, s in enumerate(srcs[1:]):
+            x = b.op("Add", [x, values[s]], f"{name}.fanin{k + 1}")
+        if shapes[srcs[0]] != shapes[name]:
+            raise ONNXFileError(f"{name}: the Delay's input shape {shapes[srcs[0]]} differs from its declared "
+                                f"shape {shapes[name]}.")
+        slots = [f"state.{name}.fifo{i}" for i in range(int(np.asarray(graph.nodes[name].delay).max()))]
+        push(name, slots, x)
+
+    b.op("Identity", [values[out_name]], OUTPUT_NAME)
+    vi = lambda n, shape: helper.make_tensor_value_info(n, _F32, ["batch", *shape])  # noqa: E731
+    g_inputs = [vi(INPUT_NAME, shapes[in_name])] + [vi(n, s) for n, _, s in b.states]
+    g_outputs = [vi(OUTPUT_NAME, shapes[out_name])]
+    for n, t, s in b.states:
+        assert t == "state_out." + n[len("state."):], (n, t)
+        g_outputs.append(vi(t, s))
+    neurons = [n for n in order if isinstance(graph.nodes[n], _NEURONS)]
+    if spikes:
+        g_outputs += [vi(f"spikes.{n}", shapes[n]) for n in neurons]
+    onnx_graph = helper.make_graph(b.nodes, f"revsnn_step_{graph.metadata.get('model', 'graph')}", g_inputs,
+                                   g_outputs, initializer=b.inits)
+    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", int(opset))],
+                              producer_name="revsnn", producer_version=revsnn.__version__)
+    model.ir_version = min(model.ir_version, 8)  # what onnxruntime 1.x reads for opset 17
+    meta = {k: v for k, v in graph.metadata.items()}
+    props = {
+        "format": "revsnn-onnx-step",
+        "revsnn_version": revsnn.__version__,
+        "model": str(meta.get("model", "")),
+        "family": str(meta.get("family", "")),
+        "time_steps": str(meta.get("time_steps", "")),
+        "readout": str(meta.get("readout", "")),
+        "dt": str(meta.get("dt", 1.0)),
+        "reset": str(meta.get("reset", "hard")),
+        "neuron_contract": NEURON_CONTRACT,
+        "initial_state": "zeros: every state.* input is all zeros at step 0 (shape [batch, ...] as declared)",
+        "step": "one time step; feed x_t and the state.* inputs, carry state_out.* into the next step's state.*",
+        "state_inputs": json.dumps([n for n, _, _ in b.states]),
+        "neurons": json.dumps(neurons),
+        "graph_metadata": json.dumps(meta, default=str),
+    }
+    helper.set_model_props(model, props)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _emit(b: _Builder, name: str, node, x: str, shape, delay_fifo, delay_out, push) -> str:
+    if isinstance(node, nir.Output):
+        return x
+    if isinstance(node, (nir.Affine, nir.Linear)):
+        w = _f32(node.weight)
+        bias = _f32(node.bias) if isinstance(node, nir.Affine) else None
+        if len(shape) == 1:
+            ins = [x, b.const(f"{name}.weight", w)] + ([b.const(f"{name}.bias", bias)] if bias is not None else [])
+            return b.op("Gemm", ins, f"{name}.out", transB=1)
+        y = b.op("MatMul", [x, b.const(f"{name}.weight_t", w.T.copy())], f"{name}.matmul")
+        return b.op("Add", [y, b.const(f"{name}.bias", bias)], f"{name}.out") if bias is not None else y
+    if isinstance(node, (nir.Conv2d, nir.Conv1d)):
+        dims = 2 if isinstance(node, nir.Conv2d) else 1
+        if isinstance(node.padding, str):
+            raise ONNXFileError(f"{name}: string padding {node.padding!r} is not supported.")
+        p = _ints(node.padding, dims)
+        ins = [x, b.const(f"{name}.weight", _f32(node.weight))]
+        if node.bias is not None:
+            ins.append(b.const(f"{name}.bias", _f32(node.bias)))
+        return b.op("Conv", ins, f"{name}.out", strides=_ints(node.stride, dims), pads=p + p,
+                    dilations=_ints(node.dilation, dims), group=int(node.groups),
+                    kernel_shape=list(np.shape(node.weight)[2:]))
+    if isinstance(node, (nir.AvgPool2d, nir.SumPool2d)):
+        k, s, p = _ints(node.kernel_size, 2), _ints(node.stride, 2), _ints(node.padding, 2)
+        y = b.op("AveragePool", [x], f"{name}.avg", kernel_shape=k, strides=s, pads=p + p, count_include_pad=1)
+        if isinstance(node, nir.SumPool2d):
+            y = b.op("Mul", [y, b.const(f"{name}.area", float(np.prod(k)))], f"{name}.out")
+        return y
+    if isinstance(node, MaxPool2d):
+        k, s, p = _ints(node.kernel_size, 2), _ints(node.stride, 2), _ints(node.padding, 2)
+        return b.op("MaxPool", [x], f"{name}.out", kernel_shape=k, strides=s, pads=p + p)
+    if isinstance(node, nir.Flatten):
+        out = _shape(b.graph, name, node, shape)
+        return b.op("Reshape", [x, b.const(f"{name}.shape", [0, *out], dtype=np.int64)], f"{name}.out")
+    if isinstance(node, nir.Scale):
+        return b.op("Mul", [x, b.const(f"{name}.scale", _f32(node.scale))], f"{name}.out")
+    if isinstance(node, nir.LIF):
+        v = b.state(name, shape)
+        leak_v = b.op("Sub", [b.const(f"{name}.v_leak", _f32(node.v_leak)), v], f"{name}.leak_minus_v")
+        ri = b.op("Mul", [b.const(f"{name}.r", _f32(node.r)), x], f"{name}.rI")
+        num = b.op("Add", [leak_v, ri], f"{name}.drive")
+        dv = b.op("Div", [num, b.const(f"{name}.tau", _f32(node.tau))], f"{name}.dv")
+        h = b.op("Add", [v, dv], f"{name}.h")
+        s = b.fire(name, name, h, b.const(f"{name}.v_threshold", _f32(node.v_threshold)),
+                   b.const(f"{name}.v_reset", _f32(node.v_reset)))
+        return b.op("Identity", [s], f"spikes.{name}")
+    if isinstance(node, nir.IF):
+        v = b.state(name, shape)
+        ri = b.op("Mul", [b.const(f"{name}.r", _f32(node.r)), x], f"{name}.rI")
+        h = b.op("Add", [v, ri], f"{name}.h")
+        s = b.fire(name, name, h, b.const(f"{name}.v_threshold", _f32(node.v_threshold)),
+                   b.const(f"{name}.v_reset", _f32(node.v_reset)))
+        return b.op("Identity", [s], f"spikes.{name}")
+    if isinstance(node, nir.Threshold):
+        above = b.op("Greater", [x, b.const(f"{name}.threshold", _f32(node.threshold))], f"{name}.above")
+        return b.op("Cast", [above], f"spikes.{name}", to=_F32)
+    if isinstance(node, nir.Delay):
+        slots, depth = delay_fifo(name, node, shape)
+        if depth == 0:
+            return b.op("Identity", [x], f"{name}.out")
+        out = delay_out(name, node, slots, x)
+        push(name, slots, x)
+        return b.op("Identity", [out], f"{name}.out")
+    if isinstance(node, SpikingAttention):
+        return _attention(b, name, node, x, shape)
+    raise ONNXFileError(f"node {name!r} is a {type(node).__name__}, which the ONNX writer does not handle.")
+
+
+def _attention(b: _Builder, name: str, node: SpikingAttention, x: str, shape) -> str:
+    C, N = int(shape[0]), int(shape[1])
+    heads = int(node.heads)
+    tau = b.const(f"{name}.tau", float(node.tau))
+    zero = b.const(f"{name}.zero", 0.0)
+    th_qkv = b.const(f"{name}.qkv_threshold", float(node.qkv_threshold))
+
+    def lif(key: str, i: str, th: str) -> str:
+        v = b.state(key, shape)
+        dv = b.op("Div", [b.op("Sub", [i, v], f"{key}.i_minus_v"), tau], f"{key}.dv")
+        h = b.op("Add", [v, dv], f"{key}.h")
+        return b.fire(name, key, h, th, zero)
+
+    heads_split = []
+    for k in "qkv":
+        w = _f32(getattr(node, "w" + k))[:, :, None]
+        i = b.op("Conv", [x, b.const(f"{name}.w{k}", w), b.const(f"{name}.b{k}", _f32(getattr(node, "b" + k)))],
+                 f"{name}.{k}.in", kernel_shape=[1])
+        s = lif(f"{name}.{k}", i, th_qkv)
+        r = b.op("Reshape", [s, b.const(f"{name}.{k}.split", [0, heads, C // heads, N], dtype=np.int64)],
+                 f"{name}.{k}.heads")
+        heads_split.append(b.op("Transpose", [r], f"{name}.{k}.tokens", perm=[0, 1, 3, 2]))  # [B, H, N, d]
+    q, k_, v = heads_split
+    kt = b.op("Transpose", [k_], f"{name}.kT", perm=[0, 1, 3, 2])
+    qk = b.op("MatMul", [q, kt], f"{name}.qk")
+    a = b.op("MatMul", [qk, v], f"{name}.qkv")
+    a = b.op("Mul", [a, b.const(f"{name}.scale", float(node.scale))], f"{name}.scaled")
+    a = b.op("Transpose", [a], f"{name}.merge_t", perm=[0, 1, 3, 2])
+    a = b.op("Reshape", [a, b.const(f"{name}.merge", [0, C, N], dtype=np.int64)], f"{name}.a")
+    # the output membrane is state.<node> (declared last of the four)
+    vout = b.state(name, shape)
+    dv = b.op("Div", [b.op("Sub", [a, vout], f"{name}.i_minus_v"), tau], f"{name}.dv")
+    h = b.op("Add", [vout, dv], f"{name}.h")
+    s = b.fire(name, name, h, b.const(f"{name}.v_threshold", _f32(node.v_threshold)), zero)
+    return b.op("Identity", [s], f"spikes.{name}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Files
+
+
+def write_onnx(graph: Union[nir.NIRGraph, onnx.ModelProto], path: Union[str, Path], opset: int = 17) -> Path:
+    """Export ``graph`` (or an already built model) to ``path`` atomically: a temporary file beside it,
+    checked, then renamed; nothing is left behind on failure."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ONNXFileError(f"cannot write {path}: the directory {path.parent} does not exist; create it first.")
+    model = graph if isinstance(graph, onnx.ModelProto) else graph_to_onnx_step(graph, opset)
+
+    def write(tmp: Path) -> None:
+        onnx.save(model, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+
+    try:
+        atomic_write(path, write)
+    except OSError as exc:
+        raise ONNXFileError(f"cannot write {path}: {exc}") from exc
+    except onnx.checker.ValidationError as exc:
+        raise ONNXFileError(f"cannot write {path}: the model fails onnx.checker ({str(exc).splitlines()[0]}); "
+                            "nothing was written.") from exc
+    return path
+
+
+def read_onnx(path: Union[str, Path]) -> onnx.ModelProto:
+    """Load and check an ``.onnx`` file; every failure becomes :class:`ONNXFileError` with one sentence."""
+    path = Path(path)
+    if not path.is_file():
+        raise ONNXFileError(f"{path} does not exist; write it with `write_onnx` (or `revsnn export --onnx`).")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ONNXFileError(f"{path} is not a readable ONNX file (corrupt or truncated: {exc}); export it "
+                            "again.") from exc
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        raise ONNXFileError(f"{path} is not a valid ONNX model (corrupt or truncated: "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); export it "
+                            "again.") from exc
+    if not any(p.key == "format" and p.value == "revsnn-onnx-step" for p in model.metadata_props):
+        raise ONNXFileError(f"{path} is a valid ONNX model but not a revsnn one-step export (no format "
+                            "'revsnn-onnx-step' in its metadata); export it with `write_onnx`.")
+    return model
