@@ -17,7 +17,7 @@ from rich.table import Table
 import revsnn
 from revsnn.cli.bench import bench_app
 from revsnn.cli.common import console, err, fail
-from revsnn.cli.export import export_app, export_nir_file
+from revsnn.cli.export import export_app
 
 app = typer.Typer(
     name="revsnn",
@@ -406,21 +406,31 @@ def demo(
     console.print(f"test accuracy {metrics['test_accuracy']:.1%}", highlight=False)
 
     console.rule("2/3 export")
-    nir_path = out / "model.nir"
+    from revsnn.checkpoint import load_model
+    from revsnn.exporters.collapse import collapse
+    from revsnn.exporters.nir_file import summarize, write_nir
+    from revsnn.exporters.onnx_file import ONNXFileError, write_onnx
+
+    nir_path, onnx_path = out / "model.nir", out / "model.onnx"
     try:
-        summary = export_nir_file(out / "model.pt", nir_path)
-    except (CheckpointError, CollapseError, NIRFileError) as exc:
+        trained, payload = load_model(out / "model.pt")
+        graph = collapse(trained, payload["train"]["time_steps"]).graph
+        write_nir(graph, nir_path)
+        write_onnx(graph, onnx_path)
+    except (CheckpointError, CollapseError, NIRFileError, ONNXFileError) as exc:
         fail(str(exc))
+    summary = summarize(graph)
     console.print(f"{nir_path}: {len(summary['node_types'])} node types, {summary['neurons']:,} neurons, "
                   f"{summary['synapses']:,} synapses", highlight=False)
+    console.print(f"{onnx_path}: one time step, neuron states as inputs and outputs", highlight=False)
 
     console.rule("3/3 verify: every target, one time step at a time")
     import torch
 
-    targets = ["torch"] + (["torch-cuda"] if torch.cuda.is_available() else []) + ["norse"]
+    targets = ["torch"] + (["torch-cuda"] if torch.cuda.is_available() else []) + ["norse", "onnxruntime"]
     report, plots = _run_verify(out / "model.pt", targets, samples, out / "plots")
     console.print(_verify_table(report))
-    console.print(f"Files in {out}/: model.pt, metrics.json, model.nir, "
+    console.print(f"Files in {out}/: model.pt, metrics.json, model.nir, model.onnx, "
                   + ", ".join(f"plots/{p.name}" for p in plots), highlight=False)
     if not report.ok:
         fail("a target disagrees with the training model; see the table above.", 1)
