@@ -191,3 +191,42 @@ def train_speed(
         table.add_row(r["a"], r["b"], f"{1e3 * r['median_a_s']:.1f}", f"{1e3 * r['median_b_s']:.1f}",
                       f"{r['ratio']:.2f}")
     console.print(table)
+
+
+@bench_app.command("infer")
+def infer(
+    model: str = typer.Option("revsresnet-digits", "--model", help="Model to time (random weights), see "
+                                                                   "`revsnn models`."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Time a trained model.pt instead."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Batch size of the throughput measurement."),
+    repeats: int = typer.Option(7, help="Repetitions; the median is reported."),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
+) -> None:
+    """Inference speed, step by step: the torch reference executor against onnxruntime on the same graph (float32), per-step latency at batch 1 and throughput at a large batch."""
+    from revsnn.bench_infer import infer_rows
+    from revsnn.checkpoint import CheckpointError
+    from revsnn.exporters.collapse import CollapseError
+    from revsnn.exporters.onnx_file import ONNXFileError
+
+    if min(batch_size, repeats) < 1:
+        fail("--batch-size and --repeats must be at least 1.")
+    if checkpoint is None:
+        _check_models([model])
+    try:
+        with console.status("timing torch and onnxruntime ..."):
+            rows = infer_rows(model, checkpoint, batch_size, repeats)
+    except (CheckpointError, CollapseError, ONNXFileError) as exc:
+        fail(str(exc))
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"Inference, {rows[0]['model']}, T = {rows[0]['time_steps']}, median of {repeats} (float32, CPU)",
+                  header_style="bold")
+    for col in ("measure", "torch", "onnxruntime", "onnxruntime speed"):
+        table.add_column(col, justify="left" if col == "measure" else "right")
+    for r in rows:
+        unit = r["unit"]
+        fmt = (lambda v: f"{v:.3f} {unit}") if unit == "ms" else (lambda v: f"{v:,.0f} {unit}")
+        table.add_row(r["measure"], fmt(r["torch"]), fmt(r["onnxruntime"]), f"{r['onnxruntime_speedup']:.2f}x faster"
+                      if r["onnxruntime_speedup"] >= 1 else f"{1 / r['onnxruntime_speedup']:.2f}x slower")
+    console.print(table)

@@ -67,3 +67,14 @@ def test_bench_memory_trevsnn_flat_in_blocks():
     rev = [r["bytes_per_sample"] for r in rows if r["variant"] == "reversible"]
     plain = [r["bytes_per_sample"] for r in rows if r["variant"] == "plain"]
     assert rev[0] == rev[1] and plain[0] < plain[1]
+
+
+def test_bench_infer_rows():
+    result = runner.invoke(app, ["bench", "infer", "--batch-size", "4", "--repeats", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [r["batch_size"] for r in rows] == [1, 4]
+    for r in rows:
+        assert r["torch"] > 0 and r["onnxruntime"] > 0 and r["onnxruntime_speedup"] > 0
+    result = runner.invoke(app, ["bench", "infer", "--model", "nope"])
+    assert result.exit_code == 2 and "Unknown model" in result.output
