@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -50,9 +51,13 @@ def nir_command(
 def onnx_command(
     checkpoint: Path = typer.Argument(..., help="model.pt written by `revsnn train`."),
     out: Path = typer.Option(..., "--out", help="The .onnx file to write."),
+    mode: str = typer.Option("step", help="step: one time step, states in and out (streaming); unrolled: a "
+                                          "fixed-T graph from [T, B, ...] to the logits, for one call."),
+    time_steps: Optional[int] = typer.Option(None, "--time-steps", help="T of the unrolled graph [default: the "
+                                                                        "checkpoint's]."),
     opset: int = typer.Option(17, help="ONNX opset."),
 ) -> None:
-    """Write the graph as a one-step ONNX model: x_t and every neuron state in, y_t and the new states out (float32, dynamic batch; zero initial states)."""
+    """Write the graph as ONNX (float32, dynamic batch): a one-step model with every neuron state as input and output, or an unrolled fixed-T model."""
     from revsnn.checkpoint import CheckpointError, load_model
     from revsnn.exporters.collapse import CollapseError, collapse
     from revsnn.exporters.onnx_file import ONNXFileError, write_onnx
@@ -61,11 +66,24 @@ def onnx_command(
         fail(f"--out must name a .onnx file, got {out}.")
     if not 13 <= opset <= 21:
         fail(f"--opset must be between 13 and 21, got {opset}.")
+    if mode not in ("step", "unrolled"):
+        fail(f"--mode must be step or unrolled, got {mode!r}.")
+    if time_steps is not None and (mode == "step" or time_steps < 1):
+        fail("--time-steps applies to --mode unrolled and must be at least 1.")
     try:
         model, payload = load_model(checkpoint)
-        time_steps = int(payload.get("train", {}).get("time_steps", model.config.get("train", {}).get("time_steps", 4)))
-        write_onnx(collapse(model, time_steps).graph, out, opset=opset)
+        trained_t = int(payload.get("train", {}).get("time_steps", model.config.get("train", {}).get("time_steps", 4)))
+        T = time_steps or trained_t
+        graph = collapse(model, T).graph
+        if mode == "step":
+            write_onnx(graph, out, opset=opset)
+        else:
+            write_onnx(graph, out, opset=opset, mode="unrolled", time_steps=T)
     except (CheckpointError, CollapseError, ONNXFileError) as exc:
         fail(str(exc))
-    console.print(f"Wrote {out}: one time step with its neuron states as inputs and outputs; run it T = "
-                  f"{time_steps} times from zero states.", highlight=False)
+    if mode == "step":
+        console.print(f"Wrote {out}: one time step with its neuron states as inputs and outputs; run it T = {T} "
+                      "times from zero states.", highlight=False)
+    else:
+        console.print(f"Wrote {out}: input x [{T}, batch, ...], outputs logits and the per-step outputs y.",
+                      highlight=False)

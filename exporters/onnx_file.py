@@ -52,11 +52,17 @@ import revsnn
 from revsnn.checkpoint import atomic_write
 from revsnn.exporters.nodes import MaxPool2d, SpikingAttention
 
-__all__ = ["ONNXFileError", "graph_to_onnx_step", "write_onnx", "read_onnx", "NEURON_CONTRACT", "INPUT_NAME",
-           "OUTPUT_NAME"]
+__all__ = ["ONNXFileError", "graph_to_onnx_step", "graph_to_onnx_unrolled", "write_onnx", "read_onnx",
+           "NEURON_CONTRACT", "INPUT_NAME", "OUTPUT_NAME", "UNROLLED_INPUT", "UNROLLED_LOGITS", "UNROLLED_STEPS",
+           "STEP_FORMAT", "UNROLLED_FORMAT"]
 
 INPUT_NAME = "x_t"
 OUTPUT_NAME = "y_t"
+UNROLLED_INPUT = "x"
+UNROLLED_LOGITS = "logits"
+UNROLLED_STEPS = "y"
+STEP_FORMAT = "revsnn-onnx-step"
+UNROLLED_FORMAT = "revsnn-onnx-unrolled"
 NEURON_CONTRACT = ("dt = 1 step; LIF h = v + (v_leak - v + r*I)/tau, IF h = v + r*I; spike s = h > v_threshold "
                    "(strict); hard reset v = v_reset where s else h; Threshold s = I > threshold (no state); "
                    "SpikingAttention: Q, K, V, output LIF h = v + (I - v)/tau, hard reset to 0; Delay y[t] = "
@@ -277,7 +283,8 @@ def graph_to_onnx_step(graph: nir.NIRGraph, opset: int = 17, spikes: bool = Fals
     model.ir_version = min(model.ir_version, 8)  # what onnxruntime 1.x reads for opset 17
     meta = {k: v for k, v in graph.metadata.items()}
     props = {
-        "format": "revsnn-onnx-step",
+        "format": STEP_FORMAT,
+        "mode": "step",
         "revsnn_version": revsnn.__version__,
         "model": str(meta.get("model", "")),
         "family": str(meta.get("family", "")),
@@ -292,6 +299,128 @@ def graph_to_onnx_step(graph: nir.NIRGraph, opset: int = 17, spikes: bool = Fals
         "neurons": json.dumps(neurons),
         "graph_metadata": json.dumps(meta, default=str),
     }
+    helper.set_model_props(model, props)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _check_time_steps(time_steps) -> int:
+    if time_steps is None:
+        raise ONNXFileError("an unrolled ONNX model needs time_steps (the fixed number of steps T it runs); "
+                            "pass time_steps=T.")
+    if isinstance(time_steps, bool) or not isinstance(time_steps, (int, np.integer)):
+        raise ONNXFileError(f"time_steps must be a whole number of steps >= 1, got {time_steps!r}.")
+    if int(time_steps) < 1:
+        raise ONNXFileError(f"time_steps must be at least 1 for an unrolled ONNX model, got {int(time_steps)}.")
+    return int(time_steps)
+
+
+def graph_to_onnx_unrolled(graph: nir.NIRGraph, time_steps: int, opset: int = 17) -> onnx.ModelProto:
+    """The ONNX model of ``graph`` unrolled over a fixed ``time_steps`` = T steps in one graph.
+
+    Input ``x`` ``[T, 'batch', *input_shape]``; outputs ``logits`` ``[batch, K]`` (the graph's readout of the
+    T per-step outputs: ``"mean"`` = ReduceMean over the steps, ``"last"`` = the last step's output) and ``y``
+    ``[T, batch, K]`` (the per-step outputs). It is the one-step model (:func:`graph_to_onnx_step`) composed
+    T times: every tensor of step k is renamed ``t{k}/<name>`` (the weights are shared, not copied), step 0's
+    states are zeros of shape ``[batch, ...]`` (``ConstantOfShape`` from the batch dimension of ``x``) and
+    step k+1's ``state.*`` are step k's ``state_out.*``."""
+    T = _check_time_steps(time_steps)
+    readout = str(graph.metadata.get("readout", "mean"))
+    if readout not in ("mean", "last"):
+        raise ONNXFileError(f"the graph's readout {readout!r} is not one the unrolled ONNX model knows (it "
+                            "takes 'mean' or 'last').")
+    step = graph_to_onnx_step(graph, opset)
+    sg = step.graph
+    inits = {t.name for t in sg.initializer}
+    dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    x_dims = dims(sg.input[0])[1:]
+    y_dims = dims(sg.output[0])[1:]
+    states = [(v.name, dims(v)[1:]) for v in sg.input[1:]]
+
+    nodes: list[onnx.NodeProto] = []
+    extra: list[onnx.TensorProto] = []
+
+    def op(op_type: str, ins: list[str], out: str, **attrs) -> str:
+        nodes.append(helper.make_node(op_type, ins, [out], name=f"unrolled/{out}", **attrs))
+        return out
+
+    def const(name: str, value, dtype) -> str:
+        extra.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    # zero initial states, [batch, ...] with the batch taken from x
+    x_shape = op("Shape", [UNROLLED_INPUT], "init/x_shape")
+    batch = op("Slice", [x_shape, const("init/one", [1], np.int64), const("init/two", [2], np.int64)],
+               "init/batch")
+    zeros: dict[tuple, str] = {}
+    prev: dict[str, str] = {}
+    for name, shape in states:
+        key = tuple(shape)
+        if key not in zeros:
+            i = len(zeros)
+            full = op("Concat", [batch, const(f"init/shape{i}", list(key), np.int64)], f"init/state_shape{i}",
+                      axis=0)
+            zeros[key] = op("ConstantOfShape", [full], f"init/zeros{i}",
+                            value=numpy_helper.from_array(np.zeros(1, dtype=np.float32)))
+        prev[name] = zeros[key]
+
+    ys = []
+    for k in range(T):
+        pre = f"t{k}/"
+        x_t = op("Gather", [UNROLLED_INPUT, const(f"{pre}index", k, np.int64)], f"{pre}{INPUT_NAME}", axis=0)
+
+        def rename(n: str) -> str:
+            if not n or n in inits:
+                return n
+            if n == INPUT_NAME:
+                return x_t
+            if n in prev:
+                return prev[n]
+            return pre + n
+
+        for node in sg.node:
+            new = onnx.NodeProto()
+            new.CopyFrom(node)
+            new.name = pre + node.name
+            del new.input[:]
+            new.input.extend(rename(n) for n in node.input)
+            del new.output[:]
+            new.output.extend(pre + n for n in node.output)
+            nodes.append(new)
+        prev = {name: pre + "state_out." + name[len("state."):] for name, _ in states}
+        ys.append(op("Unsqueeze", [pre + OUTPUT_NAME, const(f"{pre}axis0", [0], np.int64)], f"{pre}y_step"))
+    op("Concat", ys, UNROLLED_STEPS, axis=0)
+    if readout == "last":
+        op("Gather", [UNROLLED_STEPS, const("readout/last", T - 1, np.int64)], UNROLLED_LOGITS, axis=0)
+    elif int(opset) >= 18:
+        op("ReduceMean", [UNROLLED_STEPS, const("readout/axes", [0], np.int64)], UNROLLED_LOGITS, keepdims=0)
+    else:
+        op("ReduceMean", [UNROLLED_STEPS], UNROLLED_LOGITS, axes=[0], keepdims=0)
+
+    g = helper.make_graph(
+        nodes, f"revsnn_unrolled_{graph.metadata.get('model', 'graph')}",
+        [helper.make_tensor_value_info(UNROLLED_INPUT, _F32, [T, "batch", *x_dims])],
+        [helper.make_tensor_value_info(UNROLLED_LOGITS, _F32, ["batch", *y_dims]),
+         helper.make_tensor_value_info(UNROLLED_STEPS, _F32, [T, "batch", *y_dims])],
+        initializer=list(sg.initializer) + extra)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", int(opset))],
+                              producer_name="revsnn", producer_version=revsnn.__version__)
+    model.ir_version = step.ir_version
+    props = {p.key: p.value for p in step.metadata_props}
+    for key in ("step", "state_inputs"):
+        props.pop(key, None)
+    props.update({
+        "format": UNROLLED_FORMAT,
+        "mode": "unrolled",
+        "time_steps": str(T),
+        "readout": readout,
+        "initial_state": "zeros: every neuron membrane, attention membrane and Delay slot is all zeros at step 0 "
+                         "(built inside the model)",
+        "unrolled": f"the one-step model composed {T} times: input x [T, batch, ...] with T = {T} fixed; "
+                    f"outputs logits [batch, ...] (readout {readout!r} of the per-step outputs) and y "
+                    "[T, batch, ...] (the per-step outputs)",
+        "step_states": json.dumps([n for n, _ in states]),
+    })
     helper.set_model_props(model, props)
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -406,13 +535,27 @@ def _attention(b: _Builder, name: str, node: SpikingAttention, x: str, shape) ->
 # Files
 
 
-def write_onnx(graph: Union[nir.NIRGraph, onnx.ModelProto], path: Union[str, Path], opset: int = 17) -> Path:
+def write_onnx(graph: Union[nir.NIRGraph, onnx.ModelProto], path: Union[str, Path], opset: int = 17,
+               mode: str = "step", time_steps: int | None = None) -> Path:
     """Export ``graph`` (or an already built model) to ``path`` atomically: a temporary file beside it,
-    checked, then renamed; nothing is left behind on failure."""
+    checked, then renamed; nothing is left behind on failure. ``mode="step"`` writes the one-step model,
+    ``mode="unrolled"`` the model unrolled over ``time_steps`` steps (:func:`graph_to_onnx_unrolled`)."""
     path = Path(path)
+    if mode not in ("step", "unrolled"):
+        raise ONNXFileError(f"unknown ONNX export mode {mode!r}; use mode='step' or mode='unrolled'.")
+    if mode == "unrolled":
+        time_steps = _check_time_steps(time_steps)
+    elif time_steps is not None:
+        raise ONNXFileError("time_steps only applies to mode='unrolled' (the one-step model runs any number "
+                            "of steps); drop it or pass mode='unrolled'.")
     if not path.parent.is_dir():
         raise ONNXFileError(f"cannot write {path}: the directory {path.parent} does not exist; create it first.")
-    model = graph if isinstance(graph, onnx.ModelProto) else graph_to_onnx_step(graph, opset)
+    if isinstance(graph, onnx.ModelProto):
+        model = graph
+    elif mode == "unrolled":
+        model = graph_to_onnx_unrolled(graph, time_steps, opset)
+    else:
+        model = graph_to_onnx_step(graph, opset)
 
     def write(tmp: Path) -> None:
         onnx.save(model, str(tmp))
@@ -444,7 +587,7 @@ def read_onnx(path: Union[str, Path]) -> onnx.ModelProto:
         raise ONNXFileError(f"{path} is not a valid ONNX model (corrupt or truncated: "
                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); export it "
                             "again.") from exc
-    if not any(p.key == "format" and p.value == "revsnn-onnx-step" for p in model.metadata_props):
-        raise ONNXFileError(f"{path} is a valid ONNX model but not a revsnn one-step export (no format "
-                            "'revsnn-onnx-step' in its metadata); export it with `write_onnx`.")
+    if not any(p.key == "format" and p.value in (STEP_FORMAT, UNROLLED_FORMAT) for p in model.metadata_props):
+        raise ONNXFileError(f"{path} is a valid ONNX model but not a revsnn export (no format '{STEP_FORMAT}' or "
+                            f"'{UNROLLED_FORMAT}' in its metadata); export it with `write_onnx`.")
     return model

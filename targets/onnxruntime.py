@@ -9,6 +9,10 @@ it. The states start at zeros (as the file's ``metadata_props["initial_state"]``
 
 ``run(x)`` returns what ``ReferenceExecutor.run`` returns: per-step outputs ``[T, B, ...]`` and, with
 ``record=True``, each neuron node's spikes ``[T, B, ...]``.
+
+``OnnxRuntimeUnrolledTarget.load(path_or_model)`` runs the unrolled model (``graph_to_onnx_unrolled``: the
+whole time loop inside the graph, T fixed) in one ``session.run``: ``run(x)`` gives the per-step outputs
+``[T, B, ...]`` (output ``y``; no spikes: ``record=True`` gives an empty dict) and ``logits(x)`` the readout.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
-from revsnn.exporters.onnx_file import INPUT_NAME, OUTPUT_NAME, read_onnx
+from revsnn.exporters.onnx_file import (INPUT_NAME, OUTPUT_NAME, UNROLLED_FORMAT, UNROLLED_INPUT, UNROLLED_LOGITS,
+                                        UNROLLED_STEPS, ONNXFileError, read_onnx)
 
-__all__ = ["OnnxRuntimeTarget", "default_providers"]
+__all__ = ["OnnxRuntimeTarget", "OnnxRuntimeUnrolledTarget", "default_providers"]
 
 
 def default_providers() -> list[str]:
@@ -38,6 +43,9 @@ class OnnxRuntimeTarget:
 
     def __init__(self, model: onnx.ModelProto, providers: Optional[Sequence[str]] = None):
         props = {p.key: p.value for p in model.metadata_props}
+        if props.get("format") == UNROLLED_FORMAT:
+            raise ONNXFileError("this is an unrolled ONNX model (the time loop is inside it); run it with "
+                                "OnnxRuntimeUnrolledTarget, not the one-step OnnxRuntimeTarget.")
         self.metadata = props
         self.neurons: list[str] = json.loads(props.get("neurons", "[]"))
         model = onnx.ModelProto.FromString(model.SerializeToString())  # do not alter the caller's model
@@ -92,3 +100,55 @@ class OnnxRuntimeTarget:
         if not record:
             return outputs
         return outputs, {n: torch.stack(v) for n, v in rec.items()}
+
+
+def _numpy(x: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class OnnxRuntimeUnrolledTarget:
+    """The unrolled model: ``run(x)`` the per-step outputs ``[T, B, ...]``, ``logits(x)`` the readout; T is
+    the model's (``time_steps``), fixed at export."""
+
+    def __init__(self, model: onnx.ModelProto, providers: Optional[Sequence[str]] = None):
+        props = {p.key: p.value for p in model.metadata_props}
+        if props.get("format") != UNROLLED_FORMAT:
+            raise ONNXFileError("this is not an unrolled ONNX model (no format 'revsnn-onnx-unrolled' in its "
+                                "metadata); run a one-step model with OnnxRuntimeTarget.")
+        self.metadata = props
+        self.model = model
+        self.time_steps = int(model.graph.input[0].type.tensor_type.shape.dim[0].dim_value)
+        self.readout = props.get("readout", "mean")
+        self.neurons: list[str] = []  # the unrolled model exposes no spikes
+        self.spikes: dict[str, torch.Tensor] = {}
+        self.providers = list(providers) if providers is not None else default_providers()
+        self.session = ort.InferenceSession(model.SerializeToString(), providers=self.providers)
+
+    @classmethod
+    def load(cls, path_or_model: Union[str, Path, onnx.ModelProto],
+             providers: Optional[Sequence[str]] = None) -> "OnnxRuntimeUnrolledTarget":
+        model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else read_onnx(path_or_model)
+        return cls(model, providers)
+
+    def reset(self) -> None:  # no state between calls: every run starts from zeros inside the model
+        self.spikes = {}
+
+    def _run(self, x, names: list[str]) -> list[np.ndarray]:
+        x = _numpy(x)
+        if x.ndim < 2 or x.shape[0] != self.time_steps:
+            got = x.shape[0] if x.ndim else "no"
+            raise ValueError(f"this unrolled ONNX model runs exactly T={self.time_steps} time steps (input x "
+                             f"[{self.time_steps}, batch, ...]) but got {got} steps; pass {self.time_steps} "
+                             f"steps or export again with time_steps={got}.")
+        return self.session.run(names, {UNROLLED_INPUT: x})
+
+    def run(self, x: Union[torch.Tensor, np.ndarray], record: bool = False):
+        """Per-step outputs ``[T, B, ...]`` (float32); with ``record``, also ``{}`` (no spikes exposed)."""
+        out = torch.from_numpy(self._run(x, [UNROLLED_STEPS])[0])
+        return (out, {}) if record else out
+
+    def logits(self, x: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
+        """The readout ``[B, ...]`` of the T per-step outputs (``metadata['readout']``: mean or last)."""
+        return torch.from_numpy(self._run(x, [UNROLLED_LOGITS])[0])

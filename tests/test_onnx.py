@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from revsnn.exporters.collapse import collapse
-from revsnn.exporters.onnx_file import ONNXFileError, graph_to_onnx_step, read_onnx, write_onnx
+from revsnn.exporters.onnx_file import (ONNXFileError, graph_to_onnx_step, graph_to_onnx_unrolled, read_onnx,
+                                        write_onnx)
 from revsnn.models import build_model
-from revsnn.targets.onnxruntime import OnnxRuntimeTarget
+from revsnn.targets.onnxruntime import OnnxRuntimeTarget, OnnxRuntimeUnrolledTarget
 from revsnn.targets.reference import ReferenceExecutor
 from revsnn.testing import trained_like
 
@@ -187,3 +188,79 @@ def test_file_errors(tmp_path):
     with pytest.raises(ONNXFileError, match="nothing was written"):
         write_onnx(bad, tmp_path / "bad.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.onnx", "garbage.onnx", "m.onnx"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# The unrolled model: the whole time loop inside one graph, T fixed
+
+
+@pytest.mark.parametrize("name", ["revsresnet-digits", "trevsnn-digits", "revnode-digits"])
+def test_unrolled_equals_step_target_and_reference(name, tmp_path):
+    model, T = _model(name)
+    graph = collapse(model, T).graph
+    path = write_onnx(graph, tmp_path / f"{name}.onnx", mode="unrolled", time_steps=T)
+    onnx_model = read_onnx(path)
+    onnx.checker.check_model(onnx_model, full_check=True)
+    props = {p.key: p.value for p in onnx_model.metadata_props}
+    readout = graph.metadata["readout"]
+    assert props["format"] == "revsnn-onnx-unrolled" and props["mode"] == "unrolled"
+    assert props["time_steps"] == str(T) and props["readout"] == readout and props["model"] == name
+    assert props["neuron_contract"] and props["revsnn_version"]
+    assert [i.name for i in onnx_model.graph.input] == ["x"]
+    assert [o.name for o in onnx_model.graph.output] == ["logits", "y"]
+    dims = [d.dim_value or d.dim_param for d in onnx_model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[:2] == [T, "batch"]
+    assert len(onnx_model.graph.initializer) < 2 * len(graph_to_onnx_step(graph).graph.initializer) + 3 * T + 8
+
+    x = torch.rand(T, 6, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 1.5
+    target = OnnxRuntimeUnrolledTarget.load(path)
+    out = target.run(x)
+    step_out = OnnxRuntimeTarget.load(write_onnx(graph, tmp_path / "step.onnx")).run(x)
+    assert out.dtype == torch.float32 and out.shape == step_out.shape
+    assert float((out - step_out).abs().max()) <= 1e-5
+    out2, spikes = target.run(x.numpy(), record=True)
+    assert torch.equal(out2, out) and spikes == {}
+
+    ref_out, _, _ = _reference(graph, x)
+    want = ref_out[-1] if readout == "last" else ref_out.mean(0)
+    logits = target.logits(x)
+    assert logits.shape == want.shape
+    assert float((logits.double() - want).abs().max()) <= 1e-4
+    assert torch.equal(logits.argmax(1), want.argmax(1))
+    assert torch.equal(logits.argmax(1), _prediction(ref_out, readout))
+    # another batch size: the zero initial states follow x's batch dimension
+    assert target.run(x[:, :2]).shape == (T, 2, *out.shape[2:])
+
+    # a wrong number of steps is refused with one sentence
+    with pytest.raises(ValueError, match=f"exactly T={T} time steps"):
+        target.run(x[:-1])
+    with pytest.raises(ValueError, match=f"exactly T={T} time steps"):
+        target.logits(torch.cat([x, x[:1]]))
+    # the two targets refuse each other's files
+    with pytest.raises(ONNXFileError, match="OnnxRuntimeUnrolledTarget"):
+        OnnxRuntimeTarget.load(path)
+    with pytest.raises(ONNXFileError, match="OnnxRuntimeTarget"):
+        OnnxRuntimeUnrolledTarget.load(tmp_path / "step.onnx")
+
+
+def test_unrolled_mode_and_time_steps_errors(tmp_path):
+    graph = collapse(trained_like("revsresnet-digits", planes=[2, 3]), 2).graph
+    with pytest.raises(ONNXFileError, match="unknown ONNX export mode"):
+        write_onnx(graph, tmp_path / "m.onnx", mode="loop")
+    with pytest.raises(ONNXFileError, match="needs time_steps"):
+        write_onnx(graph, tmp_path / "m.onnx", mode="unrolled")
+    for bad in (0, -3):
+        with pytest.raises(ONNXFileError, match="at least 1"):
+            write_onnx(graph, tmp_path / "m.onnx", mode="unrolled", time_steps=bad)
+        with pytest.raises(ONNXFileError, match="at least 1"):
+            graph_to_onnx_unrolled(graph, bad)
+    with pytest.raises(ONNXFileError, match="whole number"):
+        write_onnx(graph, tmp_path / "m.onnx", mode="unrolled", time_steps=2.5)
+    with pytest.raises(ONNXFileError, match="only applies to mode='unrolled'"):
+        write_onnx(graph, tmp_path / "m.onnx", time_steps=2)
+    assert list(tmp_path.iterdir()) == []
+    # T = 1 and opset 18 (ReduceMean's axes as an input) work
+    model = graph_to_onnx_unrolled(graph, 1, opset=18)
+    x = torch.rand(1, 3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    target = OnnxRuntimeUnrolledTarget.load(model)
+    assert torch.allclose(target.logits(x), target.run(x)[0])

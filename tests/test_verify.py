@@ -123,13 +123,25 @@ def test_export_onnx_info_and_verify(checkpoints, tmp_path):
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["info", str(out)])
     assert result.exit_code == 0 and "x_t" in result.output and "Conv" in result.output
-    report = verify(checkpoints["pararevsnn-digits"], ("torch", "onnxruntime"), samples=16)
-    ort = report.targets["onnxruntime"]
+    report = verify(checkpoints["pararevsnn-digits"], ("torch", "onnxruntime", "onnxruntime-unrolled"), samples=16)
     assert report.ok, report.as_json()
-    assert ort.mismatches == 0 and ort.prediction_agreement == 1.0 and ort.max_abs_diff <= 1e-5
+    for name in ("onnxruntime", "onnxruntime-unrolled"):
+        ort = report.targets[name]
+        assert ort.mismatches == 0 and ort.prediction_agreement == 1.0 and ort.max_abs_diff <= 1e-5
+    assert report.targets["onnxruntime"].spike_agreement == 1.0
+    assert report.targets["onnxruntime-unrolled"].spike_agreement is None  # one call: no hidden spikes
+    unrolled = tmp_path / "unrolled.onnx"
+    result = runner.invoke(app, ["export", "onnx", str(checkpoints["revsresnet-digits"]), "--out", str(unrolled),
+                                 "--mode", "unrolled", "--time-steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert "x [2×batch×1×8×8]" in runner.invoke(app, ["info", str(unrolled)]).output
     for args, message in [(["export", "onnx", str(checkpoints["revsresnet-digits"]), "--out", str(tmp_path / "m.txt")],
                            ".onnx"),
                           (["export", "onnx", str(checkpoints["revsresnet-digits"]), "--out", str(out), "--opset", "7"],
-                           "--opset")]:
+                           "--opset"),
+                          (["export", "onnx", str(checkpoints["revsresnet-digits"]), "--out", str(out), "--mode", "x"],
+                           "--mode"),
+                          (["export", "onnx", str(checkpoints["revsresnet-digits"]), "--out", str(out),
+                            "--time-steps", "0", "--mode", "unrolled"], "--time-steps")]:
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and message in result.output
