@@ -315,7 +315,8 @@ def _check_time_steps(time_steps) -> int:
     return int(time_steps)
 
 
-def graph_to_onnx_unrolled(graph: nir.NIRGraph, time_steps: int, opset: int = 17) -> onnx.ModelProto:
+def graph_to_onnx_unrolled(graph: nir.NIRGraph, time_steps: int, opset: int = 17,
+                           spikes: bool = False) -> onnx.ModelProto:
     """The ONNX model of ``graph`` unrolled over a fixed ``time_steps`` = T steps in one graph.
 
     Input ``x`` ``[T, 'batch', *input_shape]``; outputs ``logits`` ``[batch, K]`` (the graph's readout of the
@@ -329,10 +330,12 @@ def graph_to_onnx_unrolled(graph: nir.NIRGraph, time_steps: int, opset: int = 17
     if readout not in ("mean", "last"):
         raise ONNXFileError(f"the graph's readout {readout!r} is not one the unrolled ONNX model knows (it "
                             "takes 'mean' or 'last').")
-    step = graph_to_onnx_step(graph, opset)
-    sg = step.graph
-    inits = {t.name for t in sg.initializer}
     dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    step = graph_to_onnx_step(graph, opset, spikes=spikes)
+    sg = step.graph
+    spike_outputs = [(v.name, dims(v)[1:]) for v in sg.output if v.name.startswith("spikes.")] if spikes else []
+    per_step_spikes: dict[str, list[str]] = {name: [] for name, _ in spike_outputs}
+    inits = {t.name for t in sg.initializer}
     x_dims = dims(sg.input[0])[1:]
     y_dims = dims(sg.output[0])[1:]
     states = [(v.name, dims(v)[1:]) for v in sg.input[1:]]
@@ -389,7 +392,11 @@ def graph_to_onnx_unrolled(graph: nir.NIRGraph, time_steps: int, opset: int = 17
             nodes.append(new)
         prev = {name: pre + "state_out." + name[len("state."):] for name, _ in states}
         ys.append(op("Unsqueeze", [pre + OUTPUT_NAME, const(f"{pre}axis0", [0], np.int64)], f"{pre}y_step"))
+        for name in per_step_spikes:
+            per_step_spikes[name].append(op("Unsqueeze", [pre + name, f"{pre}axis0"], f"{pre}{name}.step"))
     op("Concat", ys, UNROLLED_STEPS, axis=0)
+    for name, parts in per_step_spikes.items():
+        op("Concat", parts, name, axis=0)
     if readout == "last":
         op("Gather", [UNROLLED_STEPS, const("readout/last", T - 1, np.int64)], UNROLLED_LOGITS, axis=0)
     elif int(opset) >= 18:
@@ -401,7 +408,8 @@ def graph_to_onnx_unrolled(graph: nir.NIRGraph, time_steps: int, opset: int = 17
         nodes, f"revsnn_unrolled_{graph.metadata.get('model', 'graph')}",
         [helper.make_tensor_value_info(UNROLLED_INPUT, _F32, [T, "batch", *x_dims])],
         [helper.make_tensor_value_info(UNROLLED_LOGITS, _F32, ["batch", *y_dims]),
-         helper.make_tensor_value_info(UNROLLED_STEPS, _F32, [T, "batch", *y_dims])],
+         helper.make_tensor_value_info(UNROLLED_STEPS, _F32, [T, "batch", *y_dims])]
+        + [helper.make_tensor_value_info(name, _F32, [T, "batch", *d]) for name, d in spike_outputs],
         initializer=list(sg.initializer) + extra)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", int(opset))],
                               producer_name="revsnn", producer_version=revsnn.__version__)

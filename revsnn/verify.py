@@ -11,10 +11,12 @@ in the training core imports it. For a checkpoint it:
      per-step logits, predictions);
    - every other target against the reference executor.
 
-Spike differences are split in two: *threshold ties*, where the reference's membrane lies within float
+Spike differences are split in three: *threshold ties*, where the reference's membrane lies within float
 rounding of the threshold (``|h - θ| <= 1e-6 · max(1, |θ|)``), which an implementation may legitimately
-resolve either way, and *mismatches*, which are errors. A target passes when it has no mismatch, full
-prediction agreement and ``max |Δ|`` of the per-step outputs within its tolerance.
+resolve either way; *tie-induced* differences, later in a sample that had a tie (a flipped spike changes
+what follows); and *mismatches*, every other difference, which are errors. All three are reported. A
+target passes when it has no mismatch, and, over the samples without a tie, full prediction agreement and
+``max |Δ|`` of the per-step outputs within its tolerance; the samples with a tie are counted.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class TargetReport:
     spike_agreement: Optional[float]         # over every population the target exposes (None: it exposes none)
     output_spike_agreement: Optional[float]  # the population that feeds the readout
     threshold_ties: int
+    tie_induced: int                 # differences after a tie in the same sample (consequences of the tie)
+    tie_samples: int                 # samples with a tie; their outputs and predictions are not held to the tolerance
     mismatches: int
     prediction_agreement: float
     max_abs_diff: float
@@ -61,7 +65,7 @@ class TargetReport:
     def as_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "spike_agreement": self.spike_agreement,
                 "output_spike_agreement": self.output_spike_agreement, "threshold_ties": self.threshold_ties,
-                "mismatches": self.mismatches, "prediction_agreement": self.prediction_agreement,
+                "tie_induced": self.tie_induced, "tie_samples": self.tie_samples, "mismatches": self.mismatches, "prediction_agreement": self.prediction_agreement,
                 "max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance, "time_steps": self.time_steps,
                 "populations": self.populations, "spike_count": self.spike_count, "seconds": self.seconds,
                 "note": self.note}
@@ -114,29 +118,76 @@ def _model_trace(model: nn.Module, x: torch.Tensor, per_step: bool):
     return spikes, logits, (outputs[0].reshape(T, B, -1) if per_step else None)
 
 
-def _compare_spikes(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor],
-                    potentials: dict[str, torch.Tensor], thresholds: dict[str, torch.Tensor],
-                    steps: Optional[dict[str, int]] = None) -> tuple[int, int, int]:
-    """(neuron-steps compared, threshold ties, mismatches) over the populations both sides have.
+@dataclass
+class _SpikeDiff:
+    total: int = 0          # neuron-steps compared
+    ties: int = 0           # differences where the reference membrane is within rounding of the threshold
+    induced: int = 0        # other differences, in a sample at or after its first tie: the tie's consequences
+    mismatches: int = 0     # every other difference: errors
 
-    ``steps``: populations that equal ``want`` at one step only (unrolled graphs); ``want`` then has no
-    time axis and ``got[name][step]`` is compared with it.
-    """
-    total = ties = wrong = 0
+
+def _differences(got, want, potentials, thresholds, steps):
+    """Yield (population, differ, near, step index of each element along dim 0 or a fixed step)."""
     for name, w in want.items():
         if name not in got:
             continue
         g, p = got[name], potentials[name]
+        step = None
         if steps and name in steps:
-            g, p = g[steps[name]], p[steps[name]]
+            step = steps[name]
+            g, p = g[step], p[step]
         g = g.to(w.device, w.dtype)
-        differ = g != w
-        total += w.numel()
-        if differ.any():
-            near = (p - thresholds[name]).abs() <= TIE_TOLERANCE * thresholds[name].abs().clamp(min=1)
-            ties += int((differ & near).sum())
-            wrong += int((differ & ~near).sum())
-    return total, ties, wrong
+        near = (p - thresholds[name]).abs() <= TIE_TOLERANCE * thresholds[name].abs().clamp(min=1)
+        yield name, g != w, near, step
+
+
+def _compare_spikes(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor],
+                    potentials: dict[str, torch.Tensor], thresholds: dict[str, torch.Tensor],
+                    steps: Optional[dict[str, int]] = None, first_tie: Optional[torch.Tensor] = None) -> _SpikeDiff:
+    """Compare spike trains ``[T, B, ...]`` over the populations both sides have.
+
+    ``steps``: populations that equal ``want`` at one step only (unrolled graphs); ``want`` then has no
+    time axis and ``got[name][step]`` is compared with it. ``first_tie[b]``: the first step at which sample
+    b had a threshold tie anywhere (``inf`` if never); differences at or after it are counted as induced.
+    """
+    out = _SpikeDiff()
+    for name, differ, near, step in _differences(got, want, potentials, thresholds, steps):
+        out.total += differ.numel()
+        if not differ.any():
+            continue
+        out.ties += int((differ & near).sum())
+        other = differ & ~near
+        if first_tie is not None:
+            t_idx = (torch.full(other.shape[:1], step) if step is not None else
+                     torch.arange(other.shape[0])).to(first_tie.dtype)
+            if step is not None:  # [B, ...]: every element is at `step`
+                after = (t_idx.new_full((other.shape[0],), float(step)) >= first_tie)
+                after = after.view(-1, *[1] * (other.dim() - 1))
+            else:                 # [T, B, ...]
+                after = (t_idx.view(-1, 1) >= first_tie.view(1, -1))
+                after = after.view(*after.shape, *[1] * (other.dim() - 2))
+            out.induced += int((other & after).sum())
+            other = other & ~after
+        out.mismatches += int(other.sum())
+    return out
+
+
+def _first_ties(got, want, potentials, thresholds, steps, T: int, B: int) -> torch.Tensor:
+    """For each sample, the first step with a threshold tie in any population (``inf`` if none)."""
+    first = torch.full((B,), float("inf"), dtype=torch.float64)
+    for name, differ, near, step in _differences(got, want, potentials, thresholds, steps):
+        tie = differ & near
+        if not tie.any():
+            continue
+        if step is not None:  # [B, ...]
+            hit = tie.reshape(B, -1).any(1)
+            first = torch.where(hit, torch.minimum(first, torch.tensor(float(step), dtype=torch.float64)), first)
+        else:                 # [T, B, ...]
+            hit = tie.reshape(T, B, -1).any(2)   # [T, B]
+            steps_idx = torch.arange(T, dtype=torch.float64).view(-1, 1).expand(T, B)
+            earliest = torch.where(hit, steps_idx, torch.full_like(steps_idx, float("inf"))).min(0).values
+            first = torch.minimum(first, earliest)
+    return first
 
 
 def _readout(outputs: torch.Tensor, mode: str) -> torch.Tensor:
@@ -198,36 +249,44 @@ def verify(checkpoint: Path | str, targets: tuple[str, ...] = ("torch", "norse")
             if name in ("torch", "torch-cuda"):
                 device = "cuda" if name == "torch-cuda" else "cpu"
                 executor = reference if device == "cpu" else ReferenceExecutor(graph, device=device)
-                steps, spikes, potentials = (ref_steps, ref_spikes, ref_potentials) if device == "cpu" else \
+                steps, spikes, _ = (ref_steps, ref_spikes, ref_potentials) if device == "cpu" else \
                     _run_recording(executor, x)
                 # Against the training model itself.
-                total, ties, wrong = _compare_spikes(spikes, want, potentials, thresholds, steps_of)
-                base_steps, base_pred = model_steps, model_pred
+                base_spikes, base_steps_of, base_steps, base_pred = want, steps_of, model_steps, model_pred
                 note = "reference executor vs the training model"
             else:
                 steps, spikes = _run_file_target(name, graph, Path(tmp), x)
-                total, ties, wrong = _compare_spikes(spikes, ref_spikes, ref_potentials, thresholds)
+                base_spikes, base_steps_of = ref_spikes, None
                 base_steps, base_pred = ref_steps, _readout(ref_steps, readout).argmax(1)
                 note = "vs the reference executor"
             seconds = time.perf_counter() - t0
+            if spikes:
+                first_tie = _first_ties(spikes, base_spikes, ref_potentials, thresholds, base_steps_of, T, n)
+            else:  # a target that shows no spikes: any reference membrane at the threshold may have flipped
+                first_tie = _first_ties({k: 1 - v for k, v in ref_spikes.items()}, ref_spikes, ref_potentials,
+                                        thresholds, None, T, n)
+            diff = _compare_spikes(spikes, base_spikes, ref_potentials, thresholds, base_steps_of, first_tie)
+            out_pops = {p: spikes[p] for p in output_pops if p in spikes}
+            out_diff = _compare_spikes(out_pops, {p: base_spikes[p] for p in out_pops}, ref_potentials, thresholds,
+                                       base_steps_of, first_tie)
+            clean = torch.isinf(first_tie)   # samples without any tie are held to the tolerance
             steps = steps.to(torch.float64).cpu()
             pred = _readout(steps, readout).argmax(1)
-            max_diff = float((steps[-base_steps.shape[0]:] - base_steps).abs().max())
-            from_model = name.startswith("torch")
-            base_spikes = want if from_model else ref_spikes
-            out_total, out_ties, out_wrong = _compare_spikes({p: spikes[p] for p in output_pops if p in spikes},
-                                                             {p: base_spikes[p] for p in output_pops},
-                                                             ref_potentials, thresholds,
-                                                             steps_of if from_model else None)
+            delta = (steps[-base_steps.shape[0]:] - base_steps).abs()
+            max_diff = float(delta[:, clean].max()) if clean.any() else 0.0
             if name == "torch":
                 seconds += t_ref
             tol = TOLERANCES[name]
+            same_pred = pred == base_pred
             report = TargetReport(
-                name=name, ok=wrong == 0 and bool((pred == base_pred).all()) and max_diff <= tol, time_steps=T,
-                spike_agreement=1.0 - (ties + wrong) / total if total else None,
-                output_spike_agreement=1.0 - (out_ties + out_wrong) / out_total if out_total else None,
-                threshold_ties=ties, mismatches=wrong,
-                prediction_agreement=float((pred == base_pred).double().mean()), max_abs_diff=max_diff,
+                name=name, ok=diff.mismatches == 0 and bool(same_pred[clean].all()) and max_diff <= tol,
+                time_steps=T,
+                spike_agreement=1.0 - (diff.ties + diff.induced + diff.mismatches) / diff.total if diff.total else None,
+                output_spike_agreement=(1.0 - (out_diff.ties + out_diff.induced + out_diff.mismatches) / out_diff.total
+                                        if out_diff.total else None),
+                threshold_ties=diff.ties, tie_induced=diff.induced, tie_samples=int((~clean).sum()),
+                mismatches=diff.mismatches,
+                prediction_agreement=float(same_pred.double().mean()), max_abs_diff=max_diff,
                 tolerance=tol, populations=len([p for p in spikes if p in ref_spikes]),
                 spike_count=int(sum(float(v.sum()) for v in spikes.values())), seconds=seconds, note=note,
                 raster=_raster(spikes, output_pops) if all(p in spikes for p in output_pops) else None)
@@ -299,8 +358,11 @@ def _run_file_target(name: str, graph, folder: Path, x: torch.Tensor):
         from revsnn.exporters.onnx_file import write_onnx
         from revsnn.targets.onnxruntime import OnnxRuntimeUnrolledTarget
 
+        from revsnn.exporters.onnx_file import graph_to_onnx_unrolled
+
         path = folder / "model-unrolled.onnx"
-        write_onnx(graph, path, mode="unrolled", time_steps=x.shape[0])
-        steps = OnnxRuntimeUnrolledTarget.load(path).run(x.float())
-        return steps.cpu().double(), {}  # one call for all T steps: no hidden population to compare
+        # with every population's spikes as extra outputs, so that they can be compared too
+        write_onnx(graph_to_onnx_unrolled(graph, x.shape[0], spikes=True), path)
+        steps, spikes = OnnxRuntimeUnrolledTarget.load(path).run(x.float(), record=True)
+        return steps.cpu().double(), {k: v.cpu().double() for k, v in spikes.items()}
     raise VerifyError(f"unknown target {name!r}.")

@@ -121,7 +121,7 @@ class OnnxRuntimeUnrolledTarget:
         self.model = model
         self.time_steps = int(model.graph.input[0].type.tensor_type.shape.dim[0].dim_value)
         self.readout = props.get("readout", "mean")
-        self.neurons: list[str] = []  # the unrolled model exposes no spikes
+        self.neurons = [o.name[len("spikes."):] for o in model.graph.output if o.name.startswith("spikes.")]
         self.spikes: dict[str, torch.Tensor] = {}
         self.providers = list(providers) if providers is not None else default_providers()
         self.session = ort.InferenceSession(model.SerializeToString(), providers=self.providers)
@@ -145,9 +145,14 @@ class OnnxRuntimeUnrolledTarget:
         return self.session.run(names, {UNROLLED_INPUT: x})
 
     def run(self, x: Union[torch.Tensor, np.ndarray], record: bool = False):
-        """Per-step outputs ``[T, B, ...]`` (float32); with ``record``, also ``{}`` (no spikes exposed)."""
-        out = torch.from_numpy(self._run(x, [UNROLLED_STEPS])[0])
-        return (out, {}) if record else out
+        """Per-step outputs ``[T, B, ...]`` (float32); with ``record``, also every neuron node's spikes
+        ``[T, B, ...]`` when the model has ``spikes.<node>`` outputs (else ``{}``)."""
+        names = [o.name for o in self.session.get_outputs() if o.name.startswith("spikes.")] if record else []
+        got = self._run(x, [UNROLLED_STEPS] + names)
+        out = torch.from_numpy(got[0])
+        if not record:
+            return out
+        return out, {n[len("spikes."):]: torch.from_numpy(v) for n, v in zip(names, got[1:])}
 
     def logits(self, x: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
         """The readout ``[B, ...]`` of the T per-step outputs (``metadata['readout']``: mean or last)."""

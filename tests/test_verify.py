@@ -4,6 +4,7 @@ import json
 
 import nir
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from revsnn.cli.main import app
@@ -129,7 +130,7 @@ def test_export_onnx_info_and_verify(checkpoints, tmp_path):
         ort = report.targets[name]
         assert ort.mismatches == 0 and ort.prediction_agreement == 1.0 and ort.max_abs_diff <= 1e-5
     assert report.targets["onnxruntime"].spike_agreement == 1.0
-    assert report.targets["onnxruntime-unrolled"].spike_agreement is None  # one call: no hidden spikes
+    assert report.targets["onnxruntime-unrolled"].spike_agreement == 1.0  # spikes of all T steps as outputs
     unrolled = tmp_path / "unrolled.onnx"
     result = runner.invoke(app, ["export", "onnx", str(checkpoints["revsresnet-digits"]), "--out", str(unrolled),
                                  "--mode", "unrolled", "--time-steps", "2"])
@@ -145,3 +146,22 @@ def test_export_onnx_info_and_verify(checkpoints, tmp_path):
                             "--time-steps", "0", "--mode", "unrolled"], "--time-steps")]:
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and message in result.output
+
+
+def test_ties_and_their_consequences_are_counted_apart_from_mismatches():
+    from revsnn.verify import _compare_spikes, _first_ties
+
+    T, B = 3, 2
+    want = {"a": torch.zeros(T, B, 4), "b": torch.zeros(T, B, 4)}
+    got = {k: v.clone() for k, v in want.items()}
+    theta = {"a": torch.tensor(1.0), "b": torch.tensor(1.0)}
+    potentials = {"a": torch.zeros(T, B, 4), "b": torch.zeros(T, B, 4)}
+    got["a"][1, 0, 2] = 1.0
+    potentials["a"][1, 0, 2] = 1.0 + 1e-9      # within rounding of the threshold: a tie in sample 0 at t = 1
+    got["b"][2, 0, 0] = 1.0                    # later in sample 0: a consequence of the tie
+    got["b"][0, 0, 1] = 1.0                    # before the tie in sample 0: an error
+    got["b"][1, 1, 3] = 1.0                    # sample 1 never tied: an error
+    first = _first_ties(got, want, potentials, theta, None, T, B)
+    assert first.tolist() == [1.0, float("inf")]
+    diff = _compare_spikes(got, want, potentials, theta, None, first)
+    assert (diff.total, diff.ties, diff.induced, diff.mismatches) == (48, 1, 1, 2)
