@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from .reference import UnsupportedNodeError, delays_at_least_one
+from .stepping import run_steps
 
 __all__ = ["NorseTarget", "UnsupportedNodeError", "MAPPED_TYPES"]
 
@@ -415,14 +416,4 @@ class NorseTarget:
     def run(self, x: torch.Tensor, record: bool = False):
         """Run ``x`` ``[T, B, ...]`` from reset: the per-step outputs ``[T, B, ...]`` and, with ``record``,
         each neuron node's spikes ``[T, B, ...]``."""
-        self.reset()
-        outs, rec = [], {n: [] for n in self.neurons}
-        for x_t in x:
-            outs.append(self.step(x_t))
-            if record:
-                for n in self.neurons:
-                    rec[n].append(self.spikes[n])
-        outputs = torch.stack(outs)
-        if not record:
-            return outputs
-        return outputs, {n: torch.stack(v) for n, v in rec.items()}
+        return run_steps(self, x, record)

@@ -30,6 +30,8 @@ from onnx import TensorProto, helper
 from revsnn.exporters.onnx_file import (INPUT_NAME, OUTPUT_NAME, UNROLLED_FORMAT, UNROLLED_INPUT, UNROLLED_LOGITS,
                                         UNROLLED_STEPS, ONNXFileError, read_onnx)
 
+from .stepping import run_steps
+
 __all__ = ["OnnxRuntimeTarget", "OnnxRuntimeUnrolledTarget", "default_providers"]
 
 
@@ -89,17 +91,7 @@ class OnnxRuntimeTarget:
     def run(self, x: Union[torch.Tensor, np.ndarray], record: bool = False):
         """Run ``x`` ``[T, B, ...]`` from reset. Returns the per-step outputs ``[T, B, ...]`` and, with
         ``record``, each neuron node's spikes ``[T, B, ...]``."""
-        self.reset()
-        outs, rec = [], {n: [] for n in self.neurons}
-        for x_t in x:
-            outs.append(self.step(x_t))
-            if record:
-                for n in self.neurons:
-                    rec[n].append(self.spikes[n])
-        outputs = torch.stack(outs)
-        if not record:
-            return outputs
-        return outputs, {n: torch.stack(v) for n, v in rec.items()}
+        return run_steps(self, x, record)
 
 
 def _numpy(x: Union[torch.Tensor, np.ndarray]) -> np.ndarray:

@@ -32,6 +32,8 @@ import torch.nn.functional as tf
 
 from revsnn.exporters.nodes import MaxPool2d, SpikingAttention
 
+from .stepping import run_steps
+
 __all__ = ["ReferenceExecutor", "UnsupportedNodeError", "NEURON_TYPES", "delays_at_least_one"]
 
 NEURON_TYPES = (nir.LIF, nir.IF, nir.Threshold, SpikingAttention)
@@ -306,14 +308,4 @@ class ReferenceExecutor:
     def run(self, x: torch.Tensor, record: bool = False):
         """Run ``x`` ``[T, B, ...]`` from reset. Returns the per-step outputs ``[T, B, ...]`` and, with
         ``record``, each neuron node's spikes ``[T, B, ...]``."""
-        self.reset()
-        outs, rec = [], {n: [] for n in self.neurons}
-        for x_t in x:
-            outs.append(self.step(x_t))
-            if record:
-                for n in self.neurons:
-                    rec[n].append(self.spikes[n])
-        outputs = torch.stack(outs)
-        if not record:
-            return outputs
-        return outputs, {n: torch.stack(v) for n, v in rec.items()}
+        return run_steps(self, x, record)
