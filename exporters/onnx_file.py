@@ -83,7 +83,13 @@ def _ints(a, n: int | None = None) -> list[int]:
 
 
 def _f32(a) -> np.ndarray:
-    return np.asarray(a, dtype=np.float32)
+    """Parameters as float64 arrays; ``_Builder.const`` casts them once to the model's float type."""
+    return np.asarray(a, dtype=np.float64)
+
+
+# The model's float type: float32 by default; float64 for graphs whose ops onnxruntime's CPU build runs in
+# double (it has no float64 convolution or pooling).
+FLOAT_TYPES = {"float32": (TensorProto.FLOAT, np.float32), "float64": (TensorProto.DOUBLE, np.float64)}
 
 
 def _conv_len(n: int, k: int, s: int, p: int, d: int = 1) -> int:
@@ -101,7 +107,10 @@ def _cut_delays(graph: nir.NIRGraph) -> list[str]:
 
 
 class _Builder:
-    def __init__(self, graph: nir.NIRGraph):
+    def __init__(self, graph: nir.NIRGraph, dtype: str = "float32"):
+        if dtype not in FLOAT_TYPES:
+            raise ONNXFileError(f"unknown float type {dtype!r}; use float32 or float64.")
+        self.elem, self.np_float = FLOAT_TYPES[dtype]
         self.graph = graph
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
@@ -109,8 +118,8 @@ class _Builder:
         self._k = 0
 
     # helpers
-    def const(self, name: str, value, dtype=np.float32) -> str:
-        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+    def const(self, name: str, value, dtype=None) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype or self.np_float), name))
         return name
 
     def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs) -> str:
@@ -134,7 +143,7 @@ class _Builder:
 
     def fire(self, name: str, key: str, h: str, th: str, reset: str) -> str:
         above = self.op("Greater", [h, th], f"{key}.above")
-        s = self.op("Cast", [above], f"{key}.spikes", to=_F32)
+        s = self.op("Cast", [above], f"{key}.spikes", to=self.elem)
         self.set_state(key, self.op("Where", [above, reset, h], f"state_out.{key}"))
         return s
 
@@ -174,7 +183,8 @@ def _delay_shape(name: str, node: nir.Delay) -> tuple[int, ...]:
     return tuple(int(v) for v in shape)
 
 
-def graph_to_onnx_step(graph: nir.NIRGraph, opset: int = 17, spikes: bool = False) -> onnx.ModelProto:
+def graph_to_onnx_step(graph: nir.NIRGraph, opset: int = 17, spikes: bool = False,
+                       dtype: str = "float32") -> onnx.ModelProto:
     """The one-step ONNX model of ``graph`` (see the module docstring for its inputs, outputs and ops)."""
     inputs: dict[str, list[str]] = {n: [] for n in graph.nodes}
     for src, dst in graph.edges:
@@ -199,7 +209,7 @@ def graph_to_onnx_step(graph: nir.NIRGraph, opset: int = 17, spikes: bool = Fals
                             f"{len(outs)}).")
     in_name, out_name = ins[0], outs[0]
 
-    b = _Builder(graph)
+    b = _Builder(graph, dtype)
     values: dict[str, str] = {}
     shapes: dict[str, tuple[int, ...]] = {}
 
@@ -267,7 +277,7 @@ def graph_to_onnx_step(graph: nir.NIRGraph, opset: int = 17, spikes: bool = Fals
         push(name, slots, x)
 
     b.op("Identity", [values[out_name]], OUTPUT_NAME)
-    vi = lambda n, shape: helper.make_tensor_value_info(n, _F32, ["batch", *shape])  # noqa: E731
+    vi = lambda n, shape: helper.make_tensor_value_info(n, b.elem, ["batch", *shape])  # noqa: E731
     g_inputs = [vi(INPUT_NAME, shapes[in_name])] + [vi(n, s) for n, _, s in b.states]
     g_outputs = [vi(OUTPUT_NAME, shapes[out_name])]
     for n, t, s in b.states:
@@ -316,7 +326,7 @@ def _check_time_steps(time_steps) -> int:
 
 
 def graph_to_onnx_unrolled(graph: nir.NIRGraph, time_steps: int, opset: int = 17,
-                           spikes: bool = False) -> onnx.ModelProto:
+                           spikes: bool = False, dtype: str = "float32") -> onnx.ModelProto:
     """The ONNX model of ``graph`` unrolled over a fixed ``time_steps`` = T steps in one graph.
 
     Input ``x`` ``[T, 'batch', *input_shape]``; outputs ``logits`` ``[batch, K]`` (the graph's readout of the
@@ -331,7 +341,8 @@ def graph_to_onnx_unrolled(graph: nir.NIRGraph, time_steps: int, opset: int = 17
         raise ONNXFileError(f"the graph's readout {readout!r} is not one the unrolled ONNX model knows (it "
                             "takes 'mean' or 'last').")
     dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
-    step = graph_to_onnx_step(graph, opset, spikes=spikes)
+    step = graph_to_onnx_step(graph, opset, spikes=spikes, dtype=dtype)
+    elem, np_float = FLOAT_TYPES[dtype]
     sg = step.graph
     spike_outputs = [(v.name, dims(v)[1:]) for v in sg.output if v.name.startswith("spikes.")] if spikes else []
     per_step_spikes: dict[str, list[str]] = {name: [] for name, _ in spike_outputs}
@@ -364,7 +375,7 @@ def graph_to_onnx_unrolled(graph: nir.NIRGraph, time_steps: int, opset: int = 17
             full = op("Concat", [batch, const(f"init/shape{i}", list(key), np.int64)], f"init/state_shape{i}",
                       axis=0)
             zeros[key] = op("ConstantOfShape", [full], f"init/zeros{i}",
-                            value=numpy_helper.from_array(np.zeros(1, dtype=np.float32)))
+                            value=numpy_helper.from_array(np.zeros(1, dtype=np_float)))
         prev[name] = zeros[key]
 
     ys = []
@@ -406,10 +417,10 @@ def graph_to_onnx_unrolled(graph: nir.NIRGraph, time_steps: int, opset: int = 17
 
     g = helper.make_graph(
         nodes, f"revsnn_unrolled_{graph.metadata.get('model', 'graph')}",
-        [helper.make_tensor_value_info(UNROLLED_INPUT, _F32, [T, "batch", *x_dims])],
-        [helper.make_tensor_value_info(UNROLLED_LOGITS, _F32, ["batch", *y_dims]),
-         helper.make_tensor_value_info(UNROLLED_STEPS, _F32, [T, "batch", *y_dims])]
-        + [helper.make_tensor_value_info(name, _F32, [T, "batch", *d]) for name, d in spike_outputs],
+        [helper.make_tensor_value_info(UNROLLED_INPUT, elem, [T, "batch", *x_dims])],
+        [helper.make_tensor_value_info(UNROLLED_LOGITS, elem, ["batch", *y_dims]),
+         helper.make_tensor_value_info(UNROLLED_STEPS, elem, [T, "batch", *y_dims])]
+        + [helper.make_tensor_value_info(name, elem, [T, "batch", *d]) for name, d in spike_outputs],
         initializer=list(sg.initializer) + extra)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", int(opset))],
                               producer_name="revsnn", producer_version=revsnn.__version__)
@@ -489,7 +500,7 @@ def _emit(b: _Builder, name: str, node, x: str, shape, delay_fifo, delay_out, pu
         return b.op("Identity", [s], f"spikes.{name}")
     if isinstance(node, nir.Threshold):
         above = b.op("Greater", [x, b.const(f"{name}.threshold", _f32(node.threshold))], f"{name}.above")
-        return b.op("Cast", [above], f"spikes.{name}", to=_F32)
+        return b.op("Cast", [above], f"spikes.{name}", to=b.elem)
     if isinstance(node, nir.Delay):
         slots, depth = delay_fifo(name, node, shape)
         if depth == 0:

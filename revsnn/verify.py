@@ -335,6 +335,17 @@ def _run_recording(executor, x: torch.Tensor):
             {n: torch.stack(v).cpu() for n, v in potentials.items()})
 
 
+def _onnx_float(graph) -> str:
+    """float64 where onnxruntime's CPU build can run every op in double (it has no float64 convolution or
+    pooling), float32 otherwise: the closest the ONNX targets can come to the float64 reference."""
+    import nir
+
+    from revsnn.exporters.nodes import CUSTOM_NODES
+
+    kinds = (nir.Conv1d, nir.Conv2d, nir.AvgPool2d, nir.SumPool2d, *CUSTOM_NODES)
+    return "float32" if any(isinstance(n, kinds) for n in graph.nodes.values()) else "float64"
+
+
 def _run_file_target(name: str, graph, folder: Path, x: torch.Tensor):
     if name == "norse":
         from revsnn.exporters.nir_file import write_nir
@@ -346,13 +357,12 @@ def _run_file_target(name: str, graph, folder: Path, x: torch.Tensor):
         steps, spikes = target.run(x, record=True)
         return steps.cpu(), {k: v.cpu() for k, v in spikes.items()}
     if name == "onnxruntime":
-        from revsnn.exporters.onnx_file import write_onnx
+        from revsnn.exporters.onnx_file import graph_to_onnx_step, write_onnx
         from revsnn.targets.onnxruntime import OnnxRuntimeTarget
 
         path = folder / "model.onnx"
-        write_onnx(graph, path)
-        target = OnnxRuntimeTarget.load(path)  # float32: onnxruntime's CPU build has no float64 Conv
-        steps, spikes = target.run(x.float(), record=True)
+        write_onnx(graph_to_onnx_step(graph, dtype=_onnx_float(graph)), path)
+        steps, spikes = OnnxRuntimeTarget.load(path).run(x, record=True)
         return steps.cpu().double(), {k: v.cpu().double() for k, v in spikes.items()}
     if name == "onnxruntime-unrolled":
         from revsnn.exporters.onnx_file import write_onnx
@@ -362,7 +372,7 @@ def _run_file_target(name: str, graph, folder: Path, x: torch.Tensor):
 
         path = folder / "model-unrolled.onnx"
         # with every population's spikes as extra outputs, so that they can be compared too
-        write_onnx(graph_to_onnx_unrolled(graph, x.shape[0], spikes=True), path)
-        steps, spikes = OnnxRuntimeUnrolledTarget.load(path).run(x.float(), record=True)
+        write_onnx(graph_to_onnx_unrolled(graph, x.shape[0], spikes=True, dtype=_onnx_float(graph)), path)
+        steps, spikes = OnnxRuntimeUnrolledTarget.load(path).run(x, record=True)
         return steps.cpu().double(), {k: v.cpu().double() for k, v in spikes.items()}
     raise VerifyError(f"unknown target {name!r}.")

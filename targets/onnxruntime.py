@@ -51,10 +51,12 @@ class OnnxRuntimeTarget:
         self.metadata = props
         self.neurons: list[str] = json.loads(props.get("neurons", "[]"))
         model = onnx.ModelProto.FromString(model.SerializeToString())  # do not alter the caller's model
+        elem = model.graph.input[0].type.tensor_type.elem_type   # float32, or float64 for conv-free graphs
+        self.float = np.float64 if elem == TensorProto.DOUBLE else np.float32
         have = {o.name for o in model.graph.output}
         for n in self.neurons:
             if f"spikes.{n}" not in have:
-                model.graph.output.append(helper.make_tensor_value_info(f"spikes.{n}", TensorProto.FLOAT, None))
+                model.graph.output.append(helper.make_tensor_value_info(f"spikes.{n}", elem, None))
         self.model = model
         self.providers = list(providers) if providers is not None else default_providers()
         self.session = ort.InferenceSession(model.SerializeToString(), providers=self.providers)
@@ -75,12 +77,11 @@ class OnnxRuntimeTarget:
         self.spikes = {}
 
     def step(self, x: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
-        """One time step: ``x`` is ``[B, *input_shape]``; returns the output ``[B, ...]`` (float32)."""
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        """One time step: ``x`` is ``[B, *input_shape]``; returns the output ``[B, ...]`` in the model's
+        float type."""
+        x = _numpy(x, self.float)
         if not self.state:
-            self.state = {n: np.zeros((x.shape[0], *self.state_shapes[n]), dtype=np.float32)
+            self.state = {n: np.zeros((x.shape[0], *self.state_shapes[n]), dtype=self.float)
                           for n in self.state_names}
         feed = {INPUT_NAME: x, **self.state}
         res = dict(zip(self.output_names, self.session.run(self.output_names, feed)))
@@ -94,10 +95,10 @@ class OnnxRuntimeTarget:
         return run_steps(self, x, record)
 
 
-def _numpy(x: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
+def _numpy(x: Union[torch.Tensor, np.ndarray], dtype=np.float32) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return np.ascontiguousarray(x, dtype=dtype)
 
 
 class OnnxRuntimeUnrolledTarget:
@@ -117,6 +118,8 @@ class OnnxRuntimeUnrolledTarget:
         self.spikes: dict[str, torch.Tensor] = {}
         self.providers = list(providers) if providers is not None else default_providers()
         self.session = ort.InferenceSession(model.SerializeToString(), providers=self.providers)
+        elem = model.graph.input[0].type.tensor_type.elem_type
+        self.float = np.float64 if elem == TensorProto.DOUBLE else np.float32
 
     @classmethod
     def load(cls, path_or_model: Union[str, Path, onnx.ModelProto],
@@ -128,7 +131,7 @@ class OnnxRuntimeUnrolledTarget:
         self.spikes = {}
 
     def _run(self, x, names: list[str]) -> list[np.ndarray]:
-        x = _numpy(x)
+        x = _numpy(x, self.float)
         if x.ndim < 2 or x.shape[0] != self.time_steps:
             got = x.shape[0] if x.ndim else "no"
             raise ValueError(f"this unrolled ONNX model runs exactly T={self.time_steps} time steps (input x "

@@ -165,3 +165,12 @@ def test_ties_and_their_consequences_are_counted_apart_from_mismatches():
     assert first.tolist() == [1.0, float("inf")]
     diff = _compare_spikes(got, want, potentials, theta, None, first)
     assert (diff.total, diff.ties, diff.induced, diff.mismatches) == (48, 1, 1, 2)
+
+
+def test_conv_free_graphs_run_onnxruntime_in_float64(checkpoints):
+    """The RevLIF network has no convolution, so verify exports its ONNX models in float64, which
+    onnxruntime's CPU build runs; they then agree with the float64 reference to rounding."""
+    report = verify(checkpoints["revnode-digits"], ("onnxruntime", "onnxruntime-unrolled"), samples=16)
+    assert report.ok
+    for target in report.targets.values():
+        assert target.max_abs_diff < 1e-9 and target.spike_agreement == 1.0
