@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as tf
 
-__all__ = ["Op", "ConvOp", "Conv1dOp", "MaxPoolOp", "AffineOp", "PoolOp", "FlattenOp", "Term", "Group", "Value", "GraphBuilder",
+__all__ = ["delays_at_least_one", "delay_shape", "Op", "ConvOp", "Conv1dOp", "MaxPoolOp", "AffineOp", "PoolOp", "FlattenOp", "Term", "Group", "Value", "GraphBuilder",
            "Collapsed", "CollapseError"]
 
 
@@ -189,6 +189,33 @@ def _add_bias(op: Op, shift: torch.Tensor) -> Op:
     new = copy.copy(op)
     new.bias = shift.clone() if op.bias is None else op.bias + shift
     return new
+
+
+# --------------------------------------------------------------------------------------------------------
+# Delays that close feedback cycles (the reversible RevLIF node's soft reset): shared by every writer and
+# runner of such graphs.
+
+
+def delays_at_least_one(graph: nir.NIRGraph) -> list[str]:
+    """The Delay nodes whose every delay is a whole number of steps >= 1: their output at a step does not
+    depend on that step's input, so a cycle through one of them can be run step by step."""
+    out = []
+    for name, node in graph.nodes.items():
+        if isinstance(node, nir.Delay):
+            d = np.asarray(node.delay, dtype=np.float64)
+            if d.size and np.all(d >= 1) and np.all(d == np.round(d)):
+                out.append(name)
+    return out
+
+
+def delay_shape(node: nir.Delay) -> Optional[tuple[int, ...]]:
+    """The shape a Delay's FIFO holds: its per-element delay array's, else its input type's; None if neither
+    says (callers refuse such a Delay when it closes a cycle)."""
+    d = np.asarray(node.delay)
+    if d.size > 1:
+        return tuple(d.shape)
+    shape = np.asarray((node.input_type or {}).get("input", ()), dtype=np.int64)
+    return tuple(int(v) for v in shape) if shape.size else None
 
 
 # --------------------------------------------------------------------------------------------------------

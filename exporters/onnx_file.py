@@ -50,6 +50,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import revsnn
 from revsnn.checkpoint import atomic_write
+from revsnn.exporters.graph import delay_shape, delays_at_least_one
 from revsnn.exporters.nodes import MaxPool2d, SpikingAttention
 
 __all__ = ["ONNXFileError", "graph_to_onnx_step", "graph_to_onnx_unrolled", "write_onnx", "read_onnx",
@@ -94,16 +95,6 @@ FLOAT_TYPES = {"float32": (TensorProto.FLOAT, np.float32), "float64": (TensorPro
 
 def _conv_len(n: int, k: int, s: int, p: int, d: int = 1) -> int:
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
-
-
-def _cut_delays(graph: nir.NIRGraph) -> list[str]:
-    out = []
-    for name, node in graph.nodes.items():
-        if isinstance(node, nir.Delay):
-            d = np.asarray(node.delay, dtype=np.float64)
-            if d.size and np.all(d >= 1) and np.all(d == np.round(d)):
-                out.append(name)
-    return out
 
 
 class _Builder:
@@ -173,14 +164,11 @@ def _shape(graph: nir.NIRGraph, name: str, node, in_shape: tuple[int, ...] | Non
 
 
 def _delay_shape(name: str, node: nir.Delay) -> tuple[int, ...]:
-    d = np.asarray(node.delay)
-    if d.size > 1:
-        return tuple(d.shape)
-    shape = np.asarray((node.input_type or {}).get("input", ()), dtype=np.int64)
-    if shape.size == 0:
+    shape = delay_shape(node)
+    if shape is None:
         raise ONNXFileError(f"{name}: a Delay that closes a cycle needs its input shape (a per-element delay "
                             "array or an input_type).")
-    return tuple(int(v) for v in shape)
+    return shape
 
 
 def graph_to_onnx_step(graph: nir.NIRGraph, opset: int = 17, spikes: bool = False,
@@ -195,7 +183,7 @@ def graph_to_onnx_step(graph: nir.NIRGraph, opset: int = 17, spikes: bool = Fals
     try:
         order = list(TopologicalSorter({n: inputs[n] for n in graph.nodes}).static_order())
     except CycleError:
-        cut = _cut_delays(graph)
+        cut = delays_at_least_one(graph)
         try:
             order = list(TopologicalSorter({n: ([] if n in cut else inputs[n]) for n in graph.nodes}).static_order())
         except CycleError as exc:

@@ -50,7 +50,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .reference import UnsupportedNodeError, delays_at_least_one
+from revsnn.exporters.graph import delay_shape, delays_at_least_one
+
+from .reference import UnsupportedNodeError
 from .stepping import run_steps
 
 __all__ = ["NorseTarget", "UnsupportedNodeError", "MAPPED_TYPES"]
@@ -311,14 +313,11 @@ def check_graph(graph: nir.NIRGraph) -> list[str]:
 
 
 def _cut_delay_shape(name: str, node: nir.Delay) -> tuple[int, ...]:
-    d = np.asarray(node.delay)
-    if d.size > 1:
-        return tuple(d.shape)
-    shape = np.asarray((node.input_type or {}).get("input", ()), dtype=np.int64)
-    if shape.size == 0:
+    shape = delay_shape(node)
+    if shape is None:
         raise UnsupportedNodeError(f"node {name!r} (Delay) closes a cycle and needs its input shape (a per-element "
                                    "delay array or an input_type).")
-    return tuple(int(v) for v in shape)
+    return shape
 
 
 # --------------------------------------------------------------------------------------------------------

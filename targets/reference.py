@@ -30,29 +30,18 @@ import numpy as np
 import torch
 import torch.nn.functional as tf
 
+from revsnn.exporters.graph import delay_shape, delays_at_least_one
 from revsnn.exporters.nodes import MaxPool2d, SpikingAttention
 
 from .stepping import run_steps
 
-__all__ = ["ReferenceExecutor", "UnsupportedNodeError", "NEURON_TYPES", "delays_at_least_one"]
+__all__ = ["ReferenceExecutor", "UnsupportedNodeError", "NEURON_TYPES"]
 
 NEURON_TYPES = (nir.LIF, nir.IF, nir.Threshold, SpikingAttention)
 
 
 class UnsupportedNodeError(ValueError):
     """A node this target cannot run; the message names it."""
-
-
-def delays_at_least_one(graph: nir.NIRGraph) -> list[str]:
-    """The Delay nodes whose every delay is a whole number of steps >= 1: their output at a step does not
-    depend on that step's input, so a cycle through one of them can be run step by step."""
-    out = []
-    for name, node in graph.nodes.items():
-        if isinstance(node, nir.Delay):
-            d = np.asarray(node.delay, dtype=np.float64)
-            if d.size and np.all(d >= 1) and np.all(d == np.round(d)):
-                out.append(name)
-    return out
 
 
 def _t(a, device, dtype) -> torch.Tensor:
@@ -198,15 +187,11 @@ class ReferenceExecutor:
         return delay
 
     def _delay_shape(self, name: str) -> tuple[int, ...]:
-        node = self.graph.nodes[name]
-        d = np.asarray(node.delay)
-        if d.size > 1:
-            return tuple(d.shape)
-        shape = np.asarray((node.input_type or {}).get("input", ()), dtype=np.int64)
-        if shape.size == 0:
+        shape = delay_shape(self.graph.nodes[name])
+        if shape is None:
             raise UnsupportedNodeError(f"{name}: a Delay that closes a cycle needs its input shape (a per-element "
                                        "delay array or an input_type).")
-        return tuple(int(v) for v in shape)
+        return shape
 
     def _read_cut(self, name: str, batch: int) -> torch.Tensor:
         """A cut Delay's output at this step: its FIFO (zeros before the first input), without the new input."""
