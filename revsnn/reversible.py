@@ -335,6 +335,12 @@ class ReversibleModule(nn.Module):
 
     reversible: bool = True
 
+    def use_reversible(self, x: Tensor) -> bool:
+        """Whether this call should run the reversible Function: in reversible mode, and only when a
+        gradient will be asked for (otherwise the plain forward is the same computation, cheaper)."""
+        return self.reversible and torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters()))
+
 
 class ReversibleSequence(ReversibleModule):
     """A sequence of couplings over a state split in two halves along ``split_dim``.
@@ -381,9 +387,7 @@ class ReversibleSequence(ReversibleModule):
         return x1, x2
 
     def forward(self, x: Tensor) -> Tensor:
-        needs_grad = torch.is_grad_enabled() and (
-            x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        if self.reversible and needs_grad:
+        if self.use_reversible(x):
             return _ReversibleFn.apply(x, self, *self.parameters())
         x1, x2 = self.split(x)
         for block in self.blocks:
@@ -436,9 +440,7 @@ class Recompute(ReversibleModule):
         self.preserve_rng = preserve_rng
 
     def forward(self, x: Tensor) -> Tensor:
-        needs_grad = torch.is_grad_enabled() and (
-            x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        if self.reversible and needs_grad:
+        if self.use_reversible(x):
             return _RecomputeFn.apply(x, self, *self.parameters())
         return self.module(x)
 

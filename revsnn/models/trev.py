@@ -397,9 +397,7 @@ class TRevColumns(ReversibleModule):
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         self.is_static(x)
         self.clamp_alpha_()
-        needs_grad = torch.is_grad_enabled() and (
-            x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        if self.reversible and needs_grad:
+        if self.use_reversible(x):
             return _TRevFn.apply(x, self, *self.parameters())
         return tuple(self.column_states(x)[-1])
 
