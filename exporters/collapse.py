@@ -230,6 +230,9 @@ def collapse(model: nn.Module, time_steps: int) -> Collapsed:
         w, b = model.head.weight.detach(), model.head.bias.detach()
         value = apply_mixing(value, lambda idx: _labelled(AffineOp(_token_mean(w, idx, n_tokens), None), "head"), b)
         readout = "mean"
+    elif family == "scnn":
+        value = walker.module(model.layers, builder.input_value())
+        readout = "mean"
     else:
         raise CollapseError(f"collapsing the {family!r} family is not supported yet.")
     metadata = {"revsnn_version": revsnn.__version__, "model": config.get("name", family), "family": family,

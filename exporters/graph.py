@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as tf
 
-__all__ = ["delays_at_least_one", "delay_shape", "Op", "ConvOp", "Conv1dOp", "MaxPoolOp", "AffineOp", "PoolOp", "FlattenOp", "Term", "Group", "Value", "GraphBuilder",
+__all__ = ["STATELESS_LINEAR", "linear_fn", "delays_at_least_one", "delay_shape", "Op", "ConvOp", "Conv1dOp", "MaxPoolOp", "AffineOp", "PoolOp", "FlattenOp", "Term", "Group", "Value", "GraphBuilder",
            "Collapsed", "CollapseError"]
 
 
@@ -189,6 +189,54 @@ def _add_bias(op: Op, shift: torch.Tensor) -> Op:
     new = copy.copy(op)
     new.bias = shift.clone() if op.bias is None else op.bias + shift
     return new
+
+
+# --------------------------------------------------------------------------------------------------------
+# The stateless linear NIR nodes, as per-step functions on batch-first tensors: shared by the reference
+# executor and the exporters that fold chains of them into one synapse (the Loihi exporter).
+
+STATELESS_LINEAR = (nir.Affine, nir.Linear, nir.Scale, nir.Conv1d, nir.Conv2d, nir.AvgPool2d, nir.SumPool2d,
+                    nir.Flatten)
+
+
+def _ints(a) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.atleast_1d(np.asarray(a)))
+
+
+def linear_fn(node: nir.NIRNode, device="cpu", dtype=torch.float64):
+    """``x -> node(x)`` for one of ``STATELESS_LINEAR`` (batch-first; NIR's batch-free indices for Flatten;
+    torch's zero-padding-counted average for AvgPool2d). Raises ValueError for a form it does not run."""
+    def t(a):
+        return torch.as_tensor(np.asarray(a), dtype=dtype, device=device)
+
+    if isinstance(node, nir.Affine):
+        w, b = t(node.weight), t(node.bias)
+        return lambda x: tf.linear(x, w, b)
+    if isinstance(node, nir.Linear):
+        w = t(node.weight)
+        return lambda x: tf.linear(x, w)
+    if isinstance(node, nir.Scale):
+        s = t(node.scale)
+        return lambda x: x * s
+    if isinstance(node, (nir.Conv1d, nir.Conv2d)):
+        if isinstance(node.padding, str):
+            raise ValueError(f"string padding {node.padding!r} is not supported.")
+        w = t(node.weight)
+        b = None if node.bias is None else t(node.bias)
+        if isinstance(node, nir.Conv1d):
+            return lambda x: tf.conv1d(x, w, b, int(node.stride), int(node.padding), int(node.dilation),
+                                       int(node.groups))
+        stride, padding, dilation = _ints(node.stride), _ints(node.padding), _ints(node.dilation)
+        return lambda x: tf.conv2d(x, w, b, stride, padding, dilation, int(node.groups))
+    if isinstance(node, (nir.AvgPool2d, nir.SumPool2d)):
+        k, s, p = _ints(node.kernel_size), _ints(node.stride), _ints(node.padding)
+        area = 1.0 if isinstance(node, nir.AvgPool2d) else float(np.prod(k))
+        return lambda x: tf.avg_pool2d(x, k, s, p, count_include_pad=True) * area
+    if isinstance(node, nir.Flatten):
+        start = int(node.start_dim) + 1 if int(node.start_dim) >= 0 else int(node.start_dim)
+        end = int(node.end_dim) + 1 if int(node.end_dim) >= 0 else int(node.end_dim)
+        return lambda x: x.flatten(start, end)
+    raise ValueError(f"a {type(node).__name__} is not a stateless linear node.")
 
 
 # --------------------------------------------------------------------------------------------------------

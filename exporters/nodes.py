@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from nir import NIRNode
 
-__all__ = ["MaxPool2d", "SpikingAttention", "CUSTOM_NODES"]
+__all__ = ["MaxPool2d", "SpikingAttention", "LoihiNeuron", "CUSTOM_NODES"]
 
 
 @dataclass(eq=False)
@@ -57,4 +57,35 @@ class SpikingAttention(NIRNode):
         self.output_type = {"output": shape}
 
 
-CUSTOM_NODES = (MaxPool2d, SpikingAttention)
+@dataclass(eq=False)
+class LoihiNeuron(NIRNode):
+    """A population of Loihi 2 CUBA neurons in fixed point, as lava-nc's bit-accurate LIF model computes them
+    with the parameters lava-dl's netx gives it (``du = i_decay - 1`` plus Loihi's offset of 1, ``dv = v_decay``,
+    ``bias_exp = 6``). Its input is the synaptic sum ``a`` in weight mantissas (an integer). Per step::
+
+        u = wrap24(dec(u, i_decay) + (a << 6))
+        v = clip24(dec(v, v_decay) + u + (bias << 6))
+        s = v > (v_th_mant << 6);  v = 0 where s       # strict threshold, hard reset; u is not reset
+
+    with ``dec(x, d) = sign(x (4096 - d)) · (|x (4096 - d)| >> 12)`` (a shift that rounds toward zero).
+
+    ``scale`` maps back to the float contract: a float potential is ``v / 64 / scale``. ``emit`` is
+    ``"spikes"`` for a spiking population, ``"potential"`` for a readout whose output is that float
+    potential (its threshold is out of reach).
+    """
+
+    shape: np.ndarray          # the population's shape
+    i_decay: int
+    v_decay: int
+    v_th_mant: int
+    bias: np.ndarray           # integer mantissas, one per neuron (``shape``)
+    scale: float = 64.0
+    emit: str = "spikes"
+
+    def __post_init__(self):
+        self.shape = np.asarray(self.shape, dtype=np.int64)
+        self.input_type = {"input": self.shape}
+        self.output_type = {"output": self.shape}
+
+
+CUSTOM_NODES = (MaxPool2d, SpikingAttention, LoihiNeuron)

@@ -72,6 +72,8 @@ def model_depth(config: dict[str, Any]) -> int:
         return len(config["stem"]) + len(config["channels"]) * (1 + 4 * config["blocks_per_level"]) + 1
     if family == "revnode":
         return len(config["hidden"]) + 1
+    if family == "scnn":  # two convolutions and the linear readout; fixed, not swept
+        return 3
     raise ValueError(f"no depth rule for family {family!r}.")
 
 
@@ -104,7 +106,10 @@ DEFAULT_MEMORY_SWEEP: list[tuple[str, Optional[list[int]]]] = [
 
 def variants_of(family: str) -> tuple[str, ...]:
     """The variants that exist for a family: boundary recompute is a ResNet option, and the checkpoint
-    variant wraps coupling blocks, which T-RevSNN columns and the reversible node do not have."""
+    variant wraps coupling blocks, which T-RevSNN columns and the reversible node do not have. The plain
+    SCNN baseline has nothing reversible: only ``plain``."""
+    if family == "scnn":
+        return ("plain",)
     if family in ("revsresnet", "pararevsnn"):
         return VARIANTS
     if family == "revsformer":
@@ -119,7 +124,7 @@ def memory_rows(sweep: Iterable[tuple[str, Optional[list[int]]]], time_steps: in
     rows = []
     for name, scales in sweep:
         base = get_config(name)
-        configs = [base] if not scales else [_with_depth(base, s) for s in scales]
+        configs = [base] if not scales or base["family"] == "scnn" else [_with_depth(base, s) for s in scales]
         for config in configs:
             for variant in variants:
                 if variant not in variants_of(config["family"]):

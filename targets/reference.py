@@ -15,7 +15,10 @@ directly from the node parameters, with no code shared with the training models:
   output from its FIFO (it does not depend on this step's input), then evaluates the rest in
   topological order, then pushes each such Delay's new input. Any other cycle is refused;
 - ``Affine``/``Linear``/``Conv2d`` (grouped too)/``AvgPool2d`` (torch's zero-padding-counted average)/``Flatten``
-  (batch-free indices)/``Scale`` as written.
+  (batch-free indices)/``Scale`` as written;
+- the quantised mode: ``LoihiNeuron`` nodes (``exporters/nodes.py``) compute what Loihi 2 computes, in
+  integers: 1/4096 decays rounding toward zero, 24-bit state, strict threshold, hard reset. A graph of
+  them with integer synapse weights (what ``exporters/loihi.py`` makes) is the quantised reference.
 
 Runs on CPU or CUDA (TF32 off, so that CUDA matches the CPU's float arithmetic as closely as it can).
 """
@@ -30,14 +33,14 @@ import numpy as np
 import torch
 import torch.nn.functional as tf
 
-from revsnn.exporters.graph import delay_shape, delays_at_least_one
-from revsnn.exporters.nodes import MaxPool2d, SpikingAttention
+from revsnn.exporters.graph import STATELESS_LINEAR, _ints, delay_shape, delays_at_least_one, linear_fn
+from revsnn.exporters.nodes import LoihiNeuron, MaxPool2d, SpikingAttention
 
 from .stepping import run_steps
 
 __all__ = ["ReferenceExecutor", "UnsupportedNodeError", "NEURON_TYPES"]
 
-NEURON_TYPES = (nir.LIF, nir.IF, nir.Threshold, SpikingAttention)
+NEURON_TYPES = (nir.LIF, nir.IF, nir.Threshold, SpikingAttention, LoihiNeuron)
 
 
 class UnsupportedNodeError(ValueError):
@@ -46,10 +49,6 @@ class UnsupportedNodeError(ValueError):
 
 def _t(a, device, dtype) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a), dtype=dtype, device=device)
-
-
-def _ints(a) -> tuple[int, ...]:
-    return tuple(int(v) for v in np.atleast_1d(np.asarray(a)))
 
 
 class ReferenceExecutor:
@@ -86,50 +85,22 @@ class ReferenceExecutor:
         self.buffers: dict[str, list[torch.Tensor]] = {}  # Delay FIFOs
         self.spikes: dict[str, torch.Tensor] = {}
         self.potentials: dict[str, torch.Tensor] = {}
+        self.loihi_spikes: dict[str, torch.Tensor] = {}
 
     def _compile(self, name: str, node: nir.NIRNode) -> Callable:
         dev, dt = self.device, self.dtype
         if isinstance(node, (nir.Input, nir.Output)):
             return lambda x: x
-        if isinstance(node, nir.Affine):
-            w, b = _t(node.weight, dev, dt), _t(node.bias, dev, dt)
-            return lambda x: tf.linear(x, w, b)
-        if isinstance(node, nir.Linear):
-            w = _t(node.weight, dev, dt)
-            return lambda x: tf.linear(x, w)
-        if isinstance(node, nir.Scale):
-            s = _t(node.scale, dev, dt)
-            return lambda x: x * s
-        if isinstance(node, nir.Conv1d):
-            w = _t(node.weight, dev, dt)
-            b = None if node.bias is None else _t(node.bias, dev, dt)
-            if isinstance(node.padding, str):
-                raise UnsupportedNodeError(f"{name}: string padding {node.padding!r} is not supported.")
-            return lambda x: tf.conv1d(x, w, b, int(node.stride), int(node.padding), int(node.dilation),
-                                       int(node.groups))
+        if isinstance(node, STATELESS_LINEAR):
+            try:
+                return linear_fn(node, dev, dt)
+            except ValueError as exc:
+                raise UnsupportedNodeError(f"{name}: {exc}") from exc
         if isinstance(node, MaxPool2d):
             k, s_, p = _ints(node.kernel_size), _ints(node.stride), _ints(node.padding)
             return lambda x: tf.max_pool2d(x, k, s_, p)
         if isinstance(node, SpikingAttention):
             return self._attention(name, node)
-        if isinstance(node, nir.Conv2d):
-            w = _t(node.weight, dev, dt)
-            b = None if node.bias is None else _t(node.bias, dev, dt)
-            if isinstance(node.padding, str):
-                raise UnsupportedNodeError(f"{name}: string padding {node.padding!r} is not supported.")
-            stride, padding, dilation = _ints(node.stride), _ints(node.padding), _ints(node.dilation)
-            return lambda x: tf.conv2d(x, w, b, stride, padding, dilation, int(node.groups))
-        if isinstance(node, nir.AvgPool2d):
-            k, s, p = _ints(node.kernel_size), _ints(node.stride), _ints(node.padding)
-            return lambda x: tf.avg_pool2d(x, k, s, p, count_include_pad=True)
-        if isinstance(node, nir.SumPool2d):
-            k, s, p = _ints(node.kernel_size), _ints(node.stride), _ints(node.padding)
-            area = float(np.prod(k))
-            return lambda x: tf.avg_pool2d(x, k, s, p, count_include_pad=True) * area
-        if isinstance(node, nir.Flatten):
-            start = int(node.start_dim) + 1 if int(node.start_dim) >= 0 else int(node.start_dim)
-            end = int(node.end_dim) + 1 if int(node.end_dim) >= 0 else int(node.end_dim)
-            return lambda x: x.flatten(start, end)
         if isinstance(node, nir.LIF):
             tau, r = _t(node.tau, dev, dt), _t(node.r, dev, dt)
             leak, th, reset = _t(node.v_leak, dev, dt), _t(node.v_threshold, dev, dt), _t(node.v_reset, dev, dt)
@@ -157,6 +128,8 @@ class ReferenceExecutor:
             return threshold
         if isinstance(node, nir.Delay):
             return self._delay(name, node)
+        if isinstance(node, LoihiNeuron):
+            return self._loihi(name, node)
         raise UnsupportedNodeError(f"node {name!r} is a {type(node).__name__}, which the reference executor "
                                    "does not run.")
 
@@ -247,6 +220,40 @@ class ReferenceExecutor:
             return s
         return attention
 
+    def _loihi(self, name: str, node: LoihiNeuron) -> Callable:
+        """The quantised mode: Loihi 2's fixed-point CUBA neuron (equations in ``LoihiNeuron``), in int64.
+        Its input, the synaptic sum, is an integer held in a float tensor (exact: every sum stays far below
+        2^53); its state lives in ``state[name + "/u"]`` and ``state[name]`` (v)."""
+        dev = self.device
+        keep_u, keep_v = 4096 - int(node.i_decay), 4096 - int(node.v_decay)
+        bias = torch.as_tensor(np.asarray(node.bias), dtype=torch.int64, device=dev) << 6
+        th = int(node.v_th_mant) << 6
+        limit = 1 << 23
+        scale = 64.0 * float(node.scale)
+
+        def decay(x: torch.Tensor, keep: int) -> torch.Tensor:
+            y = x * keep
+            return torch.sign(y) * (y.abs() >> 12)
+
+        def loihi(a: torch.Tensor) -> torch.Tensor:
+            a = torch.round(a).to(torch.int64)
+            u, v = self.state.get(name + "/u"), self.state.get(name)
+            u = torch.zeros_like(a) if u is None else u
+            v = torch.zeros_like(a) if v is None else v
+            u = decay(u, keep_u) + (a << 6)
+            u = torch.where(u > limit, u - 2 * limit, u)      # 24-bit wrap-around, as lava models it
+            u = torch.where(u <= -limit, u + 2 * limit, u)
+            v = (decay(v, keep_v) + u + bias).clamp(-(limit - 1), limit - 1)
+            s = v > th
+            self.loihi_spikes[name] = s.to(self.dtype)
+            self.potentials[name] = v.to(self.dtype) / scale
+            self.state[name + "/u"] = u
+            self.state[name] = torch.where(s, torch.zeros_like(v), v)
+            if node.emit == "potential":
+                return v.to(self.dtype) / scale
+            return s.to(self.dtype)
+        return loihi
+
     def _fire(self, name: str, h: torch.Tensor, th: torch.Tensor, reset: torch.Tensor) -> torch.Tensor:
         s = (h > th).to(h.dtype)
         self.potentials[name] = h
@@ -258,6 +265,7 @@ class ReferenceExecutor:
         self.buffers = {}
         self.spikes = {}
         self.potentials = {}
+        self.loihi_spikes = {}
 
     @torch.no_grad()
     def step(self, x: torch.Tensor) -> torch.Tensor:
@@ -273,7 +281,9 @@ class ReferenceExecutor:
                 continue
             out = self.fns[name](self._fan_in(name, values))
             values[name] = out
-            if name in self.state or isinstance(self.graph.nodes[name], nir.Threshold):
+            if name in self.loihi_spikes:  # a readout emits its potential; its spikes are kept apart
+                self.spikes[name] = self.loihi_spikes[name]
+            elif name in self.state or isinstance(self.graph.nodes[name], nir.Threshold):
                 self.spikes[name] = out
         for name in self.cut_delays:  # push this step's inputs
             self.buffers[name] = self.buffers[name][1:] + [self._fan_in(name, values)]

@@ -28,6 +28,7 @@ FAMILY_MODULES = {
     "revsformer": "revsnn.models.former",
     "trevsnn": "revsnn.models.trev",
     "revnode": "revsnn.models.revnode",
+    "scnn": "revsnn.models.scnn",
 }
 
 __all__ = ["FAMILY_MODULES", "all_configs", "get_config", "build_model", "UnknownModelError"]

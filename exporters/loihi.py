@@ -1,0 +1,319 @@
+"""Quantise a collapsed spiking graph onto Loihi 2's fixed-point grid (DESIGN §4): the quantised reference.
+
+Input: the float graph of ``collapse`` (NIR nodes, fan-in allowed). Output: a graph of the same topology
+whose neurons are ``LoihiNeuron`` populations (Loihi's CUBA neuron in integers, ``exporters/nodes.py``) and
+whose synapses are integer ``Linear`` weight mantissas; the reference executor runs it bit for bit as
+lava-nc's fixed-point models do, and ``exporters/loihi_chain.py`` turns it into the netx chain that Lava runs.
+
+What is folded and how:
+
+- every path of stateless linear nodes from a source (the input or a spike population) to a neuron
+  (pooling, convolution, flatten, affine) becomes one synapse matrix ``M`` plus a constant ``b`` (the
+  path applied to zero: biases and BatchNorm shifts), found by applying the path to the unit basis. Average
+  pooling has no netx layer; folded this way it becomes part of the next synapse;
+- the contract's LIF ``h = v + (x - v) / tau`` is CUBA with ``iDecay = 4096`` (the current forgets at once,
+  ``du = 1``), ``vDecay = 4096 / tau`` (``dv = 1/tau``) and the input scaled by ``1/tau``; an IF neuron has
+  ``vDecay = 0`` and its input unscaled. The bias joins the voltage, as Lava adds it to ``v``, which with
+  ``du = 1`` is the same as adding it to the input;
+- a population's threshold, weights and bias are scaled together by ``sigma`` (the spikes do not change
+  under a common positive scale): ``vThMant = sigma * theta`` exactly, ``w = round(sigma g M)``,
+  ``bias = round(sigma g b)`` with ``g = 1/tau`` (LIF) or 1 (IF). Potentials read back as ``v / 64 / sigma``;
+- populations at the same depth (1 + the deepest source; they share a netx layer once relayed) share one
+  ``vThMant`` and ``vDecay``. ``vThMant`` is the largest integer for which every weight fits 8 bits
+  (``|w| <= 254``), every bias 13 bits (``|bias| <= 4095``), every neuron's largest possible input stays
+  below ``2^17`` (so the 24-bit current never wraps) and a relay can still out-fire it (``vThMant <= 253``:
+  a relay's weight must exceed it and stay <= 254);
+- the readout (the graph's ``Output``, an affine map of spikes) is a population that never fires:
+  ``vDecay = 4096`` (it forgets each step), ``vThMant = 131071``; its potential is the logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from graphlib import TopologicalSorter
+from typing import Optional
+
+import nir
+import numpy as np
+import torch
+
+from .graph import STATELESS_LINEAR, linear_fn
+from .nodes import LoihiNeuron, MaxPool2d, SpikingAttention
+
+__all__ = ["LoihiExportError", "Quantized", "QuantizedPopulation", "quantize", "require_spike_input",
+           "WEIGHT_MAX", "BIAS_MAX", "RELAY_VTH_MAX", "READOUT_VTH", "INPUT_MAX"]
+
+WEIGHT_MAX = 254          # 8-bit weight mantissas that netx's weight-bit optimisation keeps exactly (mixed sign)
+BIAS_MAX = 4095           # 13-bit signed bias mantissa (lava's PyLifModelBitAcc)
+RELAY_VTH_MAX = 253       # a relay's weight must exceed the layer's vThMant and fit 8 bits
+INPUT_MAX = (1 << 17) - 1 - WEIGHT_MAX   # |a_in| bound that keeps u = a_in << 6 inside 24 bits
+READOUT_VTH = (1 << 17) - 1   # the largest 17-bit threshold: the readout never reaches it in practice
+MAX_MATRIX = 50_000_000   # entries of one folded synapse matrix; larger models are beyond this exporter
+
+
+class LoihiExportError(ValueError):
+    """A graph (or a part of it) that Loihi's neurons cannot express; the message names the node and why."""
+
+
+def require_spike_input(encoding: str, model: str = "this model") -> None:
+    """Loihi receives spikes; a model trained on real-valued (direct) input cannot stream it in."""
+    if encoding != "rate":
+        raise LoihiExportError(
+            f"{model} was trained with {encoding!r} input encoding, which feeds real values to its first layer; "
+            "Loihi receives only spikes, so train it with `--encoding rate` to deploy it to Lava.")
+
+
+@dataclass
+class Term:
+    source: str                 # "input" or a population
+    matrix: np.ndarray          # (neurons, source neurons), float64, flattened (C, H, W) order on both sides
+    bias: np.ndarray            # (neurons,): the path applied to zero
+
+
+@dataclass
+class QuantizedPopulation:
+    name: str
+    shape: tuple[int, ...]      # the float population's shape (the quantised one is flat)
+    depth: int
+    v_decay: int
+    v_th_mant: int
+    scale: float                # sigma: float potential = v / 64 / sigma
+    neurons: int
+    synapses: int               # nonzero integer weights into it
+
+
+@dataclass
+class Quantized:
+    """The quantised reference graph and what it was made of."""
+
+    graph: nir.NIRGraph
+    input_shape: tuple[int, ...]
+    populations: dict[str, QuantizedPopulation]        # in topological order; the readout is "output"
+    sources: dict[str, list[str]]                      # population -> the sources of its terms, in order
+    readout: str = "output"
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def depth(self) -> int:
+        return self.populations[self.readout].depth
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reading the float graph: populations and the linear paths into them.
+
+
+def _refuse(name: str, node: nir.NIRNode) -> LoihiExportError:
+    kind = type(node).__name__
+    why = {
+        "SpikingAttention": "it multiplies two spike maps (Q K^T V), a product no Loihi synapse or neuron computes",
+        "MaxPool2d": "max pooling is not linear, so no synapse can carry it",
+        "Threshold": "a stateless threshold unit (T-RevSNN's non-resetting level state) has no CUBA neuron",
+        "Delay": "its feedback delay (the reversible RevLIF node's soft reset) has no netx layer",
+        "Scale": "a scaled feedback path (the reversible RevLIF node's soft reset) has no netx layer",
+        "Conv1d": "token convolutions belong to RevSFormer, whose attention Loihi cannot compute",
+    }.get(kind, "netx has no layer for it")
+    return LoihiExportError(f"node {name!r} is a {kind}: {why}; this model cannot be deployed to Loihi "
+                            "(export it to NIR or ONNX instead).")
+
+
+def _incoming(graph: nir.NIRGraph) -> dict[str, list[str]]:
+    inputs: dict[str, list[str]] = {n: [] for n in graph.nodes}
+    for s, d in graph.edges:
+        inputs[d].append(s)
+    return inputs
+
+
+def _paths(name: str, inputs: dict[str, list[str]], graph: nir.NIRGraph, sources: set[str]) -> list[tuple[str, list[str]]]:
+    """Every (source, linear nodes in forward order) path that ends in ``name``'s input."""
+    out = []
+    for src in inputs[name]:
+        if src in sources:
+            out.append((src, []))
+            continue
+        node = graph.nodes[src]
+        if not isinstance(node, STATELESS_LINEAR) or isinstance(node, nir.Scale):
+            raise _refuse(src, node)
+        out += [(s, ops + [src]) for s, ops in _paths(src, inputs, graph, sources)]
+    return out
+
+
+def _shape(node: nir.NIRNode) -> tuple[int, ...]:
+    if isinstance(node, nir.Input):
+        return tuple(int(v) for v in np.asarray(node.input_type["input"]).ravel())
+    return tuple(int(v) for v in np.shape(node.v_threshold))
+
+
+def _fold(graph: nir.NIRGraph, source_shape: tuple[int, ...], ops: list[str], target: str) -> Term:
+    """The path as ``M x + b`` on flattened vectors, by applying it to the unit basis and to zero."""
+    n = int(np.prod(source_shape))
+    fns = [linear_fn(graph.nodes[o]) for o in ops]
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        for f in fns:
+            x = f(x)
+        return x.reshape(x.shape[0], -1)
+
+    with torch.no_grad():
+        zero = apply(torch.zeros(1, *source_shape, dtype=torch.float64))[0]
+        if zero.numel() * n > MAX_MATRIX:
+            raise LoihiExportError(f"the synapse into {target!r} would be a {zero.numel()} x {n} matrix, beyond "
+                                   "what this exporter folds; Lava deployment is for small configurations.")
+        basis = torch.eye(n, dtype=torch.float64).reshape(n, *source_shape)
+        m = (apply(basis) - zero).T
+    return Term("", m.numpy().copy(), zero.numpy().copy())
+
+
+def _neuron_constants(name: str, node: nir.NIRNode) -> tuple[float, float, int]:
+    """(theta, g, vDecay) of a float neuron population: spike when v > theta, input scale g."""
+    def uniform(field_: str, value) -> float:
+        a = np.asarray(value, dtype=np.float64)
+        if a.size and not np.all(a == a.flat[0]):
+            raise LoihiExportError(f"population {name!r} has a different {field_} per neuron; a netx layer has one "
+                                   "neuron configuration.")
+        return float(a.flat[0])
+
+    if isinstance(node, (nir.LIF, nir.IF)):
+        if uniform("v_reset", node.v_reset) != 0.0:
+            raise LoihiExportError(f"population {name!r} resets to {uniform('v_reset', node.v_reset)}; Loihi's "
+                                   "neurons reset to 0.")
+        r = uniform("r", node.r)
+        theta = uniform("v_threshold", node.v_threshold)
+        if theta <= 0:
+            raise LoihiExportError(f"population {name!r} has threshold {theta}; Loihi needs a positive threshold.")
+        if isinstance(node, nir.IF):
+            return theta, r, 0
+        if uniform("v_leak", node.v_leak) != 0.0:
+            raise LoihiExportError(f"population {name!r} leaks towards {uniform('v_leak', node.v_leak)}; the "
+                                   "exporter maps only a leak towards 0.")
+        tau = uniform("tau", node.tau)
+        if tau < 1:
+            raise LoihiExportError(f"population {name!r} has tau = {tau} < 1 step, which no decay in [0, 1] gives.")
+        decay = 4096.0 / tau
+        if abs(decay - round(decay)) > 1e-9:
+            raise LoihiExportError(f"population {name!r} has tau = {tau}: its voltage decay 4096 / tau = {decay:.3f} "
+                                   "is not on Loihi's 1/4096 grid, so no fixed-point run can equal the float model; "
+                                   "use a tau that divides 4096 (1, 2, 4, 8, ...) or 4096 / an integer.")
+        return theta, r / tau, int(round(decay))
+    raise _refuse(name, node)
+
+
+# --------------------------------------------------------------------------------------------------------
+
+
+def quantize(graph: nir.NIRGraph) -> Quantized:
+    """The quantised reference of a collapsed float graph (see the module docstring)."""
+    inputs = _incoming(graph)
+    input_name = next((n for n, node in graph.nodes.items() if isinstance(node, nir.Input)), None)
+    output_name = next((n for n, node in graph.nodes.items() if isinstance(node, nir.Output)), None)
+    if input_name is None or output_name is None:
+        raise LoihiExportError("the graph needs one Input and one Output node.")
+    for name, node in graph.nodes.items():  # name what cannot be deployed before anything else
+        if not isinstance(node, (nir.Input, nir.Output, nir.LIF, nir.IF, *STATELESS_LINEAR)) or \
+                isinstance(node, (nir.Scale, nir.Conv1d)):
+            raise _refuse(name, node)
+    neurons = [n for n, node in graph.nodes.items() if isinstance(node, (nir.LIF, nir.IF))]
+    sources = {input_name, *neurons}
+    order = [n for n in TopologicalSorter({n: inputs[n] for n in graph.nodes}).static_order()
+             if n in neurons] + [output_name]
+    shapes = {input_name: _shape(graph.nodes[input_name]), **{n: _shape(graph.nodes[n]) for n in neurons}}
+
+    terms: dict[str, list[Term]] = {}
+    for name in order:
+        paths = _paths(name, inputs, graph, sources)
+        if not paths:
+            raise LoihiExportError(f"{name!r} has no input.")
+        merged: dict[str, Term] = {}   # one term per source: two paths from one source add up
+        for src, ops in paths:
+            term = _fold(graph, shapes[src], ops, name)
+            if src in merged:
+                merged[src].matrix += term.matrix
+                merged[src].bias += term.bias
+            else:
+                term.source = src
+                merged[src] = term
+        terms[name] = list(merged.values())
+    out_shape = (terms[output_name][0].matrix.shape[0],)
+
+    depth = {input_name: 0}
+    for name in order:
+        depth[name] = 1 + max(depth[t.source] for t in terms[name])
+
+    # One vThMant and vDecay per depth: the populations that will share a netx layer.
+    constants = {n: _neuron_constants(n, graph.nodes[n]) for n in neurons}
+    by_depth: dict[int, list[str]] = {}
+    for n in neurons:
+        by_depth.setdefault(depth[n], []).append(n)
+    v_th: dict[int, int] = {}
+    for d, members in by_depth.items():
+        decays = {constants[n][2] for n in members}
+        if len(decays) > 1:
+            a, b = sorted(members, key=lambda n: constants[n][2])[:: len(members) - 1]
+            raise LoihiExportError(f"populations {a!r} and {b!r} sit at the same depth {d} but decay differently "
+                                   f"(vDecay {constants[a][2]} and {constants[b][2]}); a netx layer holds one neuron "
+                                   "configuration.")
+        limit = float(RELAY_VTH_MAX)
+        for n in members:
+            theta, g, _ = constants[n]
+            limit = min(limit, theta * _scale_limit(n, terms[n], g))
+        if limit < 1:
+            raise LoihiExportError(f"the threshold of the populations at depth {d} is too small against their "
+                                   "weights for Loihi's 8-bit weights (it would quantise below 1); retrain with "
+                                   "smaller weights or a larger threshold.")
+        v_th[d] = int(np.floor(limit))
+
+    nodes: dict[str, nir.NIRNode] = {input_name: nir.Input(input_type=np.array(shapes[input_name]))}
+    edges: list[tuple[str, str]] = []
+    pops: dict[str, QuantizedPopulation] = {}
+    flat: dict[str, str] = {}
+
+    def source_node(src: str) -> str:
+        if len(shapes[src]) == 1:
+            return src
+        if src not in flat:
+            flat[src] = f"{src}.flat"
+            nodes[flat[src]] = nir.Flatten(input_type={"input": np.array(shapes[src])}, start_dim=0, end_dim=-1)
+            edges.append((src, flat[src]))
+        return flat[src]
+
+    for name in order:
+        if name == output_name:
+            sigma = _scale_limit(name, terms[name], 1.0)
+            g, v_decay, vth, emit, shape = 1.0, 4096, READOUT_VTH, "potential", out_shape
+        else:
+            theta, g, v_decay = constants[name]
+            vth = v_th[depth[name]]
+            sigma, emit, shape = vth / theta, "spikes", shapes[name]
+        bias = np.zeros(int(np.prod(shape)))
+        synapses = 0
+        pop_name = "readout" if name == output_name else name
+        for t in terms[name]:
+            w = np.rint(sigma * g * t.matrix)
+            bias += t.bias
+            synapses += int(np.count_nonzero(w))
+            syn = f"{t.source}.to.{pop_name}"
+            nodes[syn] = nir.Linear(weight=w)
+            edges += [(source_node(t.source), syn), (syn, pop_name)]
+        nodes[pop_name] = LoihiNeuron(shape=np.array([bias.size]), i_decay=4096, v_decay=v_decay, v_th_mant=vth,
+                                      bias=np.rint(sigma * g * bias).astype(np.int64), scale=sigma, emit=emit)
+        pops[pop_name] = QuantizedPopulation(pop_name, tuple(shape), depth[name], v_decay, vth, sigma,
+                                             int(np.prod(shape)), synapses)
+    nodes["output"] = nir.Output(output_type=np.array(out_shape))
+    edges.append(("readout", "output"))
+    metadata = {**graph.metadata, "quantized": "loihi2 fixed point (lava fixed_pt)"}
+    qgraph = nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata, type_check=False)
+    srcs = {("readout" if n == output_name else n): [t.source for t in terms[n]] for n in order}
+    return Quantized(qgraph, shapes[input_name], pops, srcs, "readout", metadata)
+
+
+def _scale_limit(name: str, terms: list[Term], g: float) -> float:
+    """The largest sigma for which the population's integer weights, bias and input stay in range."""
+    m = max(float(np.abs(t.matrix).max(initial=0.0)) for t in terms) * g
+    bias = np.abs(sum(t.bias for t in terms)) * g
+    rows = sum(np.abs(t.matrix).sum(1) for t in terms) * g + bias
+    limits = [WEIGHT_MAX / m if m > 0 else np.inf,
+              BIAS_MAX / float(bias.max()) if bias.max() > 0 else np.inf,
+              INPUT_MAX / float(rows.max()) if rows.max() > 0 else np.inf]
+    sigma = min(limits)
+    if not np.isfinite(sigma):
+        raise LoihiExportError(f"{name!r} receives only zero weights and no bias; it would never change.")
+    return sigma

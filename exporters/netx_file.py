@@ -1,0 +1,285 @@
+"""Write and read lava-dl netx HDF5 files (``.net``) for a Loihi chain (``exporters/loihi_chain.py``).
+
+The layout is the one lava-dl 0.6's ``netx.hdf5.Network`` reads (``research/feasibility.md`` §2):
+
+- ``/layer/0``: ``type = "input"`` with only ``shape`` (``[C, H, W]``, or ``[N]`` when the first synapse is
+  dense). No neuron group: lava-dl 0.6 never wires an input block's port, and without one ``net.inp`` feeds
+  the first synapse directly;
+- ``conv`` layers: ``shape [C, H, W]``, ``weight (C_out, C_in, kH, kW)`` in torch's cross-correlation layout
+  (netx flips and transposes it for Lava), ``stride``, ``padding``, ``dilation``, ``groups``, optional ``bias``
+  (per channel, or per neuron in Lava's (x, y, c) order);
+- ``flatten`` between the last conv and the first dense layer (netx then reads torch's (C, H, W) order);
+- ``dense`` layers: ``shape [N]``, ``weight (N_out, N_in)``, optional ``bias``;
+- every conv / dense layer has ``neuron/`` with ``type = "CUBA"``, ``iDecay``, ``vDecay``, ``vThMant``,
+  ``refDelay = 1``, ``gradedSpike = False``.
+
+Weights are integer mantissas. revsnn adds ``/revsnn`` (netx ignores it): a JSON attribute with the model's
+metadata and, per layer, which populations and relays it holds, so that a target can read each original
+population's spikes and the readout's potential back in float units.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .loihi_chain import ChainLayer, LoihiChain, Member
+
+__all__ = ["write_netx", "read_netx", "NetxFileError", "FORMAT"]
+
+FORMAT = "revsnn-netx/1"
+KNOWN_TYPES = ("input", "conv", "flatten", "dense")
+
+
+class NetxFileError(ValueError):
+    """A .net file that cannot be written or read; one sentence."""
+
+
+def _str(value: str) -> np.ndarray:
+    return np.array([value.encode("ascii")], dtype="S10")
+
+
+def write_netx(chain: LoihiChain, path: str | Path) -> Path:
+    """Write ``chain`` to ``path`` atomically (a failed write leaves nothing behind)."""
+    import h5py
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise NetxFileError(f"the output directory {path.parent} does not exist; create it or choose another path.")
+    if path.is_dir():
+        raise NetxFileError(f"{path} is a directory; give a file name such as {path / 'model.net'}.")
+    fd, tmp = tempfile.mkstemp(prefix=".revsnn-", suffix=".net.tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            layers = f.create_group("layer")
+            index = 0
+
+            def group(kind: str):
+                nonlocal index
+                g = layers.create_group(str(index))
+                g["type"] = _str(kind)
+                index += 1
+                return g
+
+            group("input")["shape"] = np.array(chain.input_shape, dtype=np.int64)
+            prev = chain.input_shape
+            for layer in chain.layers:
+                if layer.kind == "dense" and len(prev) == 3:
+                    group("flatten")["shape"] = np.array([int(np.prod(prev)), 1, 1], dtype=np.int64)
+                g = group(layer.kind)
+                _write_layer(g, layer, prev)
+                prev = layer.shape
+            meta = f.create_group("revsnn")
+            meta.attrs["format"] = FORMAT
+            meta.attrs["metadata"] = json.dumps(_jsonable(chain.metadata))
+            meta.attrs["members"] = json.dumps([[_member_json(m) for m in layer.members] for layer in chain.layers])
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_layer(g, layer: ChainLayer, prev: tuple[int, ...]) -> None:
+    g["shape"] = np.array(layer.shape, dtype=np.int64)
+    # gzip: relay blocks and folded pooling leave matrices mostly zero; h5py decompresses for netx.
+    g.create_dataset("weight", data=layer.weight.astype(np.int32), compression="gzip")
+    if layer.kind == "conv":
+        g["inChannels"] = int(prev[0])
+        g["outChannels"] = int(layer.shape[0])
+        g["kernelSize"] = np.array(layer.weight.shape[2:], dtype=np.int64)
+        g["stride"] = np.array(layer.stride, dtype=np.int64)
+        g["padding"] = np.array(layer.padding, dtype=np.int64)
+        g["dilation"] = np.array(layer.dilation, dtype=np.int64)
+        g["groups"] = 1
+        bias = layer.bias.reshape(layer.shape)
+        if bias.any():
+            per_channel = bias.reshape(bias.shape[0], -1)
+            if np.all(per_channel == per_channel[:, :1]):
+                g["bias"] = per_channel[:, 0].astype(np.int32)
+            else:  # netx takes a per-neuron bias in Lava's (x, y, c) order
+                g["bias"] = bias.transpose(2, 1, 0).astype(np.int32)
+    else:
+        g["inFeatures"] = int(np.prod(prev))
+        g["outFeatures"] = int(layer.shape[0])
+        if layer.bias.any():
+            g["bias"] = layer.bias.astype(np.int32)
+    n = g.create_group("neuron")
+    n["type"] = _str("CUBA")
+    n["iDecay"] = int(layer.i_decay)
+    n["vDecay"] = int(layer.v_decay)
+    n["vThMant"] = int(layer.v_th_mant)
+    n["refDelay"] = 1
+    n["gradedSpike"] = False
+
+
+def _member_json(m: Member) -> list:
+    return [m.name, bool(m.relay), int(m.start), int(m.stop), int(m.fold), [int(v) for v in m.shape], float(m.scale)]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    return value
+
+
+# --------------------------------------------------------------------------------------------------------
+
+
+def read_netx(path: str | Path) -> LoihiChain:
+    """Read and check a .net file: every layer is one netx loads, and every shape agrees with the next."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise NetxFileError(f"{path} does not exist; export one with `revsnn export lava MODEL.pt --out {path}`.")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise NetxFileError(f"{path} is not a readable netx file (not HDF5, or damaged or truncated: {exc}); "
+                            "export it again.") from exc
+    try:
+        with f:
+            return _read(f, path)
+    except NetxFileError:
+        raise
+    except (KeyError, OSError, ValueError, TypeError, IndexError) as exc:
+        raise NetxFileError(f"{path} is damaged or truncated ({type(exc).__name__}: {exc}); export it again.") from exc
+
+
+def _read(f, path: Path) -> LoihiChain:
+    if "layer" not in f:
+        raise NetxFileError(f"{path} is an HDF5 file but not a netx network (no /layer group).")
+    group = f["layer"]
+    count = len(group)
+    for i in range(count):
+        if str(i) not in group:
+            raise NetxFileError(f"{path}: the layers are not numbered 0..{count - 1} (no /layer/{i}).")
+
+    def kind(i: int) -> str:
+        t = group[str(i)].get("type")
+        if t is None:
+            raise NetxFileError(f"{path}: /layer/{i} has no type.")
+        v = t[()]
+        v = v[0] if getattr(v, "shape", ()) else v
+        return v.decode("ascii") if isinstance(v, bytes) else str(v)
+
+    kinds = [kind(i) for i in range(count)]
+    for i, k in enumerate(kinds):
+        if k not in KNOWN_TYPES:
+            raise NetxFileError(f"{path}: /layer/{i} has type {k!r}; revsnn runs netx chains of "
+                                f"{', '.join(KNOWN_TYPES)} layers only (netx itself cannot load pool, average, "
+                                "concat, convT or unpool).")
+    if not kinds or kinds[0] != "input":
+        raise NetxFileError(f"{path}: the first layer must be an input layer with a shape.")
+    g0 = group["0"]
+    if "neuron" in g0:
+        raise NetxFileError(f"{path}: the input layer has a neuron group; lava-dl 0.6 never connects such an input "
+                            "block's port, so write the input layer with only its shape.")
+    prev = tuple(int(v) for v in np.asarray(g0["shape"][()]).ravel())
+    input_shape = prev
+    layers: list[ChainLayer] = []
+    flatten_next = False
+    for i in range(1, count):
+        g = group[str(i)]
+        if kinds[i] == "input":
+            raise NetxFileError(f"{path}: /layer/{i} is a second input layer.")
+        if kinds[i] == "flatten":
+            if len(prev) != 3:
+                raise NetxFileError(f"{path}: /layer/{i} flattens a layer that is already flat.")
+            flatten_next = True
+            continue
+        shape = tuple(int(v) for v in np.asarray(g["shape"][()]).ravel())
+        weight = np.asarray(g["weight"][()]).astype(np.int64)
+        if not weight.any():
+            raise NetxFileError(f"{path}: /layer/{i} has only zero weights, which netx cannot load.")
+        neuron = g.get("neuron")
+        if neuron is None:
+            raise NetxFileError(f"{path}: /layer/{i} has no neuron group.")
+        for key in ("iDecay", "vDecay", "vThMant"):
+            if key not in neuron:
+                raise NetxFileError(f"{path}: /layer/{i}/neuron has no {key}.")
+        n_type = neuron["type"][()]
+        n_type = (n_type[0] if getattr(n_type, "shape", ()) else n_type)
+        n_type = n_type.decode("ascii") if isinstance(n_type, bytes) else str(n_type)
+        if n_type not in ("CUBA", "LOIHI"):
+            raise NetxFileError(f"{path}: /layer/{i} has {n_type!r} neurons; revsnn runs CUBA neurons only.")
+        config = {k: int(np.asarray(neuron[k][()]).ravel()[0]) for k in ("iDecay", "vDecay", "vThMant")}
+        if kinds[i] == "conv":
+            if len(prev) != 3 or flatten_next:
+                raise NetxFileError(f"{path}: /layer/{i} is a convolution after a flat layer of shape {prev}.")
+            stride, padding, dilation = (tuple(int(v) for v in np.resize(np.asarray(g[k][()]).ravel(), 2))
+                                         for k in ("stride", "padding", "dilation"))
+            groups = int(np.asarray(g["groups"][()]).ravel()[0]) if "groups" in g else 1
+            if weight.ndim != 4 or weight.shape[0] != shape[0] or weight.shape[1] * groups != prev[0] or groups != 1:
+                raise NetxFileError(f"{path}: /layer/{i} has conv weights of shape {weight.shape}, which do not "
+                                    f"map {prev[0]} input channels to {shape[0]} (groups 1).")
+            expect = tuple((prev[d + 1] + 2 * padding[d] - dilation[d] * (weight.shape[d + 2] - 1) - 1) // stride[d] + 1
+                           for d in range(2))
+            if len(shape) != 3 or shape[1:] != expect:
+                raise NetxFileError(f"{path}: /layer/{i} declares shape {shape}, but its convolution of a {prev} "
+                                    f"input gives {(weight.shape[0], *expect)}.")
+            bias = _bias(g, shape, path, i)
+            layer = ChainLayer("conv", shape, weight, bias, config["iDecay"], config["vDecay"], config["vThMant"],
+                               stride=stride, padding=padding, dilation=dilation)
+        else:
+            n_in = int(np.prod(prev))
+            if len(prev) == 3 and not flatten_next:
+                raise NetxFileError(f"{path}: /layer/{i} is dense after a conv layer without a flatten layer.")
+            if weight.ndim != 2 or weight.shape != (shape[0], n_in) or len(shape) != 1:
+                raise NetxFileError(f"{path}: /layer/{i} has dense weights of shape {weight.shape}, but it reads "
+                                    f"{n_in} inputs into {shape} neurons.")
+            bias = _bias(g, shape, path, i)
+            layer = ChainLayer("dense", shape, weight, bias, config["iDecay"], config["vDecay"], config["vThMant"])
+        flatten_next = False
+        layers.append(layer)
+        prev = shape
+    if not layers:
+        raise NetxFileError(f"{path} has no conv or dense layer.")
+    if flatten_next:
+        raise NetxFileError(f"{path} ends with a flatten layer.")
+    metadata: dict = {}
+    meta = f.get("revsnn")
+    if meta is not None and meta.attrs.get("format") == FORMAT:
+        metadata = json.loads(meta.attrs["metadata"])
+        members = json.loads(meta.attrs["members"])
+        if len(members) != len(layers):
+            raise NetxFileError(f"{path}: its revsnn description names {len(members)} layers, but it has "
+                                f"{len(layers)}.")
+        for layer, ms in zip(layers, members):
+            layer.members = [Member(n, bool(r), int(a), int(b), int(fo), tuple(s), float(sc))
+                             for n, r, a, b, fo, s, sc in ms]
+    else:  # a foreign netx file: each layer is one population
+        for k, layer in enumerate(layers):
+            size = layer.shape[0]
+            layer.members = [Member(f"layer{k}", False, 0, size, 1, layer.shape, 64.0)]
+    layers[-1].readout = True
+    return LoihiChain(input_shape, layers, metadata)
+
+
+def _bias(g, shape: tuple[int, ...], path: Path, i: int) -> np.ndarray:
+    n = int(np.prod(shape))
+    if "bias" not in g:
+        return np.zeros(n, dtype=np.int64)
+    b = np.asarray(g["bias"][()]).astype(np.int64)
+    if b.size == n and len(shape) == 3 and b.shape == tuple(shape[::-1]):
+        return b.transpose(2, 1, 0).reshape(-1)       # per neuron, Lava's (x, y, c) order
+    if b.size == n:
+        return b.reshape(-1)
+    if len(shape) == 3 and b.size == shape[0]:
+        return np.repeat(b.reshape(-1), shape[1] * shape[2])
+    if b.size == 1:
+        return np.full(n, int(b.ravel()[0]), dtype=np.int64)
+    raise NetxFileError(f"{path}: /layer/{i} has a bias of shape {b.shape} for a layer of shape {shape}.")
