@@ -225,6 +225,18 @@ def _verify_table(report) -> Table:
     return table
 
 
+def _print_lava_note(report) -> None:
+    lava = report.targets.get("lava")
+    if lava is None:
+        return
+    d = lava.details
+    console.print(f"lava: Loihi 2 fixed point in Lava's simulation, compared bit for bit with the quantised "
+                  f"reference ({d.get('chain_layers')} netx layers, {d.get('synapses')} synapses, "
+                  f"{d.get('lava_seconds_per_step', 0) * 1e3:.0f} ms per simulated step). Quantisation against the "
+                  f"float reference: predictions {_pct(lava.float_prediction_agreement)}, spikes "
+                  f"{_pct(lava.float_spike_agreement)}.", highlight=False)
+
+
 def _raster_plots(report, folder: Path) -> list[Path]:
     import matplotlib
 
@@ -262,9 +274,11 @@ def torch_nonzero(raster):
     return idx[:, 0].numpy(), idx[:, 1].numpy()
 
 
-def _run_verify(checkpoint: Path, targets: list[str], samples: int, plot: Optional[Path]):
+def _run_verify(checkpoint: Path, targets: list[str], samples: int, plot: Optional[Path],
+                lava_synapses: str = "conv"):
     from revsnn.checkpoint import CheckpointError
     from revsnn.exporters.collapse import CollapseError
+    from revsnn.exporters.netx_file import NetxFileError
     from revsnn.exporters.nir_file import NIRFileError
     from revsnn.exporters.onnx_file import ONNXFileError
     from revsnn.targets.reference import UnsupportedNodeError
@@ -276,8 +290,10 @@ def _run_verify(checkpoint: Path, targets: list[str], samples: int, plot: Option
     try:
         with console.status("running every target step by step ...") as status:
             report = verify(checkpoint, tuple(targets), samples,
-                            on_target=lambda t: status.update(f"{t.name} done; running the next target ..."))
-    except (CheckpointError, CollapseError, NIRFileError, ONNXFileError, UnsupportedNodeError, VerifyError) as exc:
+                            on_target=lambda t: status.update(f"{t.name} done; running the next target ..."),
+                            lava_synapses=lava_synapses)
+    except (CheckpointError, CollapseError, NIRFileError, ONNXFileError, NetxFileError, UnsupportedNodeError,
+            VerifyError) as exc:
         fail(str(exc))
     plots = []
     if plot is not None:
@@ -290,10 +306,12 @@ def _run_verify(checkpoint: Path, targets: list[str], samples: int, plot: Option
 def verify(
     checkpoint: Path = typer.Argument(..., help="model.pt written by `revsnn train`."),
     targets: str = typer.Option("torch,norse", help="Comma-separated targets: torch, torch-cuda, norse, "
-                                                     "onnxruntime, onnxruntime-unrolled."),
+                                                     "onnxruntime, onnxruntime-unrolled, lava."),
     samples: int = typer.Option(32, help="Test samples of the model's data to run."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     plot: Optional[Path] = typer.Option(None, help="Directory for one spike-raster PNG per target (sample 0)."),
+    lava_synapses: str = typer.Option("conv", "--lava-synapses", help="Synapse form of the .net the lava target "
+                                      "runs: conv (as `export lava` writes by default) or dense."),
 ) -> None:
     """Prove that every target reproduces the training model, one time step at a time.
 
@@ -301,11 +319,14 @@ def verify(
     """
     from revsnn.cli.common import parse_list
 
-    report, plots = _run_verify(checkpoint, parse_list(targets, "--targets"), samples, plot)
+    if lava_synapses not in ("conv", "dense"):
+        fail(f"--lava-synapses must be conv or dense, got {lava_synapses!r}.")
+    report, plots = _run_verify(checkpoint, parse_list(targets, "--targets"), samples, plot, lava_synapses)
     if json_out:
         print(json.dumps(report.as_json(), indent=2))
     else:
         console.print(_verify_table(report))
+        _print_lava_note(report)
         console.print("ties: spike differences where the reference membrane is within float rounding of the "
                       "threshold / samples with one; later differences in those samples count as tie-induced "
                       "(--json), and max |Δ| and predictions are held to the tolerance on the other samples.",

@@ -9,7 +9,11 @@ in the training core imports it. For a checkpoint it:
 3. runs every target one time step at a time on the same inputs and compares:
    - ``torch``: the reference executor against the training model itself (spikes of every population,
      per-step logits, predictions);
-   - every other target against the reference executor.
+   - every other target against the reference executor;
+   - ``lava``: the model quantised onto Loihi 2's fixed-point grid (``exporters/loihi.py``), relayed into a
+     latency-aligned netx chain and run by lava-dl's netx in Lava's bit-accurate simulation, against the
+     quantised reference executor, bit for bit (tolerance 0); its distance from the float reference
+     (prediction and spike agreement) is reported beside it. Only spike (rate-coded) input reaches Loihi.
 
 Spike differences are split in three: *threshold ties*, where the reference's membrane lies within float
 rounding of the threshold (``|h - θ| <= 1e-6 · max(1, |θ|)``), which an implementation may legitimately
@@ -38,8 +42,10 @@ __all__ = ["TargetReport", "VerifyReport", "verify", "TARGETS", "TIE_TOLERANCE"]
 
 TIE_TOLERANCE = 1e-6
 # Tolerance of max |Δ| of the per-step outputs, per target.
-TOLERANCES = {"torch": 1e-6, "torch-cuda": 1e-5, "norse": 1e-5, "onnxruntime": 1e-5, "onnxruntime-unrolled": 1e-5}
-TARGETS = ("torch", "torch-cuda", "norse", "onnxruntime", "onnxruntime-unrolled")
+# lava is held to its own reference, the quantised one, which it must reproduce bit for bit.
+TOLERANCES = {"torch": 1e-6, "torch-cuda": 1e-5, "norse": 1e-5, "onnxruntime": 1e-5, "onnxruntime-unrolled": 1e-5,
+              "lava": 0.0}
+TARGETS = ("torch", "torch-cuda", "norse", "onnxruntime", "onnxruntime-unrolled", "lava")
 
 
 @dataclass
@@ -61,6 +67,10 @@ class TargetReport:
     seconds: float
     note: str = ""
     raster: Optional[torch.Tensor] = field(default=None, repr=False)   # [T, neurons] of sample 0
+    # Targets held to the quantised reference (lava): how far they are from the float reference.
+    float_prediction_agreement: Optional[float] = None
+    float_spike_agreement: Optional[float] = None
+    details: dict = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "spike_agreement": self.spike_agreement,
@@ -68,7 +78,9 @@ class TargetReport:
                 "tie_induced": self.tie_induced, "tie_samples": self.tie_samples, "mismatches": self.mismatches, "prediction_agreement": self.prediction_agreement,
                 "max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance, "time_steps": self.time_steps,
                 "populations": self.populations, "spike_count": self.spike_count, "seconds": self.seconds,
-                "note": self.note}
+                "note": self.note, **({"float_prediction_agreement": self.float_prediction_agreement,
+                                       "float_spike_agreement": self.float_spike_agreement, **self.details}
+                                      if self.float_prediction_agreement is not None else {})}
 
 
 @dataclass
@@ -195,7 +207,7 @@ def _readout(outputs: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 def verify(checkpoint: Path | str, targets: tuple[str, ...] = ("torch", "norse"), samples: int = 32,
-           on_target: Optional[Callable[[TargetReport], None]] = None) -> VerifyReport:
+           on_target: Optional[Callable[[TargetReport], None]] = None, lava_synapses: str = "conv") -> VerifyReport:
     from revsnn.exporters.collapse import collapse
     from revsnn.targets.reference import NEURON_TYPES, ReferenceExecutor
 
@@ -212,6 +224,13 @@ def verify(checkpoint: Path | str, targets: tuple[str, ...] = ("torch", "norse")
     train = payload.get("train", {})
     T, encoding = int(train.get("time_steps", config.get("train", {}).get("time_steps", 4))), \
         train.get("encoding", "direct")
+    if "lava" in targets:
+        from revsnn.exporters.loihi import LoihiExportError, require_spike_input
+
+        try:
+            require_spike_input(encoding, config.get("name", "this model"))
+        except LoihiExportError as exc:
+            raise VerifyError(str(exc)) from exc
     data = load_digits()
     n = min(samples, len(data.y_test))
     x = encode(data.x_test[:n], T, encoding, torch.Generator().manual_seed(1234)).double()
@@ -254,6 +273,14 @@ def verify(checkpoint: Path | str, targets: tuple[str, ...] = ("torch", "norse")
                 # Against the training model itself.
                 base_spikes, base_steps_of, base_steps, base_pred = want, steps_of, model_steps, model_pred
                 note = "reference executor vs the training model"
+            elif name == "lava":
+                report = _verify_lava(graph, Path(tmp), x, readout, ref_steps, ref_spikes, output_pops,
+                                      lava_synapses)
+                report.seconds = time.perf_counter() - t0
+                reports[name] = report
+                if on_target:
+                    on_target(report)
+                continue
             else:
                 steps, spikes = _run_file_target(name, graph, Path(tmp), x)
                 base_spikes, base_steps_of = ref_spikes, None
@@ -296,6 +323,60 @@ def verify(checkpoint: Path | str, targets: tuple[str, ...] = ("torch", "norse")
     return VerifyReport(config.get("name", "?"), n, T, encoding, reports,
                         reference_raster=_raster(ref_spikes, output_pops),
                         output_population=", ".join(output_pops))
+
+
+def _verify_lava(graph, folder: Path, x: torch.Tensor, readout: str, float_steps: torch.Tensor,
+                 float_spikes: dict[str, torch.Tensor], output_pops: list[str], synapses: str) -> TargetReport:
+    """Lava's fixed-point run of the exported .net against the quantised reference (bit for bit: every
+    population's spikes and the readout's potentials), and how both compare with the float reference."""
+    from revsnn.exporters.loihi import LoihiExportError, quantize
+    from revsnn.exporters.loihi_chain import build_chain
+    from revsnn.exporters.netx_file import write_netx
+    from revsnn.targets.lava import LavaTarget
+    from revsnn.targets.reference import ReferenceExecutor
+
+    try:
+        quantized = quantize(graph)
+        chain = build_chain(quantized, synapses)
+    except LoihiExportError as exc:
+        raise VerifyError(str(exc)) from exc
+    path = write_netx(chain, folder / "model.net")
+    q_steps, q_spikes = ReferenceExecutor(quantized.graph).run(x, record=True)
+    target = LavaTarget.load(path)
+    steps, spikes = target.run(x, record=True)
+    T, B = x.shape[:2]
+    total = differ = out_total = out_differ = float_total = float_same = 0
+    for name, got in spikes.items():
+        want = q_spikes[name].reshape(got.shape)
+        d = int((got != want).sum())
+        total, differ = total + got.numel(), differ + d
+        if name in output_pops:
+            out_total, out_differ = out_total + got.numel(), out_differ + d
+        if name in float_spikes:
+            f = float_spikes[name].reshape(got.shape)
+            float_total, float_same = float_total + got.numel(), float_same + int((got == f).sum())
+    pred = _readout(steps, readout).argmax(1)
+    q_pred = _readout(q_steps, readout).argmax(1)
+    float_pred = _readout(float_steps, readout).argmax(1)
+    max_diff = float((steps - q_steps).abs().max())
+    overhead = chain.overhead()
+    timing = target.timing
+    return TargetReport(
+        name="lava", ok=differ == 0 and max_diff == 0.0 and bool((pred == q_pred).all()), time_steps=T,
+        spike_agreement=1.0 - differ / total if total else None,
+        output_spike_agreement=1.0 - out_differ / out_total if out_total else None,
+        threshold_ties=0, tie_induced=0, tie_samples=0, mismatches=differ,
+        prediction_agreement=float((pred == q_pred).double().mean()), max_abs_diff=max_diff, tolerance=0.0,
+        populations=len(spikes), spike_count=int(sum(float(v.sum()) for v in spikes.values())), seconds=0.0,
+        note=f"vs the quantised reference (Loihi 2 fixed point, bit for bit); vs the float reference: predictions "
+             f"{float((pred == float_pred).double().mean()):.1%}, spikes {float_same / max(float_total, 1):.1%}",
+        raster=_raster(spikes, output_pops) if all(p in spikes for p in output_pops) else None,
+        float_prediction_agreement=float((pred == float_pred).double().mean()),
+        float_spike_agreement=float_same / float_total if float_total else None,
+        details={"synapses": synapses, "chain_layers": chain.depth, "latency_steps": chain.depth,
+                 "relay_neuron_overhead": overhead["neuron_overhead"],
+                 "relay_synapse_overhead": overhead["synapse_overhead"],
+                 "lava_steps": timing.get("steps"), "lava_seconds_per_step": timing.get("seconds_per_step")})
 
 
 def _output_populations(graph, neuron_nodes: list[str]) -> list[str]:
