@@ -10,7 +10,7 @@ import typer
 from revsnn.cli.common import console, fail
 
 export_app = typer.Typer(help="Export a checkpoint: collapse its reversible blocks into a feedforward spiking "
-                              "graph and write it (NIR, ONNX).", no_args_is_help=True)
+                              "graph and write it (NIR, ONNX, Lava netx).", no_args_is_help=True)
 
 
 def export_nir_file(checkpoint: Path, out: Path) -> dict:
@@ -87,3 +87,64 @@ def onnx_command(
     else:
         console.print(f"Wrote {out}: input x [{T}, batch, ...], outputs logits and the per-step outputs y.",
                       highlight=False)
+
+
+def export_lava_file(checkpoint: Path, out: Path, synapses: str = "conv"):
+    """Quantise ``checkpoint`` for Loihi 2, relay it into a netx chain and write ``out``; returns the chain and
+    the quantised populations. Raises on bad input."""
+    from revsnn.checkpoint import load_model
+    from revsnn.exporters.collapse import collapse
+    from revsnn.exporters.loihi import quantize, require_spike_input
+    from revsnn.exporters.loihi_chain import build_chain
+    from revsnn.exporters.netx_file import write_netx
+
+    model, payload = load_model(checkpoint)
+    train = payload.get("train", {})
+    require_spike_input(train.get("encoding", "direct"), model.config.get("name", "this model"))
+    time_steps = int(train.get("time_steps", model.config.get("train", {}).get("time_steps", 4)))
+    quantized = quantize(collapse(model, time_steps).graph)
+    chain = build_chain(quantized, synapses)
+    write_netx(chain, out)
+    return chain, quantized
+
+
+def describe_chain(chain) -> list[str]:
+    """What a user needs to know of a written chain: layers, latency, relay overhead, neuron settings."""
+    o = chain.overhead()
+    kinds = [layer.kind for layer in chain.layers]
+    lines = [f"{len(kinds)} layers ({kinds.count('conv')} conv, {kinds.count('dense')} dense, the last the readout); "
+             f"latency {chain.depth} steps (one per synapse): output step t + {chain.depth} is model step t.",
+             f"neurons: {o['neurons']:,} of the model + {o['relay_neurons']:,} relays (+{o['neuron_overhead']:.0%}); "
+             f"synapses: {o['synapses']:,} + {o['relay_synapses']:,} relay (+{o['synapse_overhead']:.1%})."]
+    thresholds = sorted({layer.v_th_mant for layer in chain.layers if not layer.readout})
+    decays = sorted({layer.v_decay for layer in chain.layers if not layer.readout})
+    lines.append(f"CUBA neurons: iDecay 4096, vDecay {', '.join(map(str, decays))}, vThMant "
+                 f"{', '.join(map(str, thresholds))}; readout vThMant {chain.layers[-1].v_th_mant} (never fires).")
+    return lines
+
+
+@export_app.command("lava")
+def lava_command(
+    checkpoint: Path = typer.Argument(..., help="model.pt written by `revsnn train` (with --encoding rate)."),
+    out: Path = typer.Option(..., "--out", help="The .net file (lava-dl netx HDF5) to write."),
+    synapses: str = typer.Option("conv", help="conv: convolution layers while the chain allows (compact on "
+                                              "Loihi); dense: every layer dense (faster in Lava's CPU "
+                                              "simulation for small feature maps, much larger on chip)."),
+) -> None:
+    """Write a Loihi 2 network for lava-dl's netx: the model quantised onto Loihi's fixed-point grid and, where it has skip or reversible connections, relayed into a latency-aligned chain."""
+    from revsnn.checkpoint import CheckpointError
+    from revsnn.exporters.collapse import CollapseError
+    from revsnn.exporters.loihi import LoihiExportError
+    from revsnn.exporters.netx_file import NetxFileError
+
+    if out.suffix != ".net":
+        fail(f"--out must name a .net file, got {out}.")
+    if synapses not in ("conv", "dense"):
+        fail(f"--synapses must be conv or dense, got {synapses!r}.")
+    try:
+        chain, _ = export_lava_file(checkpoint, out, synapses)
+    except (CheckpointError, CollapseError, LoihiExportError, NetxFileError) as exc:
+        fail(str(exc))
+    console.print(f"Wrote {out}: a netx chain for Lava / Loihi 2 (fixed point).", highlight=False)
+    for line in describe_chain(chain):
+        console.print("  " + line, highlight=False)

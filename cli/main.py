@@ -338,7 +338,7 @@ def verify(
 
 
 @app.command()
-def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir or a .onnx file.")) -> None:
+def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir, .onnx or .net file.")) -> None:
     """A readable summary of a checkpoint or an exported file: nodes by type, neurons, synapses, shapes, metadata."""
     if not file.is_file():
         fail(f"{file} does not exist.")
@@ -407,7 +407,41 @@ def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir or a .o
                 table.add_row(f"metadata: {prop.key}", escape(prop.value))
         console.print(table)
         return
-    fail(f"{file}: info reads .pt checkpoints, .nir and .onnx files.")
+    if file.suffix == ".net":
+        from revsnn.cli.export import describe_chain
+        from revsnn.exporters.netx_file import NetxFileError, read_netx
+
+        try:
+            chain = read_netx(file)
+        except NetxFileError as exc:
+            fail(str(exc))
+        layers = Table(title=f"{file}: lava-dl netx chain, input {'×'.join(map(str, chain.input_shape))}",
+                       header_style="bold")
+        for col in ("layer", "type", "shape", "synapse", "i/vDecay", "vThMant", "pops", "relays"):
+            layers.add_column(col, justify="left" if col in ("type", "synapse") else "right", no_wrap=True)
+        holds = []
+        for k, layer in enumerate(chain.layers, 1):
+            if layer.kind == "conv":
+                kh, kw = layer.weight.shape[2:]
+                syn = f"{kh}×{kw}/s{layer.stride[0]}/p{layer.padding[0]}"
+            else:
+                syn = f"{layer.weight.shape[0]}×{layer.weight.shape[1]}"
+            pops = [m.name for m in layer.members if not m.relay]
+            relays = [m.name for m in layer.members if m.relay]
+            holds.append(f"layer {k}: {', '.join(pops)}" + (f"; relays of {', '.join(relays)}" if relays else ""))
+            layers.add_row(str(k), "readout" if layer.readout else layer.kind, "×".join(map(str, layer.shape)), syn,
+                           f"{layer.i_decay}/{layer.v_decay}", str(layer.v_th_mant), str(len(pops)),
+                           str(len(relays)))
+        console.print(layers)
+        for line in holds:
+            console.print(escape(line), highlight=False, soft_wrap=True)
+        for line in describe_chain(chain):
+            console.print(line, highlight=False)
+        for key, value in chain.metadata.items():
+            if key in ("model", "time_steps", "readout", "synapses", "revsnn_version", "quantized"):
+                console.print(f"{key}: {value}", highlight=False)
+        return
+    fail(f"{file}: info reads .pt checkpoints, .nir, .onnx and .net files.")
 
 
 @app.command()
