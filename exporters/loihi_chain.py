@@ -215,8 +215,8 @@ def as_conv(matrix: np.ndarray, in_shape: tuple[int, int, int], out_shape: tuple
             kernel = np.zeros((Co, Ci, kh, kw))
             rh, rw = y - sh * i + ph, x - sw * j + pw
             kernel[o, c, rh, rw] = m[o, i, j, c, y, x]
-            if _conv_matrix(kernel, in_shape, (sh, sw), (ph, pw)).shape == matrix.shape and \
-                    np.array_equal(_conv_matrix(kernel, in_shape, (sh, sw), (ph, pw)), matrix):
+            dense = _conv_matrix(kernel, in_shape, (sh, sw), (ph, pw))
+            if dense.shape == matrix.shape and np.array_equal(dense, matrix):
                 return kernel, (sh, sw), (ph, pw)
     return None
 
