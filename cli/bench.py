@@ -11,7 +11,7 @@ from rich.table import Table
 
 from revsnn.cli.common import console, fail, parse_ints, parse_list
 
-bench_app = typer.Typer(help="Benchmarks: activation memory against depth, training-step speed.",
+bench_app = typer.Typer(help="Benchmarks: activation memory against depth, training-step speed, inference and Lava speed.",
                         no_args_is_help=True)
 
 
@@ -230,3 +230,43 @@ def infer(
         table.add_row(r["measure"], fmt(r["torch"]), fmt(r["onnxruntime"]), f"{r['onnxruntime_speedup']:.2f}x faster"
                       if r["onnxruntime_speedup"] >= 1 else f"{1 / r['onnxruntime_speedup']:.2f}x slower")
     console.print(table)
+
+
+@bench_app.command("lava")
+def lava(
+    file: Path = typer.Argument(..., help="A .net file written by `revsnn export lava`."),
+    samples: int = typer.Option(16, help="Rate-coded test digits to stream through the network."),
+    time_steps: int = typer.Option(4, "--time-steps", help="Steps per sample."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Lava's fixed-point simulation speed for a .net file: build, wall seconds per simulated step, stop (no spike recording)."""
+    import torch
+
+    from revsnn.data import encode, load_digits
+    from revsnn.exporters.netx_file import NetxFileError
+
+    if samples < 1 or time_steps < 1:
+        fail("--samples and --time-steps must be at least 1.")
+    try:
+        from revsnn.targets.lava import LavaRunError, LavaTarget
+
+        target = LavaTarget.load(file)
+        data = load_digits()
+        x = encode(data.x_test[:samples], time_steps, "rate", torch.Generator().manual_seed(0))
+        with console.status(f"running {samples} samples x {time_steps} steps in Lava ..."):
+            target.run(x.double())
+    except (NetxFileError, LavaRunError) as exc:
+        fail(str(exc))
+    t = target.timing
+    o = target.chain.overhead()
+    result = {"file": str(file), "layers": target.chain.depth, "neurons": o["neurons"] + o["relay_neurons"],
+              "steps": t["steps"], "build_seconds": t["build"], "compile_seconds": t["compile"], "run_seconds": t["run"],
+              "seconds_per_step": t["seconds_per_step"], "stop_seconds": t["stop"]}
+    if json_out:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(f"{file}: {result['layers']} layers, {result['neurons']:,} neurons (relays included); "
+                  f"{t['steps']} steps ({samples} samples x {time_steps} + {result['layers']} of latency).",
+                  highlight=False)
+    console.print(f"netx build {t['build']:.2f} s, Lava compile and first step {t['compile']:.2f} s; then "
+                  f"{t['seconds_per_step'] * 1e3:.1f} ms per simulated step; stop {t['stop']:.2f} s.", highlight=False)
