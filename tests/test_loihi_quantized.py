@@ -210,10 +210,14 @@ def test_random_dense_layers_match_lava_fixed_pt():
         w = rng.integers(-254, 255, (n, n_in))
         w[0, :2] = [254, -254]                           # both ends of the mixed-sign 8-bit range
         cases.append(dict(w=w, **_random_neuron(rng, n)))
-    # Extremes: all-inhibitory weights, a current that barely decays and a voltage that does not decay, so
-    # v saturates at -(2^23 - 1) and u leaves the 24-bit range and wraps around.
+    # Extremes, with a current that barely decays (iDecay 1), so u leaves the 24-bit range and wraps around:
+    # all-inhibitory weights and a voltage that never decays, so v also saturates at -(2^23 - 1); and
+    # all-excitatory weights, a voltage that forgets at once (v = u + bias) and a threshold near the top of
+    # the range, so the neurons fire while u climbs past it and fall silent once u has wrapped.
     cases.append(dict(w=np.full((n, n_in), -254) + 2 * rng.integers(0, 3, (n, n_in)), i_decay=1, v_decay=0,
                       vth=1000, bias=rng.integers(-200, 201, n)))
+    cases.append(dict(w=np.full((n, n_in), 254) - 2 * rng.integers(0, 3, (n, n_in)), i_decay=1, v_decay=4096,
+                      vth=100_000, bias=rng.integers(-200, 201, n)))
 
     source = L.Source(data=x.T)                          # [n_in, T]
     probes = []
@@ -231,13 +235,16 @@ def test_random_dense_layers_match_lava_fixed_pt():
         graph = _chain(n_in, [(nir.Linear(weight=c["w"].astype(np.float64)),
                                _loihi(n, c["i_decay"], c["v_decay"], c["vth"], c["bias"]))])
         ref = _trace(graph, _delayed(x))["n0"]
-        _assert_active(got["s"], f"dense case {i}")
+        if i < 3:
+            _assert_active(got["s"], f"dense case {i}")
         for key in ("s", "u", "v"):
             np.testing.assert_array_equal(ref[key], got[key], err_msg=f"dense case {i} ({c['i_decay']=}, "
                                           f"{c['v_decay']=}, {c['vth']=}): {key}")
-    extreme = lava[-1]
-    assert np.any(extreme["v"] == -V_LIMIT), "the extreme case never saturated v"
-    assert np.any(extreme["u"] > 0), "the extreme case never wrapped u (all weights <= 0 keep u <= 0 otherwise)"
+    inhibitory, excitatory = lava[-2:]
+    assert np.any(inhibitory["v"] == -V_LIMIT), "v never saturated"
+    assert np.any(inhibitory["u"] > 0), "u never wrapped (weights <= 0 keep u <= 0 otherwise)"
+    assert np.any(excitatory["u"] < 0), "u never wrapped (weights >= 0 keep u >= 0 otherwise)"
+    _assert_active(excitatory["s"], "the excitatory extreme")
 
 
 def test_random_conv_layers_match_lava_fixed_pt():
