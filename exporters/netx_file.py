@@ -89,7 +89,8 @@ def write_netx(chain: LoihiChain, path: str | Path) -> Path:
 def _write_layer(g, layer: ChainLayer, prev: tuple[int, ...]) -> None:
     g["shape"] = np.array(layer.shape, dtype=np.int64)
     # gzip: relay blocks and folded pooling leave matrices mostly zero; h5py decompresses for netx.
-    g.create_dataset("weight", data=layer.weight.astype(np.int32), compression="gzip")
+    # fletcher32: a checksum that h5py verifies on every read, so a damaged file fails instead of loading.
+    g.create_dataset("weight", data=layer.weight.astype(np.int32), compression="gzip", fletcher32=True)
     if layer.kind == "conv":
         g["inChannels"] = int(prev[0])
         g["outChannels"] = int(layer.shape[0])
@@ -155,7 +156,7 @@ def read_netx(path: str | Path) -> LoihiChain:
             return _read(f, path)
     except NetxFileError:
         raise
-    except (KeyError, OSError, ValueError, TypeError, IndexError) as exc:
+    except (KeyError, OSError, ValueError, TypeError, IndexError, RuntimeError) as exc:  # h5py's damaged-file errors
         raise NetxFileError(f"{path} is damaged or truncated ({type(exc).__name__}: {exc}); export it again.") from exc
 
 
@@ -223,6 +224,9 @@ def _read(f, path: Path) -> LoihiChain:
             stride, padding, dilation = (tuple(int(v) for v in np.resize(np.asarray(g[k][()]).ravel(), 2))
                                          for k in ("stride", "padding", "dilation"))
             groups = int(np.asarray(g["groups"][()]).ravel()[0]) if "groups" in g else 1
+            if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+                raise NetxFileError(f"{path}: /layer/{i} has stride {stride}, padding {padding}, dilation {dilation}; "
+                                    "strides and dilations must be at least 1 and paddings at least 0.")
             if weight.ndim != 4 or weight.shape[0] != shape[0] or weight.shape[1] * groups != prev[0] or groups != 1:
                 raise NetxFileError(f"{path}: /layer/{i} has conv weights of shape {weight.shape}, which do not "
                                     f"map {prev[0]} input channels to {shape[0]} (groups 1).")

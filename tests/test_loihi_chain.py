@@ -533,9 +533,6 @@ def test_netx_file_errors(chains, netx_files, tmp_path):
             LavaTarget.load(path)                     # the target refuses it the same way
 
 
-@pytest.mark.xfail(strict=True, raises=(RuntimeError, ZeroDivisionError),
-                   reason="bug: read_netx lets h5py's RuntimeError (damaged HDF5 metadata) and a ZeroDivisionError "
-                          "(conv stride 0) escape instead of NetxFileError (exporters/netx_file.py:158 and :229)")
 @pytest.mark.parametrize("damage", ["heap signature", "stride 0"])
 def test_netx_damaged_metadata_gets_a_sentence(damage, netx_files, tmp_path):
     good = netx_files("scnn", "conv")
