@@ -21,8 +21,9 @@ What is folded and how:
 - populations at the same depth (1 + the deepest source; they share a netx layer once relayed) share one
   ``vThMant`` and ``vDecay``. ``vThMant`` is the largest integer for which every weight fits 8 bits
   (``|w| <= 254``), every bias 13 bits (``|bias| <= 4095``), every neuron's largest possible input stays
-  below ``2^17`` (so the 24-bit current never wraps) and a relay can still out-fire it (``vThMant <= 253``:
-  a relay's weight must exceed it and stay <= 254);
+  below ``2^17`` (so the 24-bit current never wraps) and it fits the 17-bit register; where the layer
+  will also hold relays, a relay must still out-fire it (``vThMant <= 253``: a relay's weight must exceed
+  it and stay <= 254), which costs weight precision only there;
 - the readout (the graph's ``Output``, an affine map of spikes) is a population that never fires:
   ``vDecay = 4096`` (it forgets each step), ``vThMant = 131071``; its potential is the logits.
 """
@@ -41,13 +42,15 @@ from .graph import STATELESS_LINEAR, linear_fn
 from .nodes import LoihiNeuron, MaxPool2d, SpikingAttention
 
 __all__ = ["LoihiExportError", "Quantized", "QuantizedPopulation", "quantize", "require_spike_input",
-           "WEIGHT_MAX", "BIAS_MAX", "RELAY_VTH_MAX", "READOUT_VTH", "INPUT_MAX"]
+           "WEIGHT_MAX", "BIAS_MAX", "RELAY_VTH_MAX", "READOUT_VTH", "INPUT_MAX", "VTH_MAX"]
 
 WEIGHT_MAX = 254          # 8-bit weight mantissas that netx's weight-bit optimisation keeps exactly (mixed sign)
 BIAS_MAX = 4095           # 13-bit signed bias mantissa (lava's PyLifModelBitAcc)
 RELAY_VTH_MAX = 253       # a relay's weight must exceed the layer's vThMant and fit 8 bits
-INPUT_MAX = (1 << 17) - 1 - WEIGHT_MAX   # |a_in| bound that keeps u = a_in << 6 inside 24 bits
-READOUT_VTH = (1 << 17) - 1   # the largest 17-bit threshold: the readout never reaches it in practice
+INPUT_LIMIT = (1 << 17) - 1  # |a_in + bias| bound that keeps u = a_in << 6 (and v) inside 24 bits
+INPUT_MAX = INPUT_LIMIT - WEIGHT_MAX   # the same for the float row sums, with room for rounding
+VTH_MAX = (1 << 17) - 1      # the 17-bit threshold register
+READOUT_VTH = VTH_MAX        # the readout never reaches it in practice
 MAX_MATRIX = 50_000_000   # entries of one folded synapse matrix; larger models are beyond this exporter
 
 
@@ -238,7 +241,10 @@ def quantize(graph: nir.NIRGraph) -> Quantized:
     for name in order:
         depth[name] = 1 + max(depth[t.source] for t in terms[name])
 
-    # One vThMant and vDecay per depth: the populations that will share a netx layer.
+    # One vThMant and vDecay per depth: the populations that will share a netx layer. A depth holds relays
+    # when something shallower is still read deeper (exporters/loihi_chain.py).
+    last_read = {n: max((depth[c] for c in order for t in terms[c] if t.source == n), default=0) for n in depth}
+    relayed_depths = {k for n in depth for k in range(depth[n] + 1, last_read[n])}
     constants = {n: _neuron_constants(n, graph.nodes[n]) for n in neurons}
     by_depth: dict[int, list[str]] = {}
     for n in neurons:
@@ -251,7 +257,9 @@ def quantize(graph: nir.NIRGraph) -> Quantized:
             raise LoihiExportError(f"populations {a!r} and {b!r} sit at the same depth {d} but decay differently "
                                    f"(vDecay {constants[a][2]} and {constants[b][2]}); a netx layer holds one neuron "
                                    "configuration.")
-        limit = float(RELAY_VTH_MAX)
+        # A layer that will hold relays needs vThMant <= 253 (a relay's weight must exceed it and fit 8 bits);
+        # elsewhere only the 17-bit threshold register bounds it, and the weights keep their full 8 bits.
+        limit = float(RELAY_VTH_MAX if d in relayed_depths else VTH_MAX)
         for n in members:
             theta, g, _ = constants[n]
             limit = min(limit, theta * _scale_limit(n, terms[n], g))
@@ -259,7 +267,12 @@ def quantize(graph: nir.NIRGraph) -> Quantized:
             raise LoihiExportError(f"the threshold of the populations at depth {d} is too small against their "
                                    "weights for Loihi's 8-bit weights (it would quantise below 1); retrain with "
                                    "smaller weights or a larger threshold.")
-        v_th[d] = int(np.floor(limit))
+        # Rounding can push a row's integer sum past the bound its float sum kept: step down until it holds.
+        limit = int(np.floor(limit))
+        while limit > 1 and any(_max_input(terms[n], limit / constants[n][0] * constants[n][1]) > INPUT_LIMIT
+                                for n in members):
+            limit = int(limit * 0.99)
+        v_th[d] = limit
 
     nodes: dict[str, nir.NIRNode] = {input_name: nir.Input(input_type=np.array(shapes[input_name]))}
     edges: list[tuple[str, str]] = []
@@ -303,6 +316,12 @@ def quantize(graph: nir.NIRGraph) -> Quantized:
     qgraph = nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata, type_check=False)
     srcs = {("readout" if n == output_name else n): [t.source for t in terms[n]] for n in order}
     return Quantized(qgraph, shapes[input_name], pops, srcs, "readout", metadata)
+
+
+def _max_input(terms: list[Term], factor: float) -> float:
+    """The largest |sum of integer weights| + |integer bias| of one neuron, for weights ``round(factor M)``."""
+    rows = sum(np.abs(np.rint(factor * t.matrix)).sum(1) for t in terms)
+    return float((rows + np.abs(np.rint(factor * sum(t.bias for t in terms)))).max())
 
 
 def _scale_limit(name: str, terms: list[Term], g: float) -> float:

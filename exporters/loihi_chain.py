@@ -312,6 +312,8 @@ def _layer(k, computing, relayed, pops, shapes, weights, biases, prev_members, p
     first = pops[computing[0]]
     v_th = first.v_th_mant
     relay_weight = v_th + 1
+    if relayed and relay_weight > 254:   # the quantiser keeps vThMant <= 253 wherever relays go
+        raise LoihiExportError(f"chain layer {k} needs relays but its vThMant is {v_th} > 253.")
 
     prev_per = int(np.prod(prev_shape[1:])) if len(prev_shape) == 3 else 1
     prev_index = {m.name: m for m in prev_members}

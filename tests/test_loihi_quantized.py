@@ -316,6 +316,9 @@ def test_quantize_structure(model_name, changes, v_decay):
     readout = loihi["readout"]
     assert readout.emit == "potential" and readout.v_th_mant == READOUT_VTH == 131071
     assert readout.i_decay == 4096 and readout.v_decay == 4096
+    depth = {"input": 0, **{n: p.depth for n, p in q.populations.items()}}
+    last_read = {n: max((depth[c] for c, srcs in q.sources.items() if n in srcs), default=0) for n in depth}
+    relayed = {k for n in depth for k in range(depth[n] + 1, last_read[n])}
     per_depth: dict[int, set] = {}
     for name, node in loihi.items():
         bias = np.asarray(node.bias)
@@ -327,7 +330,10 @@ def test_quantize_structure(model_name, changes, v_decay):
         if name == "readout":
             continue
         src = float_neurons[name]
-        assert node.emit == "spikes" and 1 <= node.v_th_mant <= RELAY_VTH_MAX, name
+        # <= 253 where the layer also holds relays (a relay's weight must exceed it and fit 8 bits),
+        # else the 17-bit register
+        cap = RELAY_VTH_MAX if q.populations[name].depth in relayed else 131071
+        assert node.emit == "spikes" and 1 <= node.v_th_mant <= cap, name
         assert isinstance(src, nir.LIF if v_decay else nir.IF)
         assert node.v_decay == v_decay, name
         theta = float(np.asarray(src.v_threshold).flat[0])
@@ -348,7 +354,8 @@ W2 = np.array([[1.5, -0.7],
                [0.2, 0.9]])
 
 # Worked by hand from the module docstring: sigma_max = min(254 / max|g W|, 4095 / max|g b|,
-# INPUT_MAX / max row(|g W| + |g b|)); vThMant = floor(min(253, theta sigma_max)); sigma = vThMant / theta;
+# INPUT_MAX / max row(|g W| + |g b|)); vThMant = floor(min(cap, theta sigma_max)) with cap 253 in a layer that
+# holds relays and 131071 elsewhere (these chains have none); sigma = vThMant / theta;
 # w = rint(sigma g W), bias = rint(sigma g b). The readout: sigma = its own sigma_max (not floored), vDecay 4096.
 HAND_CASES = {
     # IF, theta 1: 254 / 2.0 = 127 limits (4095 / 0.2 and 130817 / 2.45 are far larger) -> vThMant 127,
@@ -356,13 +363,13 @@ HAND_CASES = {
     "IF theta 1": (nir.IF(r=np.ones(2), v_threshold=np.ones(2), v_reset=np.zeros(2)), W1,
                    dict(v_decay=0, v_th_mant=127, scale=127.0,
                         weight=[[76, -127, 32], [254, 13, -38]], bias=[25, -6])),
-    # LIF tau 2, theta 2.5: g = 1/2, 254 / 0.5 = 508 -> theta * 508 = 1270 > 253 -> vThMant 253,
-    # sigma 101.2, sigma g = 50.6: 50.6 * W1_SMALL = [[30.36, -50.6, 12.65], [15.18, 5.06, -15.18]];
-    # 50.6 * B1 = [10.12, -2.53].
+    # LIF tau 2, theta 2.5: g = 1/2, 254 / 0.5 = 508 -> theta * 508 = 1270 (no relay here, so no 253 cap)
+    # -> vThMant 1270, sigma 508, sigma g = 254: 254 * W1_SMALL = [[152.4, -254, 63.5], [76.2, 25.4, -76.2]]
+    # (63.5 rounds half to even: 64); 254 * B1 = [50.8, -12.7].
     "LIF tau 2 theta 2.5": (nir.LIF(tau=np.full(2, 2.0), r=np.ones(2), v_leak=np.zeros(2),
                                     v_threshold=np.full(2, 2.5), v_reset=np.zeros(2)), W1_SMALL,
-                            dict(v_decay=2048, v_th_mant=253, scale=101.2,
-                                 weight=[[30, -51, 13], [15, 5, -15]], bias=[10, -3])),
+                            dict(v_decay=2048, v_th_mant=1270, scale=508.0,
+                                 weight=[[152, -254, 64], [76, 25, -76]], bias=[51, -13])),
 }
 # Readout: 254 / 1.5 = 169.33 (INPUT_MAX / 2.2 is larger): 169.33 * W2 = [[254, -118.53], [33.87, 152.4]].
 HAND_READOUT = dict(scale=254 / 1.5, weight=[[254, -119], [34, 152]])
