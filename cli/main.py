@@ -216,12 +216,13 @@ def _pct(x: Optional[float]) -> str:
 def _verify_table(report) -> Table:
     table = Table(title=f"verify {report.model}: {report.samples} test samples x {report.time_steps} steps "
                         f"({report.encoding} encoding)", header_style="bold")
-    for col in ("target", "spikes out/all", "ties", "pred.", "max |Δ|", "s", "ok"):  # ties: count/samples
+    # spikes: agreement of the output population / of all populations; ties: count / samples with one
+    for col in ("target", "spikes", "ties", "pred.", "max |Δ|", "s", "ok"):
         table.add_column(col, justify="left" if col in ("target", "ok") else "right", no_wrap=True)
     for t in report.targets.values():
         table.add_row(t.name, f"{_pct(t.output_spike_agreement)}/{_pct(t.spike_agreement)}",
                       f"{t.threshold_ties}/{t.tie_samples}", _pct(t.prediction_agreement), f"{t.max_abs_diff:.1e}",
-                      f"{t.seconds:.2f}", "[green]pass[/green]" if t.ok else "[red]FAIL[/red]")
+                      f"{t.seconds:.1f}", "[green]pass[/green]" if t.ok else "[red]FAIL[/red]")
     return table
 
 
@@ -327,7 +328,8 @@ def verify(
     else:
         console.print(_verify_table(report))
         _print_lava_note(report)
-        console.print("ties: spike differences where the reference membrane is within float rounding of the "
+        console.print("spikes: agreement of the population(s) feeding the readout / of every population. "
+                      "ties: spike differences where the reference membrane is within float rounding of the "
                       "threshold / samples with one; later differences in those samples count as tie-induced "
                       "(--json), and max |Δ| and predictions are held to the tolerance on the other samples.",
                       highlight=False)
