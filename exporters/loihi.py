@@ -41,7 +41,7 @@ import torch
 from .graph import STATELESS_LINEAR, linear_fn
 from .nodes import LoihiNeuron, MaxPool2d, SpikingAttention
 
-__all__ = ["LoihiExportError", "Quantized", "QuantizedPopulation", "quantize", "require_spike_input",
+__all__ = ["LoihiExportError", "Quantized", "QuantizedPopulation", "quantize", "relays", "require_spike_input",
            "WEIGHT_MAX", "BIAS_MAX", "RELAY_VTH_MAX", "READOUT_VTH", "INPUT_MAX", "VTH_MAX"]
 
 WEIGHT_MAX = 254          # 8-bit weight mantissas that netx's weight-bit optimisation keeps exactly (mixed sign)
@@ -146,7 +146,7 @@ def _shape(node: nir.NIRNode) -> tuple[int, ...]:
     return tuple(int(v) for v in np.shape(node.v_threshold))
 
 
-def _fold(graph: nir.NIRGraph, source_shape: tuple[int, ...], ops: list[str], target: str) -> Term:
+def _fold(graph: nir.NIRGraph, source: str, source_shape: tuple[int, ...], ops: list[str], target: str) -> Term:
     """The path as ``M x + b`` on flattened vectors, by applying it to the unit basis and to zero."""
     n = int(np.prod(source_shape))
     fns = [linear_fn(graph.nodes[o]) for o in ops]
@@ -163,7 +163,7 @@ def _fold(graph: nir.NIRGraph, source_shape: tuple[int, ...], ops: list[str], ta
                                    "what this exporter folds; Lava deployment is for small configurations.")
         basis = torch.eye(n, dtype=torch.float64).reshape(n, *source_shape)
         m = (apply(basis) - zero).T
-    return Term("", m.numpy().copy(), zero.numpy().copy())
+    return Term(source, m.numpy().copy(), zero.numpy().copy())
 
 
 def _neuron_constants(name: str, node: nir.NIRNode) -> tuple[float, float, int]:
@@ -227,12 +227,11 @@ def quantize(graph: nir.NIRGraph) -> Quantized:
             raise LoihiExportError(f"{name!r} has no input.")
         merged: dict[str, Term] = {}   # one term per source: two paths from one source add up
         for src, ops in paths:
-            term = _fold(graph, shapes[src], ops, name)
+            term = _fold(graph, src, shapes[src], ops, name)
             if src in merged:
                 merged[src].matrix += term.matrix
                 merged[src].bias += term.bias
             else:
-                term.source = src
                 merged[src] = term
         terms[name] = list(merged.values())
     out_shape = (terms[output_name][0].matrix.shape[0],)
@@ -243,8 +242,7 @@ def quantize(graph: nir.NIRGraph) -> Quantized:
 
     # One vThMant and vDecay per depth: the populations that will share a netx layer. A depth holds relays
     # when something shallower is still read deeper (exporters/loihi_chain.py).
-    last_read = {n: max((depth[c] for c in order for t in terms[c] if t.source == n), default=0) for n in depth}
-    relayed_depths = {k for n in depth for k in range(depth[n] + 1, last_read[n])}
+    relayed_depths = set(relays(depth, {n: [t.source for t in terms[n]] for n in order}))
     constants = {n: _neuron_constants(n, graph.nodes[n]) for n in neurons}
     by_depth: dict[int, list[str]] = {}
     for n in neurons:
@@ -316,6 +314,18 @@ def quantize(graph: nir.NIRGraph) -> Quantized:
     qgraph = nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata, type_check=False)
     srcs = {("readout" if n == output_name else n): [t.source for t in terms[n]] for n in order}
     return Quantized(qgraph, shapes[input_name], pops, srcs, "readout", metadata)
+
+
+def relays(depth: dict[str, int], sources: dict[str, list[str]]) -> dict[int, list[str]]:
+    """The relay rule of the chain (``exporters/loihi_chain.py``): chain layer ``k`` relays every population (or
+    the input) shallower than ``k`` that a population deeper than ``k`` still reads. Layer -> those names, in
+    ``depth``'s order."""
+    last_read = {n: max((depth[c] for c, srcs in sources.items() if n in srcs), default=0) for n in depth}
+    out: dict[int, list[str]] = {}
+    for n in depth:
+        for k in range(depth[n] + 1, last_read[n]):
+            out.setdefault(k, []).append(n)
+    return out
 
 
 def _max_input(terms: list[Term], factor: float) -> float:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as tf
 
-from .loihi import LoihiExportError, Quantized
+from .loihi import LoihiExportError, Quantized, relays
 from .nodes import LoihiNeuron
 
 __all__ = ["Member", "ChainLayer", "LoihiChain", "build_chain", "as_conv"]
@@ -84,14 +84,6 @@ class LoihiChain:
     @property
     def depth(self) -> int:
         return len(self.layers)
-
-    def member(self, name: str) -> tuple[int, Member]:
-        """The layer index and member where population ``name`` is computed."""
-        for k, layer in enumerate(self.layers):
-            for m in layer.members:
-                if m.name == name and not m.relay:
-                    return k, m
-        raise KeyError(name)
 
     def overhead(self) -> dict:
         """Neurons and synapses (nonzero pre/post pairs) of the computing populations and of the relays."""
@@ -253,7 +245,7 @@ def build_chain(q: Quantized, synapses: str = "conv") -> LoihiChain:
     for name in pops:
         weights[name] = [(src, np.asarray(graph.nodes[f"{src}.to.{name}"].weight)) for src in q.sources[name]]
     biases = {n: np.asarray(graph.nodes[n].bias, dtype=np.int64).reshape(-1) for n in pops}
-    last_read = {n: max((depth[c] for c, srcs in q.sources.items() if n in srcs), default=0) for n in depth}
+    relayed_at = relays(depth, q.sources)
     D = q.depth
 
     layers: list[ChainLayer] = []
@@ -264,7 +256,7 @@ def build_chain(q: Quantized, synapses: str = "conv") -> LoihiChain:
     input_dense = not conv_ok
     for k in range(1, D + 1):
         computing = [n for n, p in pops.items() if p.depth == k]
-        relayed = [n for n in depth if depth[n] < k < last_read[n]]
+        relayed = relayed_at.get(k, [])
         layer = None
         if conv_ok and k < D:
             layer = _layer(k, computing, relayed, pops, shapes, weights, biases, prev_members, prev_shape, conv=True)
