@@ -21,6 +21,8 @@ share its nodes.
 
 from __future__ import annotations
 
+from revsnn.errors import RevsnnError
+
 import copy
 from dataclasses import dataclass, field
 from typing import Optional
@@ -34,7 +36,7 @@ __all__ = ["STATELESS_LINEAR", "linear_fn", "delays_at_least_one", "delay_shape"
            "Collapsed", "CollapseError"]
 
 
-class CollapseError(ValueError):
+class CollapseError(RevsnnError):
     """A model (or a part of it) that cannot be collapsed; the message names the part."""
 
 

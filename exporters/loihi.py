@@ -30,6 +30,8 @@ What is folded and how:
 
 from __future__ import annotations
 
+from revsnn.errors import RevsnnError
+
 from dataclasses import dataclass, field
 from graphlib import TopologicalSorter
 from typing import Optional
@@ -54,7 +56,7 @@ READOUT_VTH = VTH_MAX        # the readout never reaches it in practice
 MAX_MATRIX = 50_000_000   # entries of one folded synapse matrix; larger models are beyond this exporter
 
 
-class LoihiExportError(ValueError):
+class LoihiExportError(RevsnnError):
     """A graph (or a part of it) that Loihi's neurons cannot express; the message names the node and why."""
 
 

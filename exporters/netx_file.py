@@ -20,6 +20,8 @@ population's spikes and the readout's potential back in float units.
 
 from __future__ import annotations
 
+from revsnn.errors import RevsnnError
+
 import json
 import os
 import tempfile
@@ -36,7 +38,7 @@ FORMAT = "revsnn-netx/1"
 KNOWN_TYPES = ("input", "conv", "flatten", "dense")
 
 
-class NetxFileError(ValueError):
+class NetxFileError(RevsnnError):
     """A .net file that cannot be written or read; one sentence."""
 
 

@@ -16,6 +16,8 @@ scalars).
 
 from __future__ import annotations
 
+from revsnn.errors import RevsnnError
+
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ NEURON_NODE_TYPES: tuple[type, ...] = (nir.LIF, nir.IF, nir.Threshold, nir.LI, n
 SYNAPSE_NODE_TYPES: tuple[type, ...] = (nir.Affine, nir.Linear, nir.Conv2d)
 
 
-class NIRFileError(ValueError):
+class NIRFileError(RevsnnError):
     """A ``.nir`` file that cannot be written or read; the message names the problem and the fix."""
 
 

@@ -38,6 +38,8 @@ executor's arithmetic op for op:
 
 from __future__ import annotations
 
+from revsnn.errors import RevsnnError
+
 import json
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
@@ -72,7 +74,7 @@ _NEURONS = (nir.LIF, nir.IF, nir.Threshold, SpikingAttention)
 _F32 = TensorProto.FLOAT
 
 
-class ONNXFileError(ValueError):
+class ONNXFileError(RevsnnError):
     """An ``.onnx`` file (or graph) that cannot be written or read; the message names the problem and the fix."""
 
 

@@ -7,6 +7,8 @@ written to a temporary name in the same folder and renamed, so a crash never lea
 
 from __future__ import annotations
 
+from revsnn.errors import RevsnnError
+
 import json
 import os
 import tempfile
@@ -24,7 +26,7 @@ __all__ = ["CheckpointError", "FORMAT", "atomic_write", "write_json", "save_chec
 FORMAT = "revsnn.checkpoint/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RevsnnError):
     """A file that is not a usable revsnn checkpoint; the message says what is wrong and what to do."""
 
 

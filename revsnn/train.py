@@ -11,6 +11,8 @@ autograd, so wrapping the model in DistributedDataParallel needs no change to th
 
 from __future__ import annotations
 
+from revsnn.errors import RevsnnError
+
 import math
 import time
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from .models import build_model, get_config
 __all__ = ["TrainOptions", "TrainError", "Reporter", "train", "evaluate", "resolve_options"]
 
 
-class TrainError(ValueError):
+class TrainError(RevsnnError):
     """Bad training options; the message is one sentence that names the problem and the fix."""
 
 

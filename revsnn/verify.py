@@ -25,6 +25,8 @@ target passes when it has no mismatch, and, over the samples without a tie, full
 
 from __future__ import annotations
 
+from revsnn.errors import RevsnnError
+
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -102,7 +104,7 @@ class VerifyReport:
                 "encoding": self.encoding, "targets": {n: t.as_json() for n, t in self.targets.items()}}
 
 
-class VerifyError(ValueError):
+class VerifyError(RevsnnError):
     """Bad verify options; one sentence."""
 
 

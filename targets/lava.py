@@ -28,6 +28,8 @@ Importing this module installs ``lava_compat`` first, which lava-nc 0.10 and lav
 
 from __future__ import annotations
 
+from revsnn.errors import RevsnnError
+
 import contextlib
 import io as _io
 import tempfile
@@ -48,7 +50,7 @@ from revsnn.exporters.netx_file import read_netx  # noqa: E402
 __all__ = ["LavaTarget", "LavaRunError", "loihi2_fixed_pt_config"]
 
 
-class LavaRunError(ValueError):
+class LavaRunError(RevsnnError):
     """Input the Lava target cannot run; one sentence."""
 
 

@@ -25,6 +25,8 @@ Runs on CPU or CUDA (TF32 off, so that CUDA matches the CPU's float arithmetic a
 
 from __future__ import annotations
 
+from revsnn.errors import RevsnnError
+
 from graphlib import CycleError, TopologicalSorter
 from typing import Callable, Optional
 
@@ -43,7 +45,7 @@ __all__ = ["ReferenceExecutor", "UnsupportedNodeError", "NEURON_TYPES"]
 NEURON_TYPES = (nir.LIF, nir.IF, nir.Threshold, SpikingAttention, LoihiNeuron)
 
 
-class UnsupportedNodeError(ValueError):
+class UnsupportedNodeError(RevsnnError):
     """A node this target cannot run; the message names it."""
 
 

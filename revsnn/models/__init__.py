@@ -15,6 +15,8 @@ returns logits ``[B, num_classes]``, and exposes ``model.config``. Its reversibl
 
 from __future__ import annotations
 
+from revsnn.errors import RevsnnError
+
 import copy
 import importlib
 from typing import Any
@@ -34,7 +36,7 @@ FAMILY_MODULES = {
 __all__ = ["FAMILY_MODULES", "all_configs", "get_config", "build_model", "UnknownModelError"]
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(RevsnnError):
     pass
 
 
