@@ -162,6 +162,10 @@ class _ProgressReporter:
         n = self.sums[2]
         self.progress.update(self.task, advance=1, loss=self.sums[0] / n, acc=self.sums[1] / n)
 
+    def note(self, text: str) -> None:
+        """What the trainer set or had to change (a preset, LAMB as AdamW, an md5 mismatch)."""
+        self.progress.console.print(f"[yellow]note:[/yellow] {escape(text)}", highlight=False, soft_wrap=True)
+
     def end_epoch(self, record: dict) -> None:
         self.progress.remove_task(self.task)
         self.progress.console.print(f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  train {record['train_accuracy']:.1%}"
@@ -172,25 +176,67 @@ class _ProgressReporter:
 def train(
     model: str = typer.Option(..., "--model", help="Model name (see `revsnn models`)."),
     out: Path = typer.Option(..., "--out", help="Directory for model.pt and metrics.json (created if absent)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs in total [default: the model's]."),
-    time_steps: Optional[int] = typer.Option(None, "--time-steps", help="Time steps T [default: the model's]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size [default: the model's]."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate of AdamW [default: the model's]."),
-    seed: int = typer.Option(0, help="Seed of weights, data order and rate coding: same seed, same weights."),
-    encoding: Optional[str] = typer.Option(None, help="direct (real-valued image every step) or rate "
-                                                      "(Bernoulli spikes; what Loihi needs) [default: the model's]."),
+    data: str = typer.Option("digits", "--data", help="digits (embedded), cifar10, cifar100, imagefolder, nmnist, "
+                                                      "dvs128-gesture or cifar10-dvs."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the data set's official files "
+                                                                     "(nothing is downloaded)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A seed's protocol: revsnn-resnet-cifar, "
+                                         "revsnn-former-cifar, revsnn-dvs or trevsnn-imagenet; options given here "
+                                         "override it."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs in total [default: the preset's, else the model's]."),
+    time_steps: Optional[int] = typer.Option(None, "--time-steps", help="Time steps T (event frames per sample) "
+                                             "[default: the preset's, else the model's]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size [default: the preset's, else "
+                                             "the model's]."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate [default: the preset's, else the model's]."),
+    seed: int = typer.Option(0, help="Seed of weights, data order, augmentation and rate coding: same seed, same "
+                                     "weights."),
+    encoding: Optional[str] = typer.Option(None, help="Images: direct (real-valued image every step) or rate "
+                                           "(Bernoulli spikes; what Loihi needs). Event frames: events (a spike per "
+                                           "pixel with an event; what Loihi needs) or counts [default: the model's; "
+                                           "events for event data]."),
+    frames_by: Optional[str] = typer.Option(None, "--frames-by", help="Event frames: count (equal event numbers, as "
+                                            "the seeds) or time (equal time windows) [default: count]."),
+    frame_size: Optional[int] = typer.Option(None, "--frame-size", help="Event frames: bin the sensor down to this "
+                                             "side [default: a 2-channel model's input side, else the sensor's]."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Image folders: resize and centre-crop to "
+                                             "this side [default: the preset's, else the model's input]."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="CIFAR: random crop (padding 4) "
+                                           "and horizontal flip; image folders: flip; events: random flip "
+                                           "[default: the preset's; off without one]."),
+    event_shift: int = typer.Option(0, "--event-shift", help="Event frames: random shift of up to this many pixels."),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (pinned memory on CUDA)."),
+    optimizer: Optional[str] = typer.Option(None, help="sgd, adamw or lamb (AdamW here: torch has no LAMB) "
+                                            "[default: the preset's, else adamw]."),
+    momentum: Optional[float] = typer.Option(None, help="SGD momentum [default: 0.9]."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay [default: 1e-4]."),
+    schedule: Optional[str] = typer.Option(None, help="cosine or step (x0.1 at --milestones) [default: cosine]."),
+    milestones: Optional[str] = typer.Option(None, help="Epochs of the step schedule's decays, e.g. 100,150."),
+    warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", help="Linear warm-up epochs [default: 0]."),
+    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="Label smoothing [default: 0]."),
+    mixup: Optional[float] = typer.Option(None, help="Mixup alpha (0: off) [default: 0]."),
+    ema: Optional[float] = typer.Option(None, help="EMA decay of the weights; the average is evaluated and saved."),
+    grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this value."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (CUDA only)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue from DIR/model.pt after an interruption."),
 ) -> None:
-    """Train a model of the zoo on the embedded digits data (scikit-learn, no download).
+    """Train a model of the zoo on the embedded digits (no download) or a data set you have on disk.
 
-    Writes DIR/model.pt (weights and full config; loadable with weights_only=True) and DIR/metrics.json after every epoch, atomically; --resume continues after a kill, losing at most the epoch in progress.
+    Writes DIR/model.pt (weights, full config, the data set's name, shape and folder; loadable with weights_only=True) and DIR/metrics.json after every epoch, atomically; --resume continues after a kill, losing at most the epoch in progress. The model takes the data's input shape and class count.
     """
+    from revsnn.cli.common import parse_ints
     from revsnn.train import TrainError, TrainOptions
     from revsnn.train import train as run_training
 
     opts = TrainOptions(model=model, out=out, epochs=epochs, time_steps=time_steps, batch_size=batch_size,
-                        lr=lr, seed=seed, encoding=encoding, device=device, resume=resume)
+                        lr=lr, seed=seed, encoding=encoding, device=device, resume=resume, data=data,
+                        data_dir=data_dir, frames_by=frames_by, frame_size=frame_size, image_size=image_size,
+                        augment=augment, event_shift=event_shift, workers=workers, preset=preset,
+                        optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
+                        milestones=parse_ints(milestones, "--milestones") if milestones else None,
+                        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, mixup=mixup, ema=ema,
+                        grad_clip=grad_clip, amp=amp)
     reporter = _ProgressReporter()
     try:
         metrics = run_training(opts, reporter)
@@ -200,9 +246,9 @@ def train(
         fail(f"interrupted; the last finished epoch is in {out / 'model.pt'}: add --resume to go on.", 130)
     finally:
         reporter.progress.stop()
-    console.print(f"[green]{metrics['model']}[/green]: test accuracy {metrics['test_accuracy']:.1%} after "
-                  f"{metrics['epochs']} epochs ({metrics['train_seconds']:.0f} s of training, T = "
-                  f"{metrics['time_steps']}, {metrics['encoding']} encoding).", highlight=False)
+    console.print(f"[green]{metrics['model']}[/green] on {metrics['data']}: test accuracy "
+                  f"{metrics['test_accuracy']:.1%} after {metrics['epochs']} epochs ({metrics['train_seconds']:.0f} s "
+                  f"of training, T = {metrics['time_steps']}, {metrics['encoding']} encoding).", highlight=False)
     console.print(f"Wrote {out / 'model.pt'} and {out / 'metrics.json'}.", highlight=False)
 
 

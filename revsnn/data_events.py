@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import RevsnnError
+from .data import DataError
 
 __all__ = ["Events", "EventFileError", "read_nmnist_bin", "read_aedat31", "read_aedat2_cifar10dvs",
            "events_to_frames", "FRAME_MODES"]
@@ -35,7 +35,7 @@ __all__ = ["Events", "EventFileError", "read_nmnist_bin", "read_aedat31", "read_
 FRAME_MODES = ("count", "time")
 
 
-class EventFileError(RevsnnError):
+class EventFileError(DataError):
     """An event file that cannot be read; the message names the file and what is wrong with it."""
 
 

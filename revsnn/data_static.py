@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import RevsnnError
+from .data import DataError
 
 __all__ = ["DataFormatError", "read_cifar_batch", "CIFAR_FILES", "md5_of", "list_image_folder",
            "decode_image", "resize_center_crop", "random_crop_flip", "IMAGE_SUFFIXES"]
 
 
-class DataFormatError(RevsnnError):
+class DataFormatError(DataError):
     """A data file that is not in the published format; the message names the file."""
 
 
@@ -62,7 +62,8 @@ class _ArraysOnly(pickle.Unpickler):
 
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar")}
+                ("numpy._core.multiarray", "scalar"),
+                ("_codecs", "encode")}  # how Python 3 writes bytes in a protocol-2 pickle (re-packed copies)
 
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
