@@ -322,7 +322,7 @@ def torch_nonzero(raster):
 
 
 def _run_verify(checkpoint: Path, targets: list[str], samples: int, plot: Optional[Path],
-                lava_synapses: str = "conv"):
+                lava_synapses: str = "conv", data_dir: Optional[Path] = None):
     from revsnn.checkpoint import CheckpointError
     from revsnn.exporters.collapse import CollapseError
     from revsnn.exporters.netx_file import NetxFileError
@@ -338,7 +338,7 @@ def _run_verify(checkpoint: Path, targets: list[str], samples: int, plot: Option
         with console.status("running every target step by step ...") as status:
             report = verify(checkpoint, tuple(targets), samples,
                             on_target=lambda t: status.update(f"{t.name} done; running the next target ..."),
-                            lava_synapses=lava_synapses)
+                            lava_synapses=lava_synapses, data_dir=data_dir)
     except (CheckpointError, CollapseError, NIRFileError, ONNXFileError, NetxFileError, UnsupportedNodeError,
             VerifyError) as exc:
         fail(str(exc))
@@ -359,6 +359,8 @@ def verify(
     plot: Optional[Path] = typer.Option(None, help="Directory for one spike-raster PNG per target (sample 0)."),
     lava_synapses: str = typer.Option("conv", "--lava-synapses", help="Synapse form of the .net the lava target "
                                       "runs: conv (as `export lava` writes by default) or dense."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the model's data set is now "
+                                            "[default: the folder its checkpoint recorded]."),
 ) -> None:
     """Prove that every target reproduces the training model, one time step at a time.
 
@@ -368,7 +370,7 @@ def verify(
 
     if lava_synapses not in ("conv", "dense"):
         fail(f"--lava-synapses must be conv or dense, got {lava_synapses!r}.")
-    report, plots = _run_verify(checkpoint, parse_list(targets, "--targets"), samples, plot, lava_synapses)
+    report, plots = _run_verify(checkpoint, parse_list(targets, "--targets"), samples, plot, lava_synapses, data_dir)
     if json_out:
         print(json.dumps(report.as_json(), indent=2))
     else:

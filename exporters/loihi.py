@@ -62,10 +62,13 @@ class LoihiExportError(RevsnnError):
 
 def require_spike_input(encoding: str, model: str = "this model") -> None:
     """Loihi receives spikes; a model trained on real-valued (direct) input cannot stream it in."""
-    if encoding != "rate":
+    from revsnn.data import SPIKE_ENCODINGS  # rate-coded images and event frames are spikes
+
+    if encoding not in SPIKE_ENCODINGS:
         raise LoihiExportError(
             f"{model} was trained with {encoding!r} input encoding, which feeds real values to its first layer; "
-            "Loihi receives only spikes, so train it with `--encoding rate` to deploy it to Lava.")
+            "Loihi receives only spikes, so train it with `--encoding rate` (images) or `--encoding events` "
+            "(event data) to deploy it to Lava.")
 
 
 @dataclass

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_model
-from .data import encode, load_digits
+from .data import DataError, test_samples
 from .neurons import SpikingNeuron
 
 __all__ = ["TargetReport", "VerifyReport", "verify", "TARGETS", "TIE_TOLERANCE"]
@@ -209,7 +209,8 @@ def _readout(outputs: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 def verify(checkpoint: Path | str, targets: tuple[str, ...] = ("torch", "norse"), samples: int = 32,
-           on_target: Optional[Callable[[TargetReport], None]] = None, lava_synapses: str = "conv") -> VerifyReport:
+           on_target: Optional[Callable[[TargetReport], None]] = None, lava_synapses: str = "conv",
+           data_dir: Optional[Path | str] = None) -> VerifyReport:
     from revsnn.exporters.collapse import collapse
     from revsnn.targets.reference import NEURON_TYPES, ReferenceExecutor
 
@@ -233,9 +234,11 @@ def verify(checkpoint: Path | str, targets: tuple[str, ...] = ("torch", "norse")
             require_spike_input(encoding, config.get("name", "this model"))
         except LoihiExportError as exc:
             raise VerifyError(str(exc)) from exc
-    data = load_digits()
-    n = min(samples, len(data.y_test))
-    x = encode(data.x_test[:n], T, encoding, torch.Generator().manual_seed(1234)).double()
+    try:
+        x = test_samples(payload, samples, data_dir)[0].double()  # the data the model was trained on
+    except DataError as exc:
+        raise VerifyError(str(exc)) from exc
+    n = x.shape[1]
 
     model = model.double().eval()
     collapsed = collapse(model, T)

@@ -402,3 +402,32 @@ def test_bad_data_options_fail_cleanly(tmp_path, nmnist_dir):
     r = runner.invoke(app, ["train", "--model", "scnn-digits", "--out", str(tmp_path / "x"), "--data", "cifar10",
                             "--data-dir", str(tmp_path / "nowhere")])
     assert r.exit_code == 2 and "Traceback" not in r.output and "cifar-10-batches-py/" in r.output
+
+
+def test_verify_and_export_lava_on_event_frames(tmp_path, nmnist_dir):
+    """A model trained on event frames deploys as it is: the frames are spikes, what Loihi receives."""
+    m = _train(tmp_path, "nmnist", nmnist_dir[0], "scnn-digits", time_steps=3, frame_size=8)
+    ckpt = tmp_path / "nmnist" / "model.pt"
+    assert m["encoding"] == "events"
+    r = runner.invoke(app, ["verify", str(ckpt), "--targets", "torch,onnxruntime,lava", "--samples", "4", "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert report["samples"] == 4 and report["encoding"] == "events"
+    lava = report["targets"]["lava"]
+    assert lava["ok"] and lava["mismatches"] == 0 and lava["max_abs_diff"] == 0.0
+    assert all(t["ok"] for t in report["targets"].values())
+    net = tmp_path / "model.net"
+    r = runner.invoke(app, ["export", "lava", str(ckpt), "--out", str(net)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["info", str(net)])
+    assert r.exit_code == 0 and "input 2×8×8" in r.output, r.output
+    # the data moved: verify says where it looked; --data-dir points at the new place
+    moved = tmp_path / "moved"
+    nmnist_dir[0].rename(moved)
+    try:
+        r = runner.invoke(app, ["verify", str(ckpt), "--targets", "torch", "--samples", "2"])
+        assert r.exit_code == 2 and "Train/<digit>/*.bin" in r.output and "Traceback" not in r.output
+        r = runner.invoke(app, ["verify", str(ckpt), "--targets", "torch", "--samples", "2", "--data-dir", str(moved)])
+        assert r.exit_code == 0, r.output
+    finally:
+        moved.rename(nmnist_dir[0])
