@@ -235,7 +235,8 @@ def infer(
 @bench_app.command("lava")
 def lava(
     file: Path = typer.Argument(..., help="A .net file written by `revsnn export lava`."),
-    samples: int = typer.Option(16, help="Rate-coded test digits to stream through the network."),
+    samples: int = typer.Option(16, help="Rate-coded test digits to stream through the network (random spikes at "
+                                         "10% of the steps for a network of another input shape)."),
     time_steps: int = typer.Option(4, "--time-steps", help="Steps per sample."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -251,8 +252,13 @@ def lava(
         from revsnn.targets.lava import LavaRunError, LavaTarget
 
         target = LavaTarget.load(file)
-        data = load_digits()
-        x = encode(data.x_test[:samples], time_steps, "rate", torch.Generator().manual_seed(0))
+        shape = tuple(target.chain.input_shape)  # (C, H, W), or (N,) when the first layer is dense
+        if shape in ((1, 8, 8), (64,)):
+            data = load_digits()
+            x = encode(data.x_test[:samples], time_steps, "rate", torch.Generator().manual_seed(0))
+        else:  # a network for other data (event frames, CIFAR): random spikes at 10% of the steps
+            x = torch.bernoulli(torch.full((time_steps, samples, *shape), 0.1),
+                                generator=torch.Generator().manual_seed(0))
         with console.status(f"running {samples} samples x {time_steps} steps in Lava ..."):
             target.run(x.double())
     except (NetxFileError, LavaRunError) as exc:

@@ -404,6 +404,9 @@ def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir, .onnx 
         table.add_row("model", f"{config.get('name')} ({config.get('family')})")
         table.add_row("parameters", f"{sum(p.numel() for p in model.parameters()):,}")
         table.add_row("input", "×".join(map(str, config["input_shape"])) + f", {config['num_classes']} classes")
+        data_rec = payload.get("data")
+        if data_rec:
+            table.add_row("data", f"{data_rec.get('name')} from {data_rec.get('dir') or '(embedded)'}")
         for key, value in payload.get("train", {}).items():
             table.add_row(key, str(value))
         history = payload.get("history") or []

@@ -438,7 +438,7 @@ def load_dataset(name: str, data_dir: Optional[Path | str] = None, *, time_steps
     if data_dir is None:
         raise DataError(f"--data {name} needs --data-dir: the folder that holds {DATASETS[name].layout} "
                         f"(published at {DATASETS[name].published}); nothing is downloaded.")
-    data_dir = Path(data_dir).expanduser()
+    data_dir = Path(data_dir).expanduser().resolve()  # the checkpoint records where the data was read
     if not data_dir.is_dir():
         raise _missing(name, data_dir, "the folder does not exist")
     splits = _LOADERS[name](name, data_dir, time_steps=time_steps, frames_by=frames_by, frame_size=frame_size,

@@ -173,7 +173,7 @@ def c10dvs_dir(tmp_path_factory):
     truth = {}
     for cls in classes:
         (root / cls).mkdir()
-        for k in range(10):
+        for k in range(5):
             evs = random_events(30, 128, 1_000_000)
             path = root / cls / f"cifar10_{cls}_{k}.aedat"
             path.write_bytes(aedat2_bytes(evs))
@@ -277,10 +277,10 @@ def test_cifar10dvs_orientation_and_split(c10dvs_dir):
     assert ev.x.tolist() == [127 - e[1] for e in want] and ev.y.tolist() == [127 - e[0] for e in want]
     assert ev.p.tolist() == [1 - e[2] for e in want] and ev.t.tolist() == [e[3] for e in want]
     d = load_dataset("cifar10-dvs", root, time_steps=2, frame_size=16)
-    assert len(d.train) == 90 and len(d.test) == 10
-    assert [p.name for p in d.test.items if p.parent.name == "cat"] == ["cifar10_cat_9.aedat"]
-    oriented = [(127 - y, 127 - x, 1 - p, t) for x, y, p, t in truth[root / "dog" / "cifar10_dog_9.aedat"]]
-    j = [p.name for p in d.test.items].index("cifar10_dog_9.aedat")
+    assert len(d.train) == 40 and len(d.test) == 10  # int(0.9 * 5) = 4 of each class's 5 files train
+    assert [p.name for p in d.test.items if p.parent.name == "cat"] == ["cifar10_cat_4.aedat"]
+    oriented = [(127 - y, 127 - x, 1 - p, t) for x, y, p, t in truth[root / "dog" / "cifar10_dog_4.aedat"]]
+    j = [p.name for p in d.test.items].index("cifar10_dog_4.aedat")
     assert torch.equal(d.test[j][0], torch.from_numpy(frames_by_hand(oriented, 2, 128, 16)))
     assert d.test[j][1].item() == 5
 
@@ -424,6 +424,8 @@ def test_verify_and_export_lava_on_event_frames(tmp_path, nmnist_dir):
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["info", str(net)])
     assert r.exit_code == 0 and "input 2×8×8" in r.output, r.output
+    r = runner.invoke(app, ["bench", "lava", str(net), "--samples", "2", "--time-steps", "3", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["steps"] == 2 * 3 + 3, r.output
     # the data moved: verify says where it looked; --data-dir points at the new place
     moved = tmp_path / "moved"
     nmnist_dir[0].rename(moved)

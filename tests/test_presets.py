@@ -93,7 +93,8 @@ def test_ema_mixup_and_label_smoothing_run_and_resume(tmp_path, tiny):
 
 def test_cli_prints_what_the_preset_sets(tmp_path):
     r = runner.invoke(app, ["train", "--model", "scnn-digits", "--out", str(tmp_path / "p"), "--preset",
-                            "revsnn-resnet-cifar", "--epochs", "1", "--batch-size", "256", "--lr", "0.05"])
+                            "revsnn-resnet-cifar", "--epochs", "1", "--batch-size", "256", "--lr", "0.05",
+                            "--time-steps", "1"])
     assert r.exit_code == 0, r.output
     text = " ".join(r.output.split())
     assert "preset revsnn-resnet-cifar: optimizer sgd, learning rate 0.1 (overridden: 0.05)" in text
