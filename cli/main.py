@@ -505,6 +505,9 @@ def demo(
     samples: int = typer.Option(64, help="Test samples that verify runs on every target."),
     lava: bool = typer.Option(True, "--lava/--no-lava", help="Also export to Lava (netx) and verify Loihi 2's "
                                                              "fixed-point simulation."),
+    data: str = typer.Option("digits", "--data", help="Data set to train on (see `revsnn train --help`)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the data set's files."),
+    frame_size: Optional[int] = typer.Option(None, "--frame-size", help="Event frames: bin the sensor to this side."),
 ) -> None:
     """The main job: train a small reversible SNN on rate-coded digits, export it (NIR, ONNX, Lava netx), and verify every target reproduces it."""
     from revsnn.checkpoint import CheckpointError
@@ -516,10 +519,15 @@ def demo(
     from revsnn.train import train as run_training
 
     # Rate-coded input: spikes are what Loihi receives, so one model serves every target.
-    console.rule(f"1/3 train {model} on the embedded digits (rate-coded spikes)")
+    console.rule(f"1/3 train {model} on " + ("the embedded digits (rate-coded spikes)" if data == "digits" else
+                                           f"{data} from {data_dir} (spikes)"))
     reporter = _ProgressReporter()
     try:
-        metrics = run_training(TrainOptions(model=model, out=out, epochs=epochs, encoding="rate"), reporter)
+        from revsnn.data import DATASETS
+
+        spikes = "events" if data in DATASETS and DATASETS[data].kind == "events" else "rate"
+        metrics = run_training(TrainOptions(model=model, out=out, epochs=epochs, encoding=spikes, data=data,
+                                            data_dir=data_dir, frame_size=frame_size), reporter)
     except TrainError as exc:
         fail(str(exc))
     finally:
