@@ -457,3 +457,27 @@ def test_digits_as_cifar_read_back_as_the_digits(tmp_path):
         blocks = u[:, 0].reshape(len(y), 8, 4, 8, 4)
         assert torch.equal(blocks, blocks[:, :, :1, :, :1].expand_as(blocks))  # every pixel a 4 x 4 block
         assert torch.equal(torch.round(u[:, :1, ::4, ::4].double() * 16 / 255) / 16, x.double())
+
+
+@pytest.mark.parametrize("name", ["revsresnet24-dvs"])
+def test_dvs_configs_match_their_plain_twins(name):
+    """The seeds' DVS sizes, at 2 x 16 x 16 with 11 classes: outputs and gradients equal the plain twin's."""
+    from revsnn.models import build_model, get_config
+    from revsnn.reversible import plain_twin
+
+    config = {**get_config(name), "input_shape": [2, 16, 16], "num_classes": 11}
+    if name.startswith("revsformer"):
+        config.update(dim=32, heads=4)  # the paper width is too slow for a test; the structure is the same
+    torch.manual_seed(0)
+    model = build_model(config).double().train()
+    twin = plain_twin(model)
+    x = (torch.rand(3, 2, 2, 16, 16, dtype=torch.float64) < 0.3).double()
+    outs = []
+    for m in (model, twin):
+        m.zero_grad()
+        out = m(x)
+        (out * torch.arange(11, dtype=torch.float64)).sum().backward()
+        outs.append((out.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}))
+    assert outs[0][0].shape == (2, 11) and torch.equal(outs[0][0], outs[1][0])
+    for n, g in outs[0][1].items():
+        assert torch.allclose(g, outs[1][1][n], rtol=1e-9, atol=1e-12), n
