@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as tf
 
-__all__ = ["STATELESS_LINEAR", "linear_fn", "delays_at_least_one", "delay_shape", "Op", "ConvOp", "Conv1dOp", "MaxPoolOp", "AffineOp", "PoolOp", "FlattenOp", "Term", "Group", "Value", "GraphBuilder",
+__all__ = ["STATELESS_LINEAR", "linear_fn", "delays_at_least_one", "delay_shape", "Op", "ConvOp", "Conv1dOp", "MaxPoolOp", "AffineOp", "PoolOp", "FlattenOp", "ScaleOp", "MeanOp", "extend", "add_values", "slice_value", "split_at", "scale_value", "scale_channels", "Term", "Group", "Value", "GraphBuilder",
            "Collapsed", "CollapseError"]
 
 
@@ -157,6 +157,41 @@ class FlattenOp(Op):
 
     def to_nir(self, in_shape):
         return nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=self.start_dim, end_dim=-1)
+
+
+@dataclass(eq=False)
+class ScaleOp(Op):
+    """Multiplication by one number (``x * k``, a sign in ``a - b``, a RevLIF output's weight factor). It folds
+    into the next mixing op (``W (k x) = (k W) x``); left at the end of a term it becomes ``nir.Scale``."""
+
+    k: float
+
+    def apply(self, x):
+        return x * self.k
+
+    def out_shape(self, in_shape):
+        return tuple(in_shape)
+
+    def to_nir(self, in_shape):
+        return nir.Scale(scale=np.full(tuple(in_shape), float(self.k)))
+
+
+@dataclass(eq=False)
+class MeanOp(Op):
+    """The mean over the last axis of a per-step value (RevSFormer's mean over tokens, ``(C, N) -> (C,)``).
+
+    NIR has no such node; it exists only symbolically and folds into the Affine that reads it, as
+    ``Flatten`` plus ``W / N`` repeated over the N positions of each channel (channel-major)."""
+
+    def apply(self, x):
+        return x.mean(-1)
+
+    def out_shape(self, in_shape):
+        return tuple(in_shape[:-1])
+
+    def to_nir(self, in_shape):
+        raise CollapseError(f"a mean over the last axis of a {tuple(in_shape)} value must be read by a Linear layer "
+                            "(NIR has no mean node); put the Linear right after the mean.")
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -323,6 +358,32 @@ def apply_elementwise(value: Value, op: Op) -> Value:
     return [Group([Term(t.src, t.src_shape, t.ops + [op]) for t in g.terms]) for g in value]
 
 
+def extend(term: Term, op: Op) -> Term:
+    """``term`` followed by the mixing ``op``, folding what NIR has no node for or needs none for: trailing
+    ``ScaleOp``s scale ``op``'s weight; a trailing ``MeanOp`` under an ``AffineOp`` becomes ``Flatten`` and the
+    Affine's weight divided over the averaged positions."""
+    ops, k = list(term.ops), 1.0
+    while ops and isinstance(ops[-1], ScaleOp):
+        k *= ops.pop().k
+    if k != 1.0:
+        label = op.label
+        op = copy.copy(op)
+        op.weight = op.weight * k
+        op.label = label
+    if ops and isinstance(ops[-1], MeanOp):
+        if not isinstance(op, AffineOp):
+            raise CollapseError(f"{op.label}: a mean over the last axis can only be read by a Linear layer.")
+        shape = Term(term.src, term.src_shape, ops[:-1]).shape     # (C, N) before the mean
+        n = int(np.prod(shape[1:]))
+        flat = FlattenOp()
+        flat.label = f"{op.label}.flatten"
+        ops[-1] = flat
+        label = op.label
+        op = AffineOp(op.weight.repeat_interleave(n, dim=1) / n, op.bias)
+        op.label = label
+    return Term(term.src, term.src_shape, ops + [op])
+
+
 def apply_mixing(value: Value, make: "callable[[slice], Op]", bias: Optional[torch.Tensor]) -> Value:
     """A channel-mixing op over a concatenation: one op per input group with its input channels
     sliced (``make(in_slice)``), the bias once; the result is one group."""
@@ -333,7 +394,7 @@ def apply_mixing(value: Value, make: "callable[[slice], Op]", bias: Optional[tor
         if len(value) > 1:
             op.label = f"{op.label}.in{start}_{start + g.channels}"
         start += g.channels
-        terms += [Term(t.src, t.src_shape, t.ops + [op]) for t in g.terms]
+        terms += [extend(t, op) for t in g.terms]
     if bias is not None:
         t = terms[0]
         t.ops[-1] = _add_bias(t.ops[-1], bias)
@@ -348,12 +409,99 @@ def split_channels(group: Group, sizes: list[int]) -> list[Group]:
         start += size
         terms = []
         for t in group.terms:
+            if not any(op.mixing for op in t.ops):
+                terms.append(_select(t, idx))
+                continue
             i = t.last_mixing()
             ops = list(t.ops)
             ops[i] = _slice_out(ops[i], idx)
             terms.append(Term(t.src, t.src_shape, ops))
         out.append(Group(terms))
     return out
+
+
+def _select(term: Term, idx: slice) -> Term:
+    """Channels ``idx`` of a term with no mixing op (spikes read straight from a population): NIR has no slice
+    node, so the selection is an exact 0/1 mixing op (1x1 convolution, or a matrix for a flat value)."""
+    shape = term.shape
+    c = shape[0]
+    eye = torch.eye(c, dtype=torch.float64)[idx]
+    if len(shape) == 3:
+        op = ConvOp(eye.reshape(eye.shape[0], c, 1, 1), None)
+    elif len(shape) == 2:
+        op = Conv1dOp(eye.reshape(eye.shape[0], c, 1), None)
+    elif len(shape) == 1:
+        op = AffineOp(eye, None)
+    else:
+        raise CollapseError(f"cannot select channels of a value of shape {shape}.")
+    op.label = f"{term.src}.channels{idx.start}_{idx.stop}"
+    return Term(term.src, term.src_shape, term.ops + [op])
+
+
+def boundaries(value: Value) -> list[int]:
+    out, start = [], 0
+    for g in value:
+        start += g.channels
+        out.append(start)
+    return out
+
+
+def split_at(value: Value, cuts: list[int]) -> Value:
+    """``value`` with its groups split so that every offset in ``cuts`` is a group boundary."""
+    out, start = [], 0
+    for g in value:
+        inner = sorted({c - start for c in cuts if start < c < start + g.channels})
+        if inner:
+            edges = [0] + inner + [g.channels]
+            out += split_channels(g, [b - a for a, b in zip(edges, edges[1:])])
+        else:
+            out.append(g)
+        start += g.channels
+    return out
+
+
+def add_values(a: Value, b: Value) -> Value:
+    """``a + b`` channel by channel: both split to common group boundaries, then added group by group (fan-in)."""
+    if boundaries(a)[-1:] != boundaries(b)[-1:]:
+        raise CollapseError(f"cannot add values of {boundaries(a)[-1]} and {boundaries(b)[-1]} channels.")
+    cuts = sorted(set(boundaries(a)) | set(boundaries(b)))
+    return [add(x, y) for x, y in zip(split_at(a, cuts), split_at(b, cuts))]
+
+
+def slice_value(value: Value, start: int, stop: int) -> Value:
+    """Channels ``start:stop`` of a value."""
+    parts, offset, out = split_at(value, [start, stop]), 0, []
+    for g in parts:
+        if start <= offset and offset + g.channels <= stop:
+            out.append(g)
+        offset += g.channels
+    if not out:
+        raise CollapseError(f"channels {start}:{stop} select nothing.")
+    return out
+
+
+def scale_value(value: Value, k: float, label: str) -> Value:
+    op = ScaleOp(float(k))
+    op.label = label
+    return apply_elementwise(value, op)
+
+
+def scale_channels(group: Group, scale: torch.Tensor, label: str) -> Group:
+    """``scale * group`` per channel, no shift: each term's last mixing op scaled, or a diagonal mixing op
+    holding ``scale`` appended to a term that has none."""
+    terms = []
+    for t in group.terms:
+        ops = list(t.ops)
+        if any(op.mixing for op in ops):
+            i = t.last_mixing()
+            ops[i] = _scale_out(ops[i], scale)
+            terms.append(Term(t.src, t.src_shape, ops))
+            continue
+        sel = _select(t, slice(0, t.shape[0]))
+        sel.ops[-1] = _scale_out(sel.ops[-1], scale)
+        sel.ops[-1].label = label
+        terms.append(sel)
+    return Group(terms)
 
 
 def batchnorm(value: Value, scale: torch.Tensor, shift: torch.Tensor) -> Value:
