@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as tf
 
-__all__ = ["STATELESS_LINEAR", "linear_fn", "delays_at_least_one", "delay_shape", "Op", "ConvOp", "Conv1dOp", "MaxPoolOp", "AffineOp", "PoolOp", "FlattenOp", "ScaleOp", "MeanOp", "extend", "add_values", "slice_value", "split_at", "scale_value", "scale_channels", "Term", "Group", "Value", "GraphBuilder",
+__all__ = ["GraphError", "DelayFifo", "node_shape", "Schedule", "schedule", "STATELESS_LINEAR", "linear_fn", "delays_at_least_one", "delay_shape", "Op", "ConvOp", "Conv1dOp", "MaxPoolOp", "AffineOp", "PoolOp", "FlattenOp", "ScaleOp", "MeanOp", "extend", "add_values", "slice_value", "split_at", "scale_value", "scale_channels", "Term", "Group", "Value", "GraphBuilder",
            "Collapsed", "CollapseError"]
 
 
@@ -301,6 +301,154 @@ def delay_shape(node: nir.Delay) -> Optional[tuple[int, ...]]:
         return tuple(d.shape)
     shape = np.asarray((node.input_type or {}).get("input", ()), dtype=np.int64)
     return tuple(int(v) for v in shape) if shape.size else None
+
+
+class GraphError(RevsnnError):
+    """A graph that cannot be scheduled or run as written (a cycle with no state, mismatched shapes, an edge to
+    nowhere, no Input or Output); the message names the node."""
+
+
+class DelayFifo:
+    """The delay line of one ``nir.Delay`` (whole steps, per element): the last ``depth`` inputs, oldest first.
+
+    Generic over what a value is (a torch tensor in the executors, an ONNX tensor name in the writer): the
+    caller gives ``where(k, a, b)``, "``a`` where an element's delay is ``k``, else ``b``", for Delays whose
+    elements have different delays."""
+
+    def __init__(self, name: str, node: nir.Delay):
+        d = np.asarray(node.delay, dtype=np.float64)
+        if d.size == 0 or np.any(d < 0) or np.any(d != np.round(d)) or not np.all(np.isfinite(d)):
+            raise GraphError(f"{name}: a Delay needs non-negative whole numbers of steps (dt = 1), got "
+                             f"{np.unique(d)[:5]}.")
+        self.name = name
+        self.steps = d.astype(np.int64)              # per element
+        self.ks = sorted({int(v) for v in np.unique(d)})
+        self.depth = int(d.max())
+
+    def read(self, slots: list, current=None, where=None):
+        """The output: per element the input ``k`` steps ago (``slots[-k]``; ``current`` when ``k = 0``)."""
+        pick = lambda k: slots[len(slots) - k] if k > 0 else current  # noqa: E731
+        out = pick(self.ks[0])
+        for k in self.ks[1:]:
+            out = where(k, pick(k), out)
+        return out
+
+    @staticmethod
+    def push(slots: list, x) -> list:
+        return slots[1:] + [x]
+
+
+def _conv_len(n: int, k: int, s: int, p: int, d: int = 1) -> int:
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def node_shape(node: nir.NIRNode, in_shape: Optional[tuple[int, ...]]) -> tuple[int, ...]:
+    """The batch-free output shape of ``node`` given its (fan-in) input shape: the one shape inference."""
+    from .nodes import MaxPool2d
+
+    if isinstance(node, nir.Input):
+        return tuple(_ints(list(node.input_type.values())[0]))
+    if isinstance(node, (nir.Affine, nir.Linear)):
+        return tuple(in_shape[:-1]) + (int(np.shape(node.weight)[0]),)
+    if isinstance(node, nir.Conv2d):
+        w = np.shape(node.weight)
+        s, p, d = (_ints2(node.stride), _ints2(node.padding), _ints2(node.dilation))
+        return (w[0],) + tuple(_conv_len(in_shape[1 + i], w[2 + i], s[i], p[i], d[i]) for i in range(2))
+    if isinstance(node, nir.Conv1d):
+        w = np.shape(node.weight)
+        return (w[0], _conv_len(in_shape[1], w[2], int(np.ravel(node.stride)[0]), int(np.ravel(node.padding)[0]),
+                                int(np.ravel(node.dilation)[0])))
+    if isinstance(node, (nir.AvgPool2d, nir.SumPool2d, MaxPool2d)):
+        k, s, p = _ints2(node.kernel_size), _ints2(node.stride), _ints2(node.padding)
+        return (in_shape[0],) + tuple(_conv_len(in_shape[1 + i], k[i], s[i], p[i]) for i in range(2))
+    if isinstance(node, nir.Flatten):
+        r = len(in_shape)
+        a = int(node.start_dim) if int(node.start_dim) >= 0 else r + int(node.start_dim)
+        b = int(node.end_dim) if int(node.end_dim) >= 0 else r + int(node.end_dim)
+        return tuple(in_shape[:a]) + (int(np.prod(in_shape[a:b + 1])),) + tuple(in_shape[b + 1:])
+    return tuple(in_shape)  # neurons, Scale, Delay, Threshold, Output: elementwise
+
+
+def _ints2(a) -> tuple[int, int]:
+    v = _ints(a)
+    return (v[0], v[0]) if len(v) == 1 else v[:2]
+
+
+@dataclass
+class Schedule:
+    """How a graph runs one step, computed once (DESIGN §3): every node's sources in edge order (NIR's fan-in
+    sums them in that order), the evaluation order, the Delays whose inputs are cut from that order (they close
+    cycles: each step reads them first and pushes their new input last), the Input and Output, the neuron
+    populations in order, and every node's batch-free output shape."""
+
+    graph: nir.NIRGraph
+    inputs: dict[str, list[str]]
+    order: list[str]
+    cut_delays: list[str]
+    input_name: str
+    output_name: str
+    neurons: list[str]
+    shapes: dict[str, tuple[int, ...]]
+
+
+def schedule(graph: nir.NIRGraph) -> Schedule:
+    from graphlib import CycleError, TopologicalSorter
+
+    from .nodes import NEURON_TYPES
+
+    inputs: dict[str, list[str]] = {n: [] for n in graph.nodes}
+    for src, dst in graph.edges:
+        if src not in inputs or dst not in inputs:
+            raise GraphError(f"edge {src!r} -> {dst!r} names a node the graph does not have.")
+        inputs[dst].append(src)
+    ins = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
+    outs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Output)]
+    if len(ins) != 1 or len(outs) != 1:
+        raise GraphError(f"the graph needs exactly one Input and one Output node (it has {len(ins)} and "
+                         f"{len(outs)}).")
+    cut: list[str] = []
+    try:
+        order = list(TopologicalSorter(inputs).static_order())
+    except CycleError:
+        cut = delays_at_least_one(graph)
+        try:
+            order = list(TopologicalSorter({n: ([] if n in cut else inputs[n]) for n in graph.nodes}).static_order())
+        except CycleError as exc:
+            raise GraphError("the graph has a cycle that passes through no Delay of at least one step; recurrence "
+                             "must go through neuron state or a Delay of at least one step.") from exc
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name in cut:
+        shape = delay_shape(graph.nodes[name])
+        if shape is None:
+            raise GraphError(f"{name}: a Delay that closes a cycle needs its input shape (a per-element delay "
+                             "array or an input_type).")
+        shapes[name] = shape
+    for name in order:
+        node = graph.nodes[name]
+        if name == ins[0]:
+            shapes[name] = node_shape(node, None)
+            continue
+        if name in cut:
+            continue
+        srcs = inputs[name]
+        if not srcs:
+            raise GraphError(f"node {name!r} has no input.")
+        shape = shapes[srcs[0]]
+        for s in srcs[1:]:
+            if shapes[s] != shape:
+                raise GraphError(f"node {name!r}: its inputs have different shapes ({shape} from {srcs[0]!r}, "
+                                 f"{shapes[s]} from {s!r}).")
+        try:
+            shapes[name] = node_shape(node, shape)
+        except (IndexError, TypeError, ValueError) as exc:
+            raise GraphError(f"node {name!r} ({type(node).__name__}) does not fit its input of shape {shape}.") \
+                from exc
+    for name in cut:
+        got = shapes[inputs[name][0]] if inputs[name] else None
+        if got != shapes[name]:
+            raise GraphError(f"{name}: the Delay's input shape {got} differs from its declared shape {shapes[name]}.")
+    neurons = [n for n in order if isinstance(graph.nodes[n], NEURON_TYPES)]
+    return Schedule(graph, inputs, order, cut, ins[0], outs[0], neurons, shapes)
 
 
 # --------------------------------------------------------------------------------------------------------
