@@ -375,3 +375,40 @@ class NorseTarget:
         """Run ``x`` ``[T, B, ...]`` from reset: the per-step outputs ``[T, B, ...]`` and, with ``record``,
         each neuron node's spikes ``[T, B, ...]``."""
         return run_steps(self, x, record)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Registry entry (targets/registry.py).
+
+TARGET_INFO = {"norse": "the .nir file in norse (LIFBoxCell / IAFCell wired by nirtorch.nir_to_torch), float64"}
+
+
+class _NorseEntry:
+    name = "norse"
+    compare_with = "float"
+    tolerance = 1e-5
+    suffix = ".nir"
+    description = TARGET_INFO["norse"]
+
+    def unavailable(self):
+        return None
+
+    def accepts(self, path) -> bool:
+        return Path(path).suffix == self.suffix
+
+    def export(self, graph, folder: Path, **options) -> Path:
+        from revsnn.exporters.nir_file import write_nir
+
+        path = Path(folder) / "model.nir"
+        write_nir(graph, path, **options.get("writer", {}))
+        return path
+
+    def run(self, source, x: torch.Tensor, **options):
+        from .registry import Trace
+
+        steps, spikes = NorseTarget.load(source, dtype=torch.float64).run(x, record=True)
+        return Trace(steps.cpu(), {k: v.cpu() for k, v in spikes.items()})
+
+
+def target(name: str):
+    return _NorseEntry()

@@ -274,3 +274,55 @@ class ReferenceExecutor:
         """Run ``x`` ``[T, B, ...]`` from reset. Returns the per-step outputs ``[T, B, ...]`` and, with
         ``record``, each neuron node's spikes ``[T, B, ...]``."""
         return run_steps(self, x, record)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Registry entries (targets/registry.py): the reference executor itself, compared with the training model.
+
+TARGET_INFO = {"torch": "the in-memory graph in the reference executor (CPU, float64), against the training model",
+               "torch-cuda": "the same executor on CUDA (TF32 off), against the training model"}
+
+
+def record_run(executor: "ReferenceExecutor", x: torch.Tensor):
+    """``(outputs [T, B, ...], spikes, potentials)`` of every neuron node, on the CPU."""
+    executor.reset()
+    outs, spikes, potentials = [], {n: [] for n in executor.neurons}, {n: [] for n in executor.neurons}
+    for x_t in x:
+        outs.append(executor.step(x_t))
+        for n in executor.neurons:
+            spikes[n].append(executor.spikes[n])
+            potentials[n].append(executor.potentials[n])
+    return (torch.stack(outs).cpu(), {n: torch.stack(v).cpu() for n, v in spikes.items()},
+            {n: torch.stack(v).cpu() for n, v in potentials.items()})
+
+
+class _TorchTarget:
+    compare_with = "model"
+    suffix = None
+
+    def __init__(self, name: str):
+        self.name = name
+        self.device = "cuda" if name == "torch-cuda" else "cpu"
+        self.tolerance = 1e-5 if self.device == "cuda" else 1e-6
+        self.description = TARGET_INFO[name]
+
+    def unavailable(self) -> Optional[str]:
+        if self.device == "cuda" and not torch.cuda.is_available():
+            return "target torch-cuda needs a CUDA device, and this machine has none."
+        return None
+
+    def accepts(self, path) -> bool:
+        return False
+
+    def export(self, graph, folder, **options):
+        return graph
+
+    def run(self, graph, x: torch.Tensor, **options):
+        from .registry import Trace
+
+        outputs, spikes, potentials = record_run(ReferenceExecutor(graph, device=self.device), x)
+        return Trace(outputs, spikes, potentials)
+
+
+def target(name: str):
+    return _TorchTarget(name)
