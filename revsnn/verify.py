@@ -36,7 +36,7 @@ from torch import nn
 
 from .checkpoint import load_model
 from .errors import RevsnnError
-from .neurons import SpikingNeuron
+from .neurons import SpikingNeuron, reset_states
 
 __all__ = ["TargetReport", "VerifyReport", "verify", "verify_model", "compare", "TIE_TOLERANCE"]
 
@@ -117,11 +117,14 @@ def _model_trace(model: nn.Module, x: torch.Tensor, per_step: bool):
     outputs = []
     head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     hooks.append(head.register_forward_hook(lambda mod, i, o: outputs.append(o)))
+    reset_states(model)   # a user's forward need not reset its neurons: revsnn does, before every forward
     with torch.no_grad():
         logits = model(x)
     for h in hooks:
         h.remove()
     T, B = x.shape[:2]
+    # The head's per-step outputs, when it runs per step (a head after the mean over time shows only the readout).
+    per_step = per_step and bool(outputs) and outputs[0].numel() == T * B * logits[0].numel()
     return spikes, logits, (outputs[0].reshape(T, B, -1) if per_step else None)
 
 
@@ -246,7 +249,10 @@ def compare(name: str, trace, base: Baseline, tolerance: float, note: str = "") 
     clean = torch.isinf(first_tie)   # samples without any tie are held to the tolerance
     steps = trace.outputs.to(torch.float64).cpu()
     pred = _readout(steps, base.readout).argmax(1)
-    delta = (steps[-base.outputs.shape[0]:] - base.outputs).abs()
+    if base.outputs.shape[0] == steps.shape[0]:
+        delta = (steps - base.outputs).abs()
+    else:   # a baseline that shows only the readout (T-RevSNN's last step, a head after the mean over time)
+        delta = (_readout(steps, base.readout).unsqueeze(0) - base.outputs).abs()
     max_diff = float(delta[:, clean].max()) if clean.any() else 0.0
     same_pred = pred == base.pred()
     agreement = lambda d: 1.0 - (d.ties + d.induced + d.mismatches) / d.total if d.total else None  # noqa: E731
