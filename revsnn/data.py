@@ -506,8 +506,15 @@ def make_loader(split: torch.utils.data.Dataset, batches: list[Tensor], workers:
     """A DataLoader over precomputed batches of indices: the order comes from the trainer's generator, so the
     same seed gives the same batches whatever the number of workers (items are read, never drawn, there).
     The loader gets a generator of its own so that it never draws from torch's global one."""
+    import multiprocessing
+
+    # An explicit context: the default one, once used, is fixed for the process, and Lava's runtime sets the
+    # start method itself later (verify in the same process would then fail).
+    context = None
+    if workers > 0:
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     return torch.utils.data.DataLoader(split, batch_sampler=[b.tolist() for b in batches], num_workers=workers,
-                                       pin_memory=pin_memory, collate_fn=_collate,
+                                       pin_memory=pin_memory, collate_fn=_collate, multiprocessing_context=context,
                                        generator=torch.Generator().manual_seed(seed))
 
 
