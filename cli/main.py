@@ -183,6 +183,10 @@ class _ProgressReporter:
         """What the trainer set or had to change (a preset, LAMB as AdamW, an md5 mismatch)."""
         self.progress.console.print(f"[yellow]note:[/yellow] {escape(text)}", highlight=False, soft_wrap=True)
 
+    def warn(self, text: str) -> None:
+        """Something about the data that does not stop training (a file that differs from the published one)."""
+        err.print(f"[yellow]warning:[/yellow] {escape(text)}", highlight=False)
+
     def end_epoch(self, record: dict) -> None:
         self.progress.remove_task(self.task)
         self.progress.console.print(f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  train {record['train_accuracy']:.1%}"

@@ -324,8 +324,11 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) ->
     ckpt_path, metrics_path = out / "model.pt", out / "metrics.json"
     device = torch.device(opts.device)
     splits = _load_data(opts, s, data)
-    for line in s["notes"] + list(splits.warnings):
+    warn = getattr(reporter, "warn", None) or note
+    for line in s["notes"]:
         note(line)
+    for line in splits.warnings:  # md5 mismatches: the data is read all the same
+        warn(line)
     config = adapt_config(s["config"], splits.input_shape, splits.num_classes)
     if config is not s["config"]:
         note(f"{opts.model}: input set to {'x'.join(map(str, splits.input_shape))} and {splits.num_classes} classes "

@@ -362,9 +362,16 @@ def test_one_epoch_on_every_format(tmp_path, cifar_images, nmnist_dir, gesture_d
             (root / split / c).mkdir(parents=True)
             for k in range(3):
                 (root / split / c / f"{k}.ppm").write_bytes(ppm_bytes(RNG.integers(0, 256, (20, 28, 3))))
-    # small models and maps: a reversible ResNet at 32 x 32 costs seconds a batch on two shared CPU cores
-    runs = [("cifar10", tmp_path / "c10", "scnn-digits", {"augment": True, "time_steps": 2}),
-            ("cifar100", tmp_path / "c100", "scnn-digits", {}),
+    # Small models and maps: a reversible ResNet at 32 x 32 costs seconds a batch on two shared CPU cores.
+    # CIFAR-10 through the command line, as a user runs it: the md5 mismatch is a warning naming the file
+    r = runner.invoke(app, ["train", "--model", "scnn-digits", "--out", str(tmp_path / "cifar10"), "--data", "cifar10",
+                            "--data-dir", str(tmp_path / "c10"), "--epochs", "1", "--batch-size", "16", "--time-steps",
+                            "2", "--augment", "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "warning:" in text and "data_batch_1 differs from the published file" in text
+    assert "input set to 3x32x32 and 10 classes" in text and "scnn-digits on cifar10: test accuracy" in text
+    runs = [("cifar100", tmp_path / "c100", "scnn-digits", {}),
             ("imagefolder", root, "scnn-digits", {"image_size": 16, "augment": True}),
             ("nmnist", nmnist_dir[0], "scnn-digits", {"time_steps": 3, "event_shift": 2, "frame_size": 32}),
             ("dvs128-gesture", gesture_dir[0], "scnn-digits", {"time_steps": 3, "frame_size": 32, "workers": 2}),
@@ -373,15 +380,17 @@ def test_one_epoch_on_every_format(tmp_path, cifar_images, nmnist_dir, gesture_d
         warnings.simplefilter("ignore", DataWarning)
         for name, data_dir, model, kw in runs:
             m = _train(tmp_path, name, data_dir, model, **kw)
-            payload = torch.load(tmp_path / name / "model.pt", weights_only=True)
-            rec = payload["data"]
-            assert m["data"] == name and rec["name"] == name and rec["dir"] is not None
-            assert payload["config"]["input_shape"] == rec["input_shape"]
-            assert payload["config"]["num_classes"] == {"cifar100": 100, "imagefolder": 2, "dvs128-gesture": 11}.get(name, 10)
-            x, y = test_samples(payload, 5)
-            assert x.shape[1:] == (5, *rec["input_shape"]) and y.shape == (5,)
-            if rec["kind"] == "events":
-                assert payload["train"]["encoding"] == "events" and set(x.unique().tolist()) <= {0.0, 1.0}
+            assert m["data"] == name
+    for name in ("cifar10", "cifar100", "imagefolder", "nmnist", "dvs128-gesture", "cifar10-dvs"):
+        payload = torch.load(tmp_path / name / "model.pt", weights_only=True)
+        rec = payload["data"]
+        assert rec["name"] == name and rec["dir"] is not None
+        assert payload["config"]["input_shape"] == rec["input_shape"]
+        assert payload["config"]["num_classes"] == {"cifar100": 100, "imagefolder": 2, "dvs128-gesture": 11}.get(name, 10)
+        x, y = test_samples(payload, 5)
+        assert x.shape[1:] == (5, *rec["input_shape"]) and y.shape == (5,)
+        if rec["kind"] == "events":
+            assert payload["train"]["encoding"] == "events" and set(x.unique().tolist()) <= {0.0, 1.0}
     # the seeds' DVS ResNet (stride-2 stem with pooling), taken to 2 x 16 x 16 frames, collapses exactly
     r = runner.invoke(app, ["verify", str(tmp_path / "cifar10-dvs" / "model.pt"), "--targets", "torch", "--samples", "3"])
     assert r.exit_code == 0, r.output
