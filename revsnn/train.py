@@ -361,7 +361,15 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) ->
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(s["ema"]), use_buffers=True)
+    from .reversible import Recompute, ReversibleModule
+
     use_amp = bool(s["amp"]) and device.type == "cuda"
+    if use_amp and any(isinstance(m, (ReversibleModule, Recompute)) for m in model.modules()):
+        # The reversible backward recomputes its blocks outside autocast, in another precision than the fp16
+        # forward, so the reconstructed inputs and gradients would not be the forward's: float32 instead.
+        use_amp = False
+        note("mixed precision is not applied to reversible models (their backward recomputes in float32); "
+             "training in float32.")
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
     history: list[dict[str, Any]] = []
     start_epoch = 0
