@@ -204,24 +204,24 @@ def train(
     preset: Optional[str] = typer.Option(None, "--preset", help="A seed's protocol: revsnn-resnet-cifar, "
                                          "revsnn-former-cifar, revsnn-dvs or trevsnn-imagenet; options given here "
                                          "override it."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs in total [default: the preset's, else the model's]."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs in total (default: the preset's, else the model's)."),
     time_steps: Optional[int] = typer.Option(None, "--time-steps", help="Time steps T (event frames per sample) "
                                              "[default: the preset's, else the model's]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size [default: the preset's, else "
-                                             "the model's]."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate [default: the preset's, else the model's]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (default: the preset's, else "
+                                             "the model's)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: the preset's, else the model's)."),
     seed: int = typer.Option(0, help="Seed of weights, data order, augmentation and rate coding: same seed, same "
                                      "weights."),
     encoding: Optional[str] = typer.Option(None, help="Images: direct (real-valued image every step) or rate "
                                            "(Bernoulli spikes; what Loihi needs). Event frames: events (a spike per "
-                                           "pixel with an event; what Loihi needs) or counts [default: the model's; "
-                                           "events for event data]."),
+                                           "pixel with an event; what Loihi needs) or counts (default: the model's; "
+                                           "events for event data)."),
     frames_by: Optional[str] = typer.Option(None, "--frames-by", help="Event frames: count (equal event numbers, as "
-                                            "the seeds) or time (equal time windows) [default: count]."),
+                                            "the seeds) or time (equal time windows) (default: count)."),
     frame_size: Optional[int] = typer.Option(None, "--frame-size", help="Event frames: bin the sensor down to this "
-                                             "side [default: a 2-channel model's input side, else the sensor's]."),
+                                             "side (default: a 2-channel model's input side, else the sensor's)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Image folders: resize and centre-crop to "
-                                             "this side [default: the preset's, else the model's input]."),
+                                             "this side (default: the preset's, else the model's input)."),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="CIFAR: random crop (padding 4) "
                                            "and horizontal flip; image folders: flip; events: random flip "
                                            "[default: the preset's; off without one]."),
@@ -229,13 +229,13 @@ def train(
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (pinned memory on CUDA)."),
     optimizer: Optional[str] = typer.Option(None, help="sgd, adamw or lamb (AdamW here: torch has no LAMB) "
                                             "[default: the preset's, else adamw]."),
-    momentum: Optional[float] = typer.Option(None, help="SGD momentum [default: 0.9]."),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay [default: 1e-4]."),
-    schedule: Optional[str] = typer.Option(None, help="cosine or step (x0.1 at --milestones) [default: cosine]."),
+    momentum: Optional[float] = typer.Option(None, help="SGD momentum (default: 0.9)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay (default: 1e-4)."),
+    schedule: Optional[str] = typer.Option(None, help="cosine or step (x0.1 at --milestones) (default: cosine)."),
     milestones: Optional[str] = typer.Option(None, help="Epochs of the step schedule's decays, e.g. 100,150."),
-    warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", help="Linear warm-up epochs [default: 0]."),
-    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="Label smoothing [default: 0]."),
-    mixup: Optional[float] = typer.Option(None, help="Mixup alpha (0: off) [default: 0]."),
+    warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", help="Linear warm-up epochs (default: 0)."),
+    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="Label smoothing (default: 0)."),
+    mixup: Optional[float] = typer.Option(None, help="Mixup alpha (0: off) (default: 0)."),
     ema: Optional[float] = typer.Option(None, help="EMA decay of the weights; the average is evaluated and saved."),
     grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this value."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (CUDA only)."),

@@ -348,6 +348,10 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) ->
         if resume_state["config"].get("name") != opts.model:
             raise TrainError(f"--resume: {ckpt_path} holds a {resume_state['config'].get('name')!r} model, not "
                              f"{opts.model!r}; pass --model {resume_state['config'].get('name')} or a new --out.")
+        was = (resume_state.get("data") or {}).get("name", "digits")
+        if was != splits.name:
+            raise TrainError(f"--resume: {ckpt_path} was trained on {was}, not {splits.name}; pass --data {was} or "
+                             "a new --out.")
         kept = {k: v for k, v in resume_state["train"].items() if k in s and k not in ("epochs", "notes", "config")}
         s = {**s, **kept, "epochs": s["epochs"] if opts.epochs is not None else resume_state["train"]["epochs"]}
     out.mkdir(exist_ok=True)
