@@ -371,7 +371,7 @@ def test_one_epoch_on_every_format(tmp_path, cifar_images, nmnist_dir, gesture_d
     text = " ".join(r.output.split())
     assert "warning:" in text and "data_batch_1 differs from the published file" in text
     assert "input set to 3x32x32 and 10 classes" in text and "scnn-digits on cifar10: test accuracy" in text
-    runs = [("cifar100", tmp_path / "c100", "scnn-digits", {}),
+    runs = [("cifar100", tmp_path / "c100", "scnn-digits", {"time_steps": 1}),
             ("imagefolder", root, "scnn-digits", {"image_size": 16, "augment": True}),
             ("nmnist", nmnist_dir[0], "scnn-digits", {"time_steps": 3, "event_shift": 2, "frame_size": 32}),
             ("dvs128-gesture", gesture_dir[0], "scnn-digits", {"time_steps": 3, "frame_size": 32, "workers": 2}),
