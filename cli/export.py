@@ -19,10 +19,12 @@ def export_nir_file(checkpoint: Path, out: Path) -> dict:
     from revsnn.exporters.collapse import collapse
     from revsnn.exporters.nir_file import summarize, write_nir
 
+    from revsnn.exporters.fingerprint import checkpoint_fingerprint
+
     model, payload = load_model(checkpoint)
     time_steps = int(payload.get("train", {}).get("time_steps", model.config.get("train", {}).get("time_steps", 4)))
     collapsed = collapse(model, time_steps)
-    write_nir(collapsed.graph, out)
+    write_nir(collapsed.graph, out, fingerprint=checkpoint_fingerprint(payload, time_steps))
     return summarize(collapsed.graph)
 
 
@@ -60,6 +62,7 @@ def onnx_command(
     """Write the graph as ONNX (float32, dynamic batch): a one-step model with every neuron state as input and output, or an unrolled fixed-T model."""
     from revsnn.checkpoint import CheckpointError, load_model
     from revsnn.exporters.collapse import CollapseError, collapse
+    from revsnn.exporters.fingerprint import checkpoint_fingerprint
     from revsnn.exporters.onnx_file import ONNXFileError, write_onnx
 
     if out.suffix != ".onnx":
@@ -75,10 +78,11 @@ def onnx_command(
         trained_t = int(payload.get("train", {}).get("time_steps", model.config.get("train", {}).get("time_steps", 4)))
         T = time_steps or trained_t
         graph = collapse(model, T).graph
+        fingerprint = checkpoint_fingerprint(payload, T)
         if mode == "step":
-            write_onnx(graph, out, opset=opset)
+            write_onnx(graph, out, opset=opset, fingerprint=fingerprint)
         else:
-            write_onnx(graph, out, opset=opset, mode="unrolled", time_steps=T)
+            write_onnx(graph, out, opset=opset, mode="unrolled", time_steps=T, fingerprint=fingerprint)
     except (CheckpointError, CollapseError, ONNXFileError) as exc:
         fail(str(exc))
     if mode == "step":
@@ -94,6 +98,7 @@ def export_lava_file(checkpoint: Path, out: Path, synapses: str = "conv"):
     the quantised populations. Raises on bad input."""
     from revsnn.checkpoint import load_model
     from revsnn.exporters.collapse import collapse
+    from revsnn.exporters.fingerprint import checkpoint_fingerprint
     from revsnn.exporters.loihi import quantize, require_spike_input
     from revsnn.exporters.loihi_chain import build_chain
     from revsnn.exporters.netx_file import write_netx
@@ -104,7 +109,7 @@ def export_lava_file(checkpoint: Path, out: Path, synapses: str = "conv"):
     time_steps = int(train.get("time_steps", model.config.get("train", {}).get("time_steps", 4)))
     quantized = quantize(collapse(model, time_steps).graph)
     chain = build_chain(quantized, synapses)
-    write_netx(chain, out)
+    write_netx(chain, out, fingerprint=checkpoint_fingerprint(payload, time_steps))
     return chain, quantized
 
 

@@ -46,8 +46,10 @@ def _str(value: str) -> np.ndarray:
     return np.array([value.encode("ascii")], dtype="S10")
 
 
-def write_netx(chain: LoihiChain, path: str | Path) -> Path:
-    """Write ``chain`` to ``path`` atomically (a failed write leaves nothing behind)."""
+def write_netx(chain: LoihiChain, path: str | Path, *, fingerprint: str | None = None) -> Path:
+    """Write ``chain`` to ``path`` atomically (a failed write leaves nothing behind). ``fingerprint``
+    (``exporters/fingerprint.py``) is recorded as the ``/revsnn`` group's ``source_fingerprint`` attribute,
+    beside ``content_digest``, the digest of the layers as written."""
     import h5py
 
     path = Path(path)
@@ -81,6 +83,12 @@ def write_netx(chain: LoihiChain, path: str | Path) -> Path:
             meta.attrs["format"] = FORMAT
             meta.attrs["metadata"] = json.dumps(_jsonable(chain.metadata))
             meta.attrs["members"] = json.dumps([[_member_json(m) for m in layer.members] for layer in chain.layers])
+            if fingerprint is not None:
+                from .fingerprint import DIGEST_KEY, FINGERPRINT_KEY, netx_digest
+
+                f.flush()
+                meta.attrs[FINGERPRINT_KEY] = str(fingerprint)
+                meta.attrs[DIGEST_KEY] = netx_digest(f)  # read from the file being written: what check_file reads
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

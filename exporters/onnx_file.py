@@ -545,10 +545,13 @@ def _attention(b: _Builder, name: str, node: SpikingAttention, x: str, shape) ->
 
 
 def write_onnx(graph: Union[nir.NIRGraph, onnx.ModelProto], path: Union[str, Path], opset: int = 17,
-               mode: str = "step", time_steps: int | None = None) -> Path:
+               mode: str = "step", time_steps: int | None = None, *, fingerprint: str | None = None) -> Path:
     """Export ``graph`` (or an already built model) to ``path`` atomically: a temporary file beside it,
     checked, then renamed; nothing is left behind on failure. ``mode="step"`` writes the one-step model,
-    ``mode="unrolled"`` the model unrolled over ``time_steps`` steps (:func:`graph_to_onnx_unrolled`)."""
+    ``mode="unrolled"`` the model unrolled over ``time_steps`` steps (:func:`graph_to_onnx_unrolled`).
+    ``fingerprint`` (``exporters/fingerprint.py``) is recorded in ``metadata_props`` as
+    ``source_fingerprint``, beside ``content_digest``, the digest of the graph as written (a model passed in
+    is copied, not changed)."""
     path = Path(path)
     if mode not in ("step", "unrolled"):
         raise ONNXFileError(f"unknown ONNX export mode {mode!r}; use mode='step' or mode='unrolled'.")
@@ -565,6 +568,14 @@ def write_onnx(graph: Union[nir.NIRGraph, onnx.ModelProto], path: Union[str, Pat
         model = graph_to_onnx_unrolled(graph, time_steps, opset)
     else:
         model = graph_to_onnx_step(graph, opset)
+    if fingerprint is not None:
+        from .fingerprint import DIGEST_KEY, FINGERPRINT_KEY, onnx_digest
+
+        model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's model stays as it was
+        props = {p.key: p.value for p in model.metadata_props}
+        props.update({FINGERPRINT_KEY: str(fingerprint), DIGEST_KEY: onnx_digest(model)})
+        del model.metadata_props[:]
+        helper.set_model_props(model, props)
 
     def write(tmp: Path) -> None:
         onnx.save(model, str(tmp))
