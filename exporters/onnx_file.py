@@ -55,7 +55,7 @@ from revsnn.checkpoint import atomic_write
 from revsnn.exporters.graph import delay_shape, delays_at_least_one
 from revsnn.exporters.nodes import MaxPool2d, SpikingAttention
 
-__all__ = ["ONNXFileError", "graph_to_onnx_step", "graph_to_onnx_unrolled", "write_onnx", "read_onnx",
+__all__ = ["ONNXFileError", "graph_to_onnx_step", "graph_to_onnx_unrolled", "write_onnx", "read_onnx", "summarize_onnx",
            "NEURON_CONTRACT", "INPUT_NAME", "OUTPUT_NAME", "UNROLLED_INPUT", "UNROLLED_LOGITS", "UNROLLED_STEPS",
            "STEP_FORMAT", "UNROLLED_FORMAT"]
 
@@ -611,3 +611,29 @@ def read_onnx(path: Union[str, Path]) -> onnx.ModelProto:
         raise ONNXFileError(f"{path} is a valid ONNX model but not a revsnn export (no format '{STEP_FORMAT}' or "
                             f"'{UNROLLED_FORMAT}' in its metadata); export it with `write_onnx`.")
     return model
+
+
+# Metadata entries that are long machine-readable lists; summarize_onnx leaves them out.
+_BULKY_PROPS = ("states", "neurons", "state_inputs", "graph_metadata", "step_states")
+
+
+def summarize_onnx(model: onnx.ModelProto) -> dict:
+    """What ``revsnn info`` shows of an ONNX model, as plain data: ``input`` and ``output`` (name and shape,
+    symbolic dimensions by name), ``states`` (the number of state inputs), ``ops`` (op type -> count),
+    ``opset``, ``metadata`` (every ``metadata_props`` entry but the long machine-readable lists)."""
+    graph = model.graph
+
+    def io(v) -> dict:
+        return {"name": v.name, "shape": [d.dim_param or int(d.dim_value) for d in v.type.tensor_type.shape.dim]}
+
+    ops: dict[str, int] = {}
+    for node in graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return {
+        "input": io(graph.input[0]),
+        "output": io(graph.output[0]),
+        "states": len(graph.input) - 1,
+        "ops": dict(sorted(ops.items())),
+        "opset": int(model.opset_import[0].version),
+        "metadata": {p.key: p.value for p in model.metadata_props if p.key not in _BULKY_PROPS},
+    }

@@ -21,7 +21,7 @@ from torch import nn
 import revsnn
 
 __all__ = ["CheckpointError", "FORMAT", "atomic_write", "write_json", "save_checkpoint", "load_checkpoint",
-           "load_model"]
+           "load_model", "summarize_checkpoint"]
 
 FORMAT = "revsnn.checkpoint/1"
 
@@ -87,3 +87,23 @@ def load_model(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path}: '{name}' holds NaN or infinite values; retrain the model.")
     return model.eval(), payload
+
+
+def summarize_checkpoint(model: nn.Module, payload: dict[str, Any]) -> dict[str, Any]:
+    """What ``revsnn info`` shows of a checkpoint (``load_model``'s two results), as plain data: ``model``,
+    ``family``, ``builder`` (``MODULE:FUNCTION`` of a model of the user's own, else absent), ``parameters``,
+    ``input_shape``, ``num_classes``, ``train`` (its training settings), ``epochs_done`` and
+    ``test_accuracy`` (when it has a history), ``revsnn_version``."""
+    config = model.config
+    summary: dict[str, Any] = {"model": config.get("name"), "family": config.get("family")}
+    if config.get("builder"):
+        summary["builder"] = config["builder"]
+    summary.update({"parameters": sum(p.numel() for p in model.parameters()),
+                    "input_shape": list(config["input_shape"]), "num_classes": config["num_classes"],
+                    "train": dict(payload.get("train", {}))})
+    history = payload.get("history") or []
+    if history:
+        summary["epochs_done"] = payload.get("epoch")
+        summary["test_accuracy"] = history[-1]["test_accuracy"]
+    summary["revsnn_version"] = payload.get("revsnn_version")
+    return summary
