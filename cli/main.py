@@ -171,7 +171,11 @@ class _ProgressReporter:
 
 @app.command()
 def train(
-    model: str = typer.Option(..., "--model", help="Model name (see `revsnn models`)."),
+    model: str = typer.Option(..., "--model", help="A model of the zoo (see `revsnn models`), or your own as "
+                                                   "MODULE:FUNCTION: FUNCTION(input_shape=(C, H, W), num_classes=N) "
+                                                   "returns the nn.Module. MODULE is imported from the current "
+                                                   "directory or PYTHONPATH, here and whenever the checkpoint is "
+                                                   "rebuilt (export, verify, info, bench infer), which runs its code."),
     out: Path = typer.Option(..., "--out", help="Directory for model.pt and metrics.json (created if absent)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs in total [default: the model's]."),
     time_steps: Optional[int] = typer.Option(None, "--time-steps", help="Time steps T [default: the model's]."),
@@ -183,7 +187,7 @@ def train(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue from DIR/model.pt after an interruption."),
 ) -> None:
-    """Train a model of the zoo on the embedded digits data (scikit-learn, no download).
+    """Train a model of the zoo, or your own (--model MODULE:FUNCTION), on the embedded digits data (scikit-learn, no download).
 
     Writes DIR/model.pt (weights and full config; loadable with weights_only=True) and DIR/metrics.json after every epoch, atomically; --resume continues after a kill, losing at most the epoch in progress.
     """
@@ -307,7 +311,9 @@ def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir, .onnx 
         table = Table(title=f"{file}", show_header=False)
         table.add_row("model", escape(f"{s['model']} ({s['family']})"))
         if "builder" in s:
-            table.add_row("built by", escape(f"{s['builder']}(input_shape=..., num_classes=...), imported to rebuild"))
+            module = s["builder"].partition(":")[0]
+            table.add_row("built by", escape(f"{s['builder']}(input_shape={tuple(s['input_shape'])}, num_classes="
+                                             f"{s['num_classes']}); rebuilding imports {module}"))
         table.add_row("parameters", f"{s['parameters']:,}")
         table.add_row("input", "×".join(map(str, s["input_shape"])) + f", {s['num_classes']} classes")
         for key, value in s["train"].items():

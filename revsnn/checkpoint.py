@@ -75,12 +75,15 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
 
 def load_model(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
     """The model of a checkpoint, in eval mode on the CPU, and the checkpoint itself."""
-    from .models import UnknownModelError, build_model
+    from .models import ModelBuilderError, UnknownModelError, build_model
 
     payload = load_checkpoint(path)
     try:
+        # A model of the user's own (config "builder": MODULE:FUNCTION) is rebuilt by importing MODULE.
         model = build_model(payload["config"])
         model.load_state_dict(payload["state_dict"])
+    except ModelBuilderError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     except (UnknownModelError, KeyError, TypeError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: its weights do not fit its model config ({exc}).") from exc
     for name, tensor in model.state_dict().items():
