@@ -1,6 +1,7 @@
 """Fingerprints in every exported file: which checkpoint it came from, and whether it changed since."""
 
 import copy
+import json
 
 import h5py
 import numpy as np
@@ -17,9 +18,9 @@ from revsnn.exporters.fingerprint import (FingerprintError, check_file, checkpoi
                                           recorded)
 from revsnn.exporters.loihi import quantize
 from revsnn.exporters.loihi_chain import build_chain
-from revsnn.exporters.netx_file import read_netx, write_netx
-from revsnn.exporters.nir_file import read_nir, write_nir
-from revsnn.exporters.onnx_file import ONNXFileError, read_onnx, write_onnx
+from revsnn.exporters.netx_file import read_netx, summarize_netx, write_netx
+from revsnn.exporters.nir_file import read_nir, summarize, write_nir
+from revsnn.exporters.onnx_file import ONNXFileError, read_onnx, summarize_onnx, write_onnx
 from revsnn.testing import trained_like
 
 T = 2
@@ -145,3 +146,14 @@ def test_cli_export_records_the_checkpoint_fingerprint(two, tmp_path, fmt, suffi
     check_file(out, fp)
     with pytest.raises(FingerprintError, match="another checkpoint"):
         check_file(out, two[1][2])
+    # `revsnn info` shows what the file records, from the summary beside its reader (plain data)
+    if suffix == "nir":
+        summary = summarize(read_nir(out))
+    elif suffix == "onnx":
+        summary = summarize_onnx(read_onnx(out))
+    else:
+        summary = summarize_netx(read_netx(out), out)
+    assert summary["metadata"]["source_fingerprint"] == fp
+    json.dumps(summary)
+    info = runner.invoke(app, ["info", str(out)])
+    assert info.exit_code == 0 and "source_fingerprint" in info.output, info.output
