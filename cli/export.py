@@ -24,7 +24,7 @@ def export_nir_file(checkpoint: Path, out: Path) -> dict:
     model, payload = load_model(checkpoint)
     time_steps = int(payload.get("train", {}).get("time_steps", model.config.get("train", {}).get("time_steps", 4)))
     collapsed = collapse(model, time_steps)
-    write_nir(collapsed.graph, out, fingerprint=checkpoint_fingerprint(payload, time_steps))
+    write_nir(collapsed.graph, out, fingerprint=checkpoint_fingerprint(model, payload, time_steps))
     return summarize(collapsed.graph)
 
 
@@ -70,7 +70,7 @@ def onnx_command(
     trained_t = int(payload.get("train", {}).get("time_steps", model.config.get("train", {}).get("time_steps", 4)))
     T = time_steps or trained_t
     graph = collapse(model, T).graph
-    fingerprint = checkpoint_fingerprint(payload, T)
+    fingerprint = checkpoint_fingerprint(model, payload, T)
     if mode == "step":
         write_onnx(graph, out, opset=opset, fingerprint=fingerprint)
     else:

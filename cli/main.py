@@ -115,6 +115,23 @@ def check(
 
 
 @app.command()
+def targets(json_out: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
+    """List every target `verify` can run: what it runs and what it is compared with."""
+    from revsnn.targets.registry import target_info
+
+    info = target_info()
+    if json_out:
+        print(json.dumps(info, indent=2))
+        return
+    table = Table(title="revsnn targets", header_style="bold")
+    table.add_column("target", no_wrap=True)
+    table.add_column("what it runs, and against what")
+    for name, text in info.items():
+        table.add_row(name, text)
+    console.print(table)
+
+
+@app.command()
 def models(json_out: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
     """List every model of the zoo: name, family, parameters, input shape and training defaults."""
     from revsnn.models import all_configs, build_model
@@ -241,8 +258,8 @@ def _print_lava_note(report) -> None:
                   f"{_pct(lava.float_spike_agreement)}.", highlight=False)
 
 
-def _run_verify(checkpoint: Path, targets: list[str], samples: int, plot: Optional[Path],
-                lava_synapses: str = "conv"):
+def _run_verify(checkpoint: Path, targets: Optional[list[str]], samples: int, plot: Optional[Path],
+                lava_synapses: str = "conv", file: Optional[Path] = None):
     from revsnn.plots import raster_plots
     from revsnn.verify import verify
 
@@ -250,9 +267,9 @@ def _run_verify(checkpoint: Path, targets: list[str], samples: int, plot: Option
         if plot.exists() or not plot.parent.is_dir():
             fail(f"--plot {plot} must be a directory (its parent must exist).")
     with console.status("running every target step by step ...") as status:
-        report = verify(checkpoint, tuple(targets), samples,
+        report = verify(checkpoint, None if targets is None else tuple(targets), samples,
                         on_target=lambda t: status.update(f"{t.name} done; running the next target ..."),
-                        lava_synapses=lava_synapses)
+                        lava_synapses=lava_synapses, file=file)
     plots = []
     if plot is not None:
         plot.mkdir(exist_ok=True)
@@ -260,16 +277,25 @@ def _run_verify(checkpoint: Path, targets: list[str], samples: int, plot: Option
     return report, plots
 
 
+def _targets_help() -> str:
+    from revsnn.targets.registry import target_names
+
+    return ("Comma-separated targets: " + ", ".join(target_names()) + " [default: torch,norse; with --file, "
+            "every target that runs that file]. `revsnn targets` describes each.")
+
+
 @app.command()
 def verify(
     checkpoint: Path = typer.Argument(..., help="model.pt written by `revsnn train`."),
-    targets: str = typer.Option("torch,norse", help="Comma-separated targets: torch, torch-cuda, norse, "
-                                                     "onnxruntime, onnxruntime-unrolled, lava."),
+    targets: Optional[str] = typer.Option(None, help=_targets_help()),
     samples: int = typer.Option(32, help="Test samples of the model's data to run."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     plot: Optional[Path] = typer.Option(None, help="Directory for one spike-raster PNG per target (sample 0)."),
     lava_synapses: str = typer.Option("conv", "--lava-synapses", help="Synapse form of the .net the lava target "
                                       "runs: conv (as `export lava` writes by default) or dense."),
+    file: Optional[Path] = typer.Option(None, "--file", help="Run this exported file (.nir, .onnx or .net) instead "
+                                        "of a fresh export; it must have been exported from CHECKPOINT and be "
+                                        "unchanged since (its fingerprint says)."),
 ) -> None:
     """Prove that every target reproduces the training model, one time step at a time.
 
@@ -279,7 +305,8 @@ def verify(
 
     if lava_synapses not in ("conv", "dense"):
         fail(f"--lava-synapses must be conv or dense, got {lava_synapses!r}.")
-    report, plots = _run_verify(checkpoint, parse_list(targets, "--targets"), samples, plot, lava_synapses)
+    report, plots = _run_verify(checkpoint, None if targets is None else parse_list(targets, "--targets"), samples,
+                                plot, lava_synapses, file)
     if json_out:
         print(json.dumps(report.as_json(), indent=2))
     else:

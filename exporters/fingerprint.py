@@ -106,12 +106,17 @@ def model_fingerprint(state_dict: Mapping[str, Any], config: Mapping[str, Any],
     return _PREFIX + h.hexdigest()
 
 
-def checkpoint_fingerprint(payload: Mapping[str, Any], time_steps: int) -> str:
-    """The fingerprint of a loaded checkpoint (``load_checkpoint`` / ``load_model``'s payload) exported at
-    ``time_steps`` steps: what ``revsnn export`` records and what ``verify --file`` expects. The format's own
-    options (opset, step or unrolled, conv or dense synapses) are not part of it: they change the file,
-    which the content digest covers, not the model it was made from."""
-    return model_fingerprint(payload["state_dict"], payload["config"], {"time_steps": int(time_steps)})
+def checkpoint_fingerprint(model, payload: Mapping[str, Any], time_steps: int | None = None) -> str:
+    """The fingerprint of a checkpoint (``load_model``'s two results: the model and the payload) exported at
+    ``time_steps`` steps (default: the T it was trained with): what ``revsnn export`` records and what
+    ``verify --file`` expects. It hashes the payload's own state dict and config, as stored, so a model
+    converted afterwards (``.double()``) fingerprints the same. The format's own options (opset, step or
+    unrolled, conv or dense synapses) are not part of it: they change the file, which the content digest
+    covers, not the model it was made from."""
+    config = payload.get("config") or getattr(model, "config", {})
+    if time_steps is None:
+        time_steps = payload.get("train", {}).get("time_steps", config.get("train", {}).get("time_steps", 4))
+    return model_fingerprint(payload["state_dict"], config, {"time_steps": int(time_steps)})
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -33,14 +33,13 @@ from __future__ import annotations
 from revsnn.errors import RevsnnError
 
 from dataclasses import dataclass, field
-from graphlib import TopologicalSorter
 from typing import Optional
 
 import nir
 import numpy as np
 import torch
 
-from .graph import STATELESS_LINEAR, linear_fn
+from .graph import STATELESS_LINEAR, GraphError, linear_fn, schedule
 from .nodes import LoihiNeuron, MaxPool2d, SpikingAttention
 
 __all__ = ["LoihiExportError", "Quantized", "QuantizedPopulation", "quantize", "relays", "require_spike_input",
@@ -121,13 +120,6 @@ def _refuse(name: str, node: nir.NIRNode) -> LoihiExportError:
                             "(export it to NIR or ONNX instead).")
 
 
-def _incoming(graph: nir.NIRGraph) -> dict[str, list[str]]:
-    inputs: dict[str, list[str]] = {n: [] for n in graph.nodes}
-    for s, d in graph.edges:
-        inputs[d].append(s)
-    return inputs
-
-
 def _paths(name: str, inputs: dict[str, list[str]], graph: nir.NIRGraph, sources: set[str]) -> list[tuple[str, list[str]]]:
     """Every (source, linear nodes in forward order) path that ends in ``name``'s input."""
     out = []
@@ -140,12 +132,6 @@ def _paths(name: str, inputs: dict[str, list[str]], graph: nir.NIRGraph, sources
             raise _refuse(src, node)
         out += [(s, ops + [src]) for s, ops in _paths(src, inputs, graph, sources)]
     return out
-
-
-def _shape(node: nir.NIRNode) -> tuple[int, ...]:
-    if isinstance(node, nir.Input):
-        return tuple(int(v) for v in np.asarray(node.input_type["input"]).ravel())
-    return tuple(int(v) for v in np.shape(node.v_threshold))
 
 
 def _fold(graph: nir.NIRGraph, source: str, source_shape: tuple[int, ...], ops: list[str], target: str) -> Term:
@@ -207,20 +193,18 @@ def _neuron_constants(name: str, node: nir.NIRNode) -> tuple[float, float, int]:
 
 def quantize(graph: nir.NIRGraph) -> Quantized:
     """The quantised reference of a collapsed float graph (see the module docstring)."""
-    inputs = _incoming(graph)
-    input_name = next((n for n, node in graph.nodes.items() if isinstance(node, nir.Input)), None)
-    output_name = next((n for n, node in graph.nodes.items() if isinstance(node, nir.Output)), None)
-    if input_name is None or output_name is None:
-        raise LoihiExportError("the graph needs one Input and one Output node.")
     for name, node in graph.nodes.items():  # name what cannot be deployed before anything else
         if not isinstance(node, (nir.Input, nir.Output, nir.LIF, nir.IF, *STATELESS_LINEAR)) or \
                 isinstance(node, (nir.Scale, nir.Conv1d)):
             raise _refuse(name, node)
-    neurons = [n for n, node in graph.nodes.items() if isinstance(node, (nir.LIF, nir.IF))]
+    try:
+        sched = schedule(graph)   # the one schedule: sources in fan-in order, evaluation order, shapes
+    except GraphError as exc:
+        raise LoihiExportError(str(exc)) from exc
+    inputs, input_name, output_name, shapes = sched.inputs, sched.input_name, sched.output_name, sched.shapes
+    neurons = [n for n in sched.order if isinstance(graph.nodes[n], (nir.LIF, nir.IF))]
     sources = {input_name, *neurons}
-    order = [n for n in TopologicalSorter({n: inputs[n] for n in graph.nodes}).static_order()
-             if n in neurons] + [output_name]
-    shapes = {input_name: _shape(graph.nodes[input_name]), **{n: _shape(graph.nodes[n]) for n in neurons}}
+    order = neurons + [output_name]
 
     terms: dict[str, list[Term]] = {}
     for name in order:

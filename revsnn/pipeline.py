@@ -61,7 +61,7 @@ def export_lava(checkpoint: Path | str, out: Path | str, synapses: str = "conv")
     time_steps = int(train.get("time_steps", model.config.get("train", {}).get("time_steps", 4)))
     quantized = quantize(collapse(model, time_steps).graph)
     chain = build_chain(quantized, synapses)
-    write_netx(chain, out, fingerprint=checkpoint_fingerprint(payload, time_steps))
+    write_netx(chain, out, fingerprint=checkpoint_fingerprint(model, payload, time_steps))
     return chain, quantized
 
 
@@ -106,7 +106,7 @@ def run_demo(out: Path | str = Path("revsnn-demo"), model: str = "revsresnet-dig
     checkpoint = out / "model.pt"
     trained, payload = load_model(checkpoint)
     T = int(payload["train"]["time_steps"])
-    fingerprint = checkpoint_fingerprint(payload, T)
+    fingerprint = checkpoint_fingerprint(trained, payload, T)
     graph = collapse(trained, T).graph
     result.nir_path = write_nir(graph, out / "model.nir", fingerprint=fingerprint)
     result.onnx_path = write_onnx(graph, out / "model.onnx", fingerprint=fingerprint)

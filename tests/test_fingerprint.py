@@ -11,7 +11,7 @@ import torch
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from revsnn.checkpoint import load_checkpoint, save_checkpoint
+from revsnn.checkpoint import load_model, save_checkpoint
 from revsnn.cli.main import app
 from revsnn.exporters.collapse import collapse
 from revsnn.exporters.fingerprint import (FingerprintError, check_file, checkpoint_fingerprint, model_fingerprint,
@@ -37,8 +37,9 @@ def two(tmp_path_factory):
         path = root / f"ckpt{seed}" / "model.pt"
         path.parent.mkdir()
         save_checkpoint(path, model, train={"time_steps": T, "encoding": "rate"})
-        payload = load_checkpoint(path)
-        out[seed] = (path, collapse(model, T).graph, checkpoint_fingerprint(payload, T))
+        loaded, payload = load_model(path)
+        assert checkpoint_fingerprint(loaded, payload) == checkpoint_fingerprint(loaded.double(), payload, T)
+        out[seed] = (path, collapse(model, T).graph, checkpoint_fingerprint(loaded, payload, T))
     return out
 
 

@@ -3,7 +3,7 @@ files, and the fingerprints its exports carry."""
 
 from typer.testing import CliRunner
 
-from revsnn.checkpoint import load_checkpoint
+from revsnn.checkpoint import load_model
 from revsnn.cli.main import app
 from revsnn.exporters.fingerprint import check_file, checkpoint_fingerprint
 
@@ -23,7 +23,6 @@ def test_demo_cli_runs_the_pipeline(tmp_path):
     assert not (out / "model.net").exists()
     for target in ("torch", "norse", "onnxruntime", "onnxruntime-unrolled"):
         assert f"│ {target} " in result.output
-    payload = load_checkpoint(out / "model.pt")
-    fingerprint = checkpoint_fingerprint(payload, payload["train"]["time_steps"])
+    fingerprint = checkpoint_fingerprint(*load_model(out / "model.pt"))
     check_file(out / "model.nir", fingerprint)    # the demo's files belong to its checkpoint
     check_file(out / "model.onnx", fingerprint)

@@ -1,6 +1,7 @@
 """A model of the user's own from the command line: `revsnn train --model MODULE:FUNCTION`, rebuilt from the
 checkpoint by importing MODULE; every failure is one sentence."""
 
+import json
 import sys
 import textwrap
 
@@ -88,6 +89,20 @@ def test_train_your_own_model_then_info(workdir, tmp_path_factory):
     # Rebuilt from the checkpoint it is the trained model: same weights, same logits.
     model, _ = load_model(out / "model.pt")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in payload["state_dict"].items())
+
+    # export and verify rebuild it the same way (the rule-based collapse takes any model of revsnn's blocks)
+    for fmt in ("nir", "onnx"):
+        result = runner.invoke(app, ["export", fmt, str(out / "model.pt"), "--out", str(out / f"model.{fmt}")])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["verify", str(out / "model.pt"), "--samples", "4", "--json", "--targets",
+                                 "torch,norse,onnxruntime,onnxruntime-unrolled,onnx-reference"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["ok"] and set(report["targets"]) == {"torch", "norse", "onnxruntime", "onnxruntime-unrolled",
+                                                       "onnx-reference"}
+    assert all(t["spike_count"] > 0 for t in report["targets"].values())
+    result = runner.invoke(app, ["verify", str(out / "model.pt"), "--samples", "4", "--file", str(out / "model.onnx")])
+    assert result.exit_code == 0, result.output
 
     # From a folder where mymodels is not importable: one sentence, exit code 2.
     elsewhere = tmp_path_factory.mktemp("elsewhere")
