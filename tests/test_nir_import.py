@@ -179,3 +179,44 @@ def test_bad_foreign_graphs_fail_with_one_sentence(case):
     with pytest.raises(RevsnnError, match=match) as info:
         load_foreign(g, dt=1e-3)
     assert "\n" not in str(info.value)
+
+
+def test_the_cli_takes_a_nir_file_from_another_tool(tmp_path):
+    """info, verify, export nir|onnx|lava on a foreign .nir: --dt asked for when the file has none; bad files
+    give one sentence and write nothing."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from revsnn.cli.main import app
+
+    runner = CliRunner()
+    path = tmp_path / "residual.nir"
+    nir.write(str(path), _residual())
+    result = runner.invoke(app, ["verify", str(path), "--targets", "torch,onnxruntime"])
+    assert result.exit_code == 2 and "--dt" in result.output
+    result = runner.invoke(app, ["verify", str(path), "--dt", "1e-3", "--targets", "onnxruntime,norse,lava",
+                                 "--samples", "3", "--time-steps", "6", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["ok"] and set(report["targets"]) == {"onnxruntime", "norse", "lava"}
+    x = _spikes(5, 2, 6, seed=4).numpy()
+    np.save(tmp_path / "x.npy", x)
+    result = runner.invoke(app, ["verify", str(path), "--dt", "1e-3", "--input", str(tmp_path / "x.npy"),
+                                 "--targets", "onnxruntime", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["samples"] == 2, result.output
+    for fmt, name, extra in (("nir", "steps.nir", []), ("onnx", "m.onnx", []), ("lava", "m.net", ["--synapses", "dense"])):
+        result = runner.invoke(app, ["export", fmt, str(path), "--dt", "1e-3", "--out", str(tmp_path / name), *extra])
+        assert result.exit_code == 0, result.output
+    assert float(nir.read(str(tmp_path / "steps.nir")).nodes["a"].tau[0]) == pytest.approx(2.0)
+    result = runner.invoke(app, ["info", str(path), "--dt", "1e-3"])
+    assert result.exit_code == 0 and "2 steps" in result.output
+
+    bad = _residual()
+    bad.nodes["a"].v_threshold[0] = np.nan
+    nir.write(str(tmp_path / "nan.nir"), bad)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = runner.invoke(app, ["export", "onnx", str(tmp_path / "nan.nir"), "--dt", "1e-3", "--out",
+                                 str(tmp_path / "nan.onnx")])
+    assert result.exit_code == 2 and "non-finite" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
