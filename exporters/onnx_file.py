@@ -54,7 +54,7 @@ from revsnn.checkpoint import atomic_write
 from revsnn.exporters.graph import DelayFifo, GraphError, node_shape, schedule
 from revsnn.exporters.nodes import MaxPool2d, SpikingAttention
 
-__all__ = ["ONNXFileError", "graph_to_onnx_step", "graph_to_onnx_unrolled", "write_onnx", "read_onnx",
+__all__ = ["ONNXFileError", "graph_to_onnx_step", "graph_to_onnx_unrolled", "write_onnx", "read_onnx", "summarize_onnx",
            "NEURON_CONTRACT", "INPUT_NAME", "OUTPUT_NAME", "UNROLLED_INPUT", "UNROLLED_LOGITS", "UNROLLED_STEPS",
            "STEP_FORMAT", "UNROLLED_FORMAT"]
 
@@ -405,6 +405,35 @@ def _emit(b: _Builder, name: str, node, x: str, shape, delay_fifo, delay_out, pu
         return b.op("Reshape", [x, b.const(f"{name}.shape", [0, *out], dtype=np.int64)], f"{name}.out")
     if isinstance(node, nir.Scale):
         return b.op("Mul", [x, b.const(f"{name}.scale", _f32(node.scale))], f"{name}.out")
+    if isinstance(node, (nir.LI, nir.CubaLIF, nir.CubaLI)):
+        # CubaLIF / CubaLI: the current first, i = i + (w_in x - i) / tau_syn; then the voltage reads it
+        tau = node.tau if isinstance(node, nir.LI) else node.tau_mem
+        drive = x
+        if not isinstance(node, nir.LI):
+            i = b.state(f"{name}.current", shape)
+            wx = b.op("Mul", [b.const(f"{name}.w_in", _f32(np.broadcast_to(node.w_in, np.shape(tau)))), x],
+                      f"{name}.w_in_x")
+            di = b.op("Div", [b.op("Sub", [wx, i], f"{name}.wx_minus_i"), b.const(f"{name}.tau_syn",
+                                                                                   _f32(node.tau_syn))], f"{name}.di")
+            drive = b.op("Add", [i, di], f"{name}.i")
+            b.set_state(f"{name}.current", b.op("Identity", [drive], f"state_out.{name}.current"))
+        v = b.state(name, shape)
+        leak_v = b.op("Sub", [b.const(f"{name}.v_leak", _f32(node.v_leak)), v], f"{name}.leak_minus_v")
+        ri = b.op("Mul", [b.const(f"{name}.r", _f32(node.r)), drive], f"{name}.rI")
+        num = b.op("Add", [leak_v, ri], f"{name}.drive")
+        dv = b.op("Div", [num, b.const(f"{name}.tau", _f32(tau))], f"{name}.dv")
+        h = b.op("Add", [v, dv], f"{name}.h")
+        if isinstance(node, nir.CubaLIF):
+            s = b.fire(name, name, h, b.const(f"{name}.v_threshold", _f32(node.v_threshold)),
+                       b.const(f"{name}.v_reset", _f32(node.v_reset)))
+            return b.op("Identity", [s], f"spikes.{name}")
+        b.set_state(name, b.op("Identity", [h], f"state_out.{name}"))
+        return h
+    if isinstance(node, nir.I):
+        v = b.state(name, shape)
+        h = b.op("Add", [v, b.op("Mul", [b.const(f"{name}.r", _f32(node.r)), x], f"{name}.rI")], f"{name}.h")
+        b.set_state(name, b.op("Identity", [h], f"state_out.{name}"))
+        return h
     if isinstance(node, nir.LIF):
         v = b.state(name, shape)
         leak_v = b.op("Sub", [b.const(f"{name}.v_leak", _f32(node.v_leak)), v], f"{name}.leak_minus_v")
@@ -479,10 +508,13 @@ def _attention(b: _Builder, name: str, node: SpikingAttention, x: str, shape) ->
 
 
 def write_onnx(graph: Union[nir.NIRGraph, onnx.ModelProto], path: Union[str, Path], opset: int = 17,
-               mode: str = "step", time_steps: int | None = None) -> Path:
+               mode: str = "step", time_steps: int | None = None, *, fingerprint: str | None = None) -> Path:
     """Export ``graph`` (or an already built model) to ``path`` atomically: a temporary file beside it,
     checked, then renamed; nothing is left behind on failure. ``mode="step"`` writes the one-step model,
-    ``mode="unrolled"`` the model unrolled over ``time_steps`` steps (:func:`graph_to_onnx_unrolled`)."""
+    ``mode="unrolled"`` the model unrolled over ``time_steps`` steps (:func:`graph_to_onnx_unrolled`).
+    ``fingerprint`` (``exporters/fingerprint.py``) is recorded in ``metadata_props`` as
+    ``source_fingerprint``, beside ``content_digest``, the digest of the graph as written (a model passed in
+    is copied, not changed)."""
     path = Path(path)
     if mode not in ("step", "unrolled"):
         raise ONNXFileError(f"unknown ONNX export mode {mode!r}; use mode='step' or mode='unrolled'.")
@@ -499,6 +531,14 @@ def write_onnx(graph: Union[nir.NIRGraph, onnx.ModelProto], path: Union[str, Pat
         model = graph_to_onnx_unrolled(graph, time_steps, opset)
     else:
         model = graph_to_onnx_step(graph, opset)
+    if fingerprint is not None:
+        from .fingerprint import DIGEST_KEY, FINGERPRINT_KEY, onnx_digest
+
+        model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's model stays as it was
+        props = {p.key: p.value for p in model.metadata_props}
+        props.update({FINGERPRINT_KEY: str(fingerprint), DIGEST_KEY: onnx_digest(model)})
+        del model.metadata_props[:]
+        helper.set_model_props(model, props)
 
     def write(tmp: Path) -> None:
         onnx.save(model, str(tmp))
@@ -534,3 +574,29 @@ def read_onnx(path: Union[str, Path]) -> onnx.ModelProto:
         raise ONNXFileError(f"{path} is a valid ONNX model but not a revsnn export (no format '{STEP_FORMAT}' or "
                             f"'{UNROLLED_FORMAT}' in its metadata); export it with `write_onnx`.")
     return model
+
+
+# Metadata entries that are long machine-readable lists; summarize_onnx leaves them out.
+_BULKY_PROPS = ("states", "neurons", "state_inputs", "graph_metadata", "step_states")
+
+
+def summarize_onnx(model: onnx.ModelProto) -> dict:
+    """What ``revsnn info`` shows of an ONNX model, as plain data: ``input`` and ``output`` (name and shape,
+    symbolic dimensions by name), ``states`` (the number of state inputs), ``ops`` (op type -> count),
+    ``opset``, ``metadata`` (every ``metadata_props`` entry but the long machine-readable lists)."""
+    graph = model.graph
+
+    def io(v) -> dict:
+        return {"name": v.name, "shape": [d.dim_param or int(d.dim_value) for d in v.type.tensor_type.shape.dim]}
+
+    ops: dict[str, int] = {}
+    for node in graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return {
+        "input": io(graph.input[0]),
+        "output": io(graph.output[0]),
+        "states": len(graph.input) - 1,
+        "ops": dict(sorted(ops.items())),
+        "opset": int(model.opset_import[0].version),
+        "metadata": {p.key: p.value for p in model.metadata_props if p.key not in _BULKY_PROPS},
+    }

@@ -26,7 +26,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json
 from .data import ENCODINGS, ImageData, encode, load_digits
-from .models import build_model, get_config
+from .models import USER_FAMILY, build_model, builder_config, get_config
 
 __all__ = ["TrainOptions", "TrainError", "Reporter", "train", "evaluate", "resolve_options"]
 
@@ -329,10 +329,16 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) ->
         note(line)
     for line in splits.warnings:  # md5 mismatches: the data is read all the same
         warn(line)
-    config = adapt_config(s["config"], splits.input_shape, splits.num_classes)
-    if config is not s["config"]:
-        note(f"{opts.model}: input set to {'x'.join(map(str, splits.input_shape))} and {splits.num_classes} classes "
-             f"for {splits.name}.")
+    if s["config"].get("family") == USER_FAMILY:
+        # A model of the user's own is built for the data it trains on; built once here, so that a builder
+        # that fails does so in one sentence before anything is written.
+        config = s["config"] = builder_config(s["config"]["builder"], splits.input_shape, splits.num_classes)
+        build_model(config)
+    else:
+        config = adapt_config(s["config"], splits.input_shape, splits.num_classes)
+        if config is not s["config"]:
+            note(f"{opts.model}: input set to {'x'.join(map(str, splits.input_shape))} and {splits.num_classes} "
+                 f"classes for {splits.name}.")
     if splits.kind == "events" and splits.options.get("time_steps") not in (None, s["time_steps"]):
         raise TrainError(f"the event frames were made for T = {splits.options['time_steps']}, training uses "
                          f"T = {s['time_steps']}; give both the same --time-steps.")
