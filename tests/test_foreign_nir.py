@@ -417,3 +417,95 @@ def test_sinabs_multi_spike_is_written_as_single_spike_hard_reset(tmp_path):
     _, got = revsnn_run(p_multi, SINABS_DT, x)
     assert_same_spikes(got, want_single)
     assert float(got["1"].max()) == 1 and not torch.equal(got["1"], want_multi["1"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# norse 1.1.0: norse.torch.to_nir writes LIFBoxCell as LIF, IAFCell as IF and LIBoxCell as LI, with
+# tau = dt / tau_mem_inv (norse #411: it should be 1 / tau_mem_inv seconds), IF r = 1 (norse's IAF adds its
+# input each step, so NIR's v' = r I at dt needs r = 1 / dt) and an Input type that keeps the batch dimension
+# and Output types that keep the batch
+# dimension (nir.read's type check then refuses the file). At dt = 1 the first two coincide with NIR's meaning, so the
+# exact comparison runs norse at dt = 1; the test after it pins what norse writes at its default dt = 1e-3.
+
+
+def _norse_net(dt: float):
+    norse = pytest.importorskip("norse.torch", reason="norse is installed by scripts/requirements-nodeps.txt")
+    f64 = dict(dtype=torch.float64)
+    torch.manual_seed(11)
+    net = norse.SequentialState(
+        torch.nn.Linear(6, 8),
+        norse.LIFBoxCell(norse.LIFBoxParameters(tau_mem_inv=torch.full((8,), 0.25 / dt, **f64),
+                                                v_leak=torch.zeros(8, **f64), v_th=torch.ones(8, **f64),
+                                                v_reset=torch.zeros(8, **f64)), dt=dt),
+        torch.nn.Linear(8, 6),
+        norse.IAFCell(norse.IAFParameters(v_th=torch.ones(6, **f64), v_reset=torch.zeros(6, **f64)), dt=dt),
+        torch.nn.Linear(6, 3),
+        norse.LIBoxCell(norse.LIBoxParameters(tau_mem_inv=torch.full((3,), 0.5 / dt, **f64),
+                                              v_leak=torch.zeros(3, **f64)), dt=dt)).double()
+    with torch.no_grad():
+        net[0].weight.mul_(2.5)
+        net[2].weight.mul_(3.0)
+    return norse, net
+
+
+def _norse_simulate(net, x: torch.Tensor):
+    seen, handles = record({"1": net[1], "3": net[3]}, pick=lambda out: out[0])
+    outs, state = [], None
+    with torch.no_grad():
+        for x_t in x:
+            y, state = net(x_t, state)
+            outs.append(y)
+    for h in handles:
+        h.remove()
+    return torch.stack(outs), {k: torch.stack(v) for k, v in seen.items()}
+
+
+def _norse_write(norse, net, path, dt: float) -> nir.NIRGraph:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        graph = norse.to_nir(net, torch.zeros(1, 6, dtype=torch.float64), dt=dt)
+    assert list(np.asarray(graph.nodes["input"].input_type["input"])) == [1, 6]  # the batch stayed in
+    assert list(np.asarray(graph.nodes["output"].output_type["output"])) == [1, 3]
+    # Drop it (NIR's shapes exclude the batch), or revsnn's reader refuses the file as nir.read does.
+    graph.nodes["input"] = nir.Input(input_type=np.array([6]))
+    graph.nodes["output"] = nir.Output(output_type=np.array([3]))
+    nir.write(path, graph)
+    return graph
+
+
+def test_norse_lif_if_li_match_norse_at_dt_1(tmp_path):
+    norse, net = _norse_net(dt=1.0)
+    path = tmp_path / "norse.nir"
+    _norse_write(norse, net, path, dt=1.0)
+    kinds = {n: type(v).__name__ for n, v in nir.read(path).nodes.items()}
+    assert (kinds["1"], kinds["3"], kinds["5"]) == ("LIF", "IF", "LI")
+    x = spikes_in(6, seed=12)
+    want_out, want = _norse_simulate(net, x)
+    got_out, got = revsnn_run(path, 1.0, x)
+    assert_same_spikes(got, want)
+    torch.testing.assert_close(got_out, want_out, rtol=1e-10, atol=1e-10)  # the LI readout's potentials
+
+
+def test_norse_default_dt_file_says_tau_times_dt_and_revsnn_runs_the_file(tmp_path):
+    """At norse's default dt = 1e-3 s a 4 ms LIF (tau_mem_inv = 250 / s) is written with tau = 4e-6 s, and
+    the IF with r = 1 where norse adds each input whole. revsnn runs what the file says: tau = 4e-3 steps, IF
+    r = 1e-3. Exported with dt = 1.0 instead, norse writes the true tau (1 / tau_mem_inv seconds) and the LIF
+    population agrees with norse at dt = 1e-3."""
+    norse, net = _norse_net(dt=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        nir.write(tmp_path / "raw.nir", norse.to_nir(net, torch.zeros(1, 6, dtype=torch.float64), dt=1e-3))
+    with pytest.raises(RevsnnError, match="not a valid NIR graph"):  # the batch in its types: one sentence
+        load_foreign(tmp_path / "raw.nir", dt=1e-3)
+    as_written = _norse_write(norse, net, tmp_path / "default.nir", dt=1e-3)
+    np.testing.assert_allclose(np.asarray(as_written.nodes["1"].tau), 1e-3 / 250.0)
+    np.testing.assert_array_equal(np.asarray(as_written.nodes["3"].r), 1.0)
+    graph = load_foreign(tmp_path / "default.nir", dt=1e-3)
+    np.testing.assert_allclose(graph.nodes["1"].tau, 4e-3)
+    np.testing.assert_allclose(graph.nodes["3"].r, 1e-3)
+
+    _norse_write(norse, net, tmp_path / "true_tau.nir", dt=1.0)
+    x = spikes_in(6, seed=12)
+    _, want = _norse_simulate(net, x)
+    _, got = revsnn_run(tmp_path / "true_tau.nir", 1e-3, x)
+    assert_same_spikes({"1": got["1"]}, {"1": want["1"]})
