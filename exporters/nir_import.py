@@ -35,7 +35,7 @@ from revsnn.errors import RevsnnError
 
 from .graph import GraphError, schedule
 
-__all__ = ["NIRImportError", "load_foreign", "to_steps", "flatten_subgraphs", "file_dt", "TIME_CONSTANTS"]
+__all__ = ["NIRImportError", "load_foreign", "time_summary", "to_steps", "flatten_subgraphs", "file_dt", "TIME_CONSTANTS"]
 
 
 class NIRImportError(RevsnnError):
@@ -248,3 +248,24 @@ def load_foreign(path_or_graph: Union[str, Path, nir.NIRGraph], dt: Optional[flo
                                  "--dt SECONDS (snnTorch and spikingjelly assume 1e-4, norse 1e-3).")
         dt = 1.0
     return to_steps(graph, float(dt))
+
+
+def time_summary(graph: nir.NIRGraph, dt: Optional[float] = None) -> list[tuple[str, str]]:
+    """For ``revsnn info``: the graph's time step and, per node type with time constants, their range as
+    written and in steps at that dt."""
+    meta = graph.metadata or {}
+    if dt is None:
+        dt = 1.0 if "revsnn_version" in meta else file_dt(graph)
+    rows = [("time step", "one step (revsnn's own file)" if "revsnn_version" in meta and dt == 1.0 else
+             (f"{dt:g} s" if dt is not None else "not stated: give --dt SECONDS to verify and export"))]
+    nodes, _ = flatten_subgraphs(graph)
+    seen: dict[str, list[float]] = {}
+    for node in nodes.values():
+        for f in TIME_CONSTANTS.get(type(node), ()):
+            seen.setdefault(f"{type(node).__name__}.{f}", []).extend(np.asarray(getattr(node, f), float).ravel())
+    for key, values in sorted(seen.items()):
+        lo, hi = min(values), max(values)
+        written = f"{lo:g}" if lo == hi else f"{lo:g} .. {hi:g}"
+        steps = "" if dt is None else (f" = {lo / dt:g} steps" if lo == hi else f" = {lo / dt:g} .. {hi / dt:g} steps")
+        rows.append((key, written + steps))
+    return rows

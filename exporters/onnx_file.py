@@ -54,7 +54,7 @@ from revsnn.checkpoint import atomic_write
 from revsnn.exporters.graph import DelayFifo, GraphError, node_shape, schedule
 from revsnn.exporters.nodes import MaxPool2d, SpikingAttention
 
-__all__ = ["ONNXFileError", "graph_to_onnx_step", "graph_to_onnx_unrolled", "write_onnx", "read_onnx",
+__all__ = ["ONNXFileError", "graph_to_onnx_step", "graph_to_onnx_unrolled", "write_onnx", "read_onnx", "summarize_onnx",
            "NEURON_CONTRACT", "INPUT_NAME", "OUTPUT_NAME", "UNROLLED_INPUT", "UNROLLED_LOGITS", "UNROLLED_STEPS",
            "STEP_FORMAT", "UNROLLED_FORMAT"]
 
@@ -508,10 +508,13 @@ def _attention(b: _Builder, name: str, node: SpikingAttention, x: str, shape) ->
 
 
 def write_onnx(graph: Union[nir.NIRGraph, onnx.ModelProto], path: Union[str, Path], opset: int = 17,
-               mode: str = "step", time_steps: int | None = None) -> Path:
+               mode: str = "step", time_steps: int | None = None, *, fingerprint: str | None = None) -> Path:
     """Export ``graph`` (or an already built model) to ``path`` atomically: a temporary file beside it,
     checked, then renamed; nothing is left behind on failure. ``mode="step"`` writes the one-step model,
-    ``mode="unrolled"`` the model unrolled over ``time_steps`` steps (:func:`graph_to_onnx_unrolled`)."""
+    ``mode="unrolled"`` the model unrolled over ``time_steps`` steps (:func:`graph_to_onnx_unrolled`).
+    ``fingerprint`` (``exporters/fingerprint.py``) is recorded in ``metadata_props`` as
+    ``source_fingerprint``, beside ``content_digest``, the digest of the graph as written (a model passed in
+    is copied, not changed)."""
     path = Path(path)
     if mode not in ("step", "unrolled"):
         raise ONNXFileError(f"unknown ONNX export mode {mode!r}; use mode='step' or mode='unrolled'.")
@@ -528,6 +531,14 @@ def write_onnx(graph: Union[nir.NIRGraph, onnx.ModelProto], path: Union[str, Pat
         model = graph_to_onnx_unrolled(graph, time_steps, opset)
     else:
         model = graph_to_onnx_step(graph, opset)
+    if fingerprint is not None:
+        from .fingerprint import DIGEST_KEY, FINGERPRINT_KEY, onnx_digest
+
+        model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's model stays as it was
+        props = {p.key: p.value for p in model.metadata_props}
+        props.update({FINGERPRINT_KEY: str(fingerprint), DIGEST_KEY: onnx_digest(model)})
+        del model.metadata_props[:]
+        helper.set_model_props(model, props)
 
     def write(tmp: Path) -> None:
         onnx.save(model, str(tmp))
@@ -563,3 +574,29 @@ def read_onnx(path: Union[str, Path]) -> onnx.ModelProto:
         raise ONNXFileError(f"{path} is a valid ONNX model but not a revsnn export (no format '{STEP_FORMAT}' or "
                             f"'{UNROLLED_FORMAT}' in its metadata); export it with `write_onnx`.")
     return model
+
+
+# Metadata entries that are long machine-readable lists; summarize_onnx leaves them out.
+_BULKY_PROPS = ("states", "neurons", "state_inputs", "graph_metadata", "step_states")
+
+
+def summarize_onnx(model: onnx.ModelProto) -> dict:
+    """What ``revsnn info`` shows of an ONNX model, as plain data: ``input`` and ``output`` (name and shape,
+    symbolic dimensions by name), ``states`` (the number of state inputs), ``ops`` (op type -> count),
+    ``opset``, ``metadata`` (every ``metadata_props`` entry but the long machine-readable lists)."""
+    graph = model.graph
+
+    def io(v) -> dict:
+        return {"name": v.name, "shape": [d.dim_param or int(d.dim_value) for d in v.type.tensor_type.shape.dim]}
+
+    ops: dict[str, int] = {}
+    for node in graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return {
+        "input": io(graph.input[0]),
+        "output": io(graph.output[0]),
+        "states": len(graph.input) - 1,
+        "ops": dict(sorted(ops.items())),
+        "opset": int(model.opset_import[0].version),
+        "metadata": {p.key: p.value for p in model.metadata_props if p.key not in _BULKY_PROPS},
+    }

@@ -484,3 +484,17 @@ def _output_populations(sched) -> list[str]:
 def _raster(spikes: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
     """Sample 0 of the named populations as one raster [T, neurons]."""
     return torch.cat([spikes[n][:, 0].reshape(spikes[n].shape[0], -1) for n in names], dim=1).cpu()
+
+
+def verify_foreign(path: Path | str, dt: Optional[float] = None, targets: Optional[tuple[str, ...]] = None,
+                   samples: int = 8, time_steps: int = 20, rate: float = 0.2, seed: int = 0,
+                   inputs: Optional[Path | str] = None, on_target: Optional[Callable[[TargetReport], None]] = None,
+                   lava_synapses: str = "conv") -> VerifyReport:
+    """``revsnn verify FILE.nir``: a NIR graph from any tool, converted to steps at ``dt``, on every target,
+    against revsnn's reference executor; inputs are Bernoulli spikes (``rate``, ``seed``) or ``inputs`` (.npy)."""
+    from .pipeline import foreign_inputs, load_source
+
+    source = load_source(path, dt)
+    x = foreign_inputs(source.graph, samples, time_steps, rate, seed, inputs)
+    return verify_graph(source.graph, x, targets, on_target=on_target, lava_synapses=lava_synapses,
+                        name=source.name)

@@ -18,7 +18,7 @@ from revsnn.neurons import IF, LIF, reset_states
 from revsnn.reversible import ParaRevCoupling, RevNetCoupling, ReversibleSequence
 from revsnn.verify import verify_model
 
-FLOAT_TARGETS = ("torch", "onnxruntime", "onnxruntime-unrolled")
+FLOAT_TARGETS = ("torch", "onnxruntime", "onnxruntime-unrolled", "onnx-reference")
 
 
 class RevMLP(nn.Module):
