@@ -114,11 +114,11 @@ def _snn_export(net, path, sample_shape) -> None:
 def _snn_mlp(reset="zero"):
     torch.manual_seed(1)
     net = torch.nn.Sequential(
-        torch.nn.Linear(6, 10), _leaky((10,), 0.8, reset),
+        torch.nn.Linear(6, 10), _leaky((10,), 0.75, reset),
         torch.nn.Linear(10, 8),
-        snn.Synaptic(alpha=torch.full((8,), 0.6), beta=torch.full((8,), 0.85), threshold=torch.ones(8),
+        snn.Synaptic(alpha=torch.full((8,), 0.5), beta=torch.full((8,), 0.875), threshold=torch.ones(8),
                      reset_mechanism=reset, reset_delay=False, init_hidden=True, spike_grad=_heaviside),
-        torch.nn.Linear(8, 4), _leaky((4,), 0.7, reset))
+        torch.nn.Linear(8, 4), _leaky((4,), 0.75, reset))
     with torch.no_grad():
         for i in (0, 2, 4):
             net[i].weight.mul_(2.0)
@@ -142,7 +142,7 @@ def test_snntorch_conv_and_avgpool_match_snntorch(tmp_path):
     net = torch.nn.Sequential(
         torch.nn.Conv2d(2, 4, 3, padding=1), _leaky((4, 6, 6), 0.75),
         torch.nn.AvgPool2d(2), torch.nn.Flatten(),
-        torch.nn.Linear(36, 5), _leaky((5,), 0.9))
+        torch.nn.Linear(36, 5), _leaky((5,), 0.875))
     with torch.no_grad():
         net[0].weight.mul_(2.5)
         net[4].weight.mul_(3.0)
@@ -160,9 +160,9 @@ def _snn_recurrent():
     torch.manual_seed(5)
     net = torch.nn.Sequential(
         torch.nn.Linear(6, 8),
-        snn.RLeaky(beta=0.8, linear_features=8, reset_mechanism="zero", reset_delay=False, init_hidden=True,
+        snn.RLeaky(beta=0.75, linear_features=8, reset_mechanism="zero", reset_delay=False, init_hidden=True,
                    spike_grad=_heaviside),
-        torch.nn.Linear(8, 5), _leaky((5,), 0.85))
+        torch.nn.Linear(8, 5), _leaky((5,), 0.875))
     with torch.no_grad():
         net[0].weight.mul_(2.0)
         net[2].weight.mul_(2.5)
@@ -509,3 +509,76 @@ def test_norse_default_dt_file_says_tau_times_dt_and_revsnn_runs_the_file(tmp_pa
     _, want = _norse_simulate(net, x)
     _, got = revsnn_run(tmp_path / "true_tau.nir", 1e-3, x)
     assert_same_spikes({"1": got["1"]}, {"1": want["1"]})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The same files through `verify`: every target against revsnn's reference executor. Lava runs where Loihi
+# expresses the graph (spike input; every time constant on the 1/4096 grid) and is held bit for bit to the
+# quantised reference; it costs a few seconds a graph, so it runs on the graphs that add something for Loihi
+# (CubaLIF, a residual relay chain, an LI readout). Where a target cannot express a graph, verify refuses
+# with one sentence.
+
+ALL = ("torch", "onnxruntime", "onnx-reference", "norse", "lava")
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory):
+    """tool graph -> (graph converted at the tool's dt, its input)."""
+    d = tmp_path_factory.mktemp("foreign")
+    out = {}
+    _snn_export(_snn_mlp(), d / "snn_mlp.nir", (6,))
+    out["snntorch-mlp"] = (load_foreign(d / "snn_mlp.nir", dt=SNNTORCH_DT), spikes_in(6, seed=2))
+    _snn_export(_snn_recurrent(), d / "snn_rec.nir", (6,))
+    out["snntorch-recurrent"] = (load_foreign(d / "snn_rec.nir", dt=SNNTORCH_DT), spikes_in(6, seed=6))
+    export, _, _ = _sj()
+    export(_sj_residual(), torch.zeros(B, 2, 6, 6), save_path=d / "sj.nir", dt=SJ_DT)
+    out["spikingjelly-residual"] = (load_foreign(d / "sj.nir", dt=SJ_DT), spikes_in(2, 6, 6, seed=8))
+    _sinabs_write(_sinabs_net(), d / "sinabs.nir")
+    out["sinabs-conv"] = (load_foreign(d / "sinabs.nir", dt=SINABS_DT), spikes_in(2, 6, 6, seed=10))
+    norse, net = _norse_net(dt=1.0)
+    _norse_write(norse, net, d / "norse.nir", dt=1.0)
+    out["norse-li"] = (load_foreign(d / "norse.nir", dt=1.0), spikes_in(6, seed=12))
+    return out
+
+
+@pytest.mark.parametrize("key, targets", [
+    ("snntorch-mlp", ("torch", "onnxruntime", "onnx-reference", "lava")),
+    ("snntorch-recurrent", ("torch", "onnxruntime", "onnx-reference", "norse")),
+    ("spikingjelly-residual", ALL),
+    ("sinabs-conv", ("torch", "onnxruntime", "onnx-reference", "norse")),
+    ("norse-li", ALL),
+])
+def test_verify_passes_on_every_target_that_expresses_the_graph(foreign, key, targets):
+    from revsnn.verify import verify_graph
+
+    graph, x = foreign[key]
+    report = verify_graph(graph, x, targets)
+    assert set(report.targets) == set(targets)
+    for name, t in report.targets.items():
+        assert t.ok and t.mismatches == 0, (key, name, t)
+        assert t.spike_count > 0 and t.populations > 0, (key, name)
+    if "lava" in targets:
+        lava = report.targets["lava"]
+        assert lava.tolerance == 0  # bit for bit against the quantised reference
+
+
+@pytest.mark.parametrize("key, target, words", [
+    ("snntorch-mlp", "norse", "CubaLIF"),          # the norse target maps no CubaLIF
+    ("snntorch-recurrent", "lava", "Delay"),       # netx has no recurrent layer
+])
+def test_verify_refuses_what_a_target_cannot_express_in_one_sentence(foreign, key, target, words):
+    from revsnn.verify import verify_graph
+
+    graph, x = foreign[key]
+    with pytest.raises(RevsnnError, match=words) as info:
+        verify_graph(graph, x, (target,))
+    assert "\n" not in str(info.value)
+
+
+def test_snntorch_float32_time_constants_land_on_whole_steps(foreign):
+    """snnTorch writes tau = 1e-4 / (1 - beta) in float32 (3.9999999e-4 s for beta = 0.75); load_foreign
+    divides at the file's precision, so the neuron has exactly the 4 steps snnTorch runs (and Loihi's grid)."""
+    graph, _ = foreign["snntorch-mlp"]
+    np.testing.assert_array_equal(graph.nodes["1"].tau, 4.0)
+    np.testing.assert_array_equal(graph.nodes["3"].tau_syn, 2.0)
+    np.testing.assert_array_equal(graph.nodes["3"].tau_mem, 8.0)
