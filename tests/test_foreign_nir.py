@@ -419,6 +419,34 @@ def test_sinabs_multi_spike_is_written_as_single_spike_hard_reset(tmp_path):
     assert float(got["1"].max()) == 1 and not torch.equal(got["1"], want_multi["1"])
 
 
+
+def test_sinabs_expleak_decays_exponentially_where_the_file_says_li(tmp_path):
+    """sinabs' ExpLeak writes LI(tau = tau_mem steps, r = 1) but steps v = exp(-1 / tau) v + x (exact decay,
+    input unscaled); NIR's Euler LI at dt = 1 step is v = v + (x - v) / tau. revsnn runs the file: its
+    readout equals the hand-computed Euler recursion, not sinabs' own trace."""
+    sinabs, sl, _, _ = _sinabs()
+    torch.manual_seed(13)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 3), sl.ExpLeakSqueeze(batch_size=B, tau_mem=torch.full((3,), 4.0)))
+    graph = sinabs.to_nir(net, torch.zeros(B * 2, 6))
+    nir.write(tmp_path / "li.nir", graph)
+    li = nir.read(tmp_path / "li.nir").nodes["1"]
+    assert isinstance(li, nir.LI)
+    np.testing.assert_array_equal(li.tau, 4.0)
+    np.testing.assert_array_equal(li.r, 1.0)
+    x = spikes_in(6, seed=14)
+    sinabs.reset_states(net)
+    with torch.no_grad():
+        theirs = net(x.float().transpose(0, 1).reshape(B * T, 6)).reshape(B, T, 3).transpose(0, 1).double()
+    got, _ = revsnn_run(tmp_path / "li.nir", SINABS_DT, x)
+    w, b = net[0].weight.detach().double(), net[0].bias.detach().double()
+    v, euler = torch.zeros(B, 3, dtype=torch.float64), []
+    for x_t in x:
+        v = v + (x_t @ w.T + b - v) / 4.0
+        euler.append(v)
+    torch.testing.assert_close(got, torch.stack(euler), rtol=1e-9, atol=1e-9)
+    assert (got - theirs).abs().max() > 0.1  # sinabs' own trace is another equation
+
+
 # ---------------------------------------------------------------------------------------------------------
 # norse 1.1.0: norse.torch.to_nir writes LIFBoxCell as LIF, IAFCell as IF and LIBoxCell as LI, with
 # tau = dt / tau_mem_inv (norse #411: it should be 1 / tau_mem_inv seconds), IF r = 1 (norse's IAF adds its
