@@ -329,6 +329,27 @@ def test_spikingjelly_residual_conv_net_matches_spikingjelly(sj_file):
     assert_same_spikes(got, want)
 
 
+
+def test_spikingjelly_cubalif_matches_spikingjelly(tmp_path):
+    """CUBALIFNode (i = c_decay i + x; v = v_decay v + i) is written as CubaLIF(tau_syn = dt / (1 - c_decay),
+    w_in = tau_syn / dt, r = tau_mem / dt), which Euler at dt turns back into the same two recursions."""
+    export, _, neuron = _sj()
+    torch.manual_seed(15)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), neuron.CUBALIFNode(c_decay=0.5, v_decay=0.75),
+                              torch.nn.Linear(8, 4), neuron.IFNode())
+    with torch.no_grad():
+        net[0].weight.mul_(1.5)
+        net[2].weight.mul_(3.0)
+    export(net, torch.zeros(B, 6), save_path=tmp_path / "cuba.nir", dt=SJ_DT)
+    nodes = nir.read(tmp_path / "cuba.nir").nodes
+    # torch.fx names a Sequential's children `_0`, `_1`, ... and the Input after the argument, `input_1`.
+    assert isinstance(nodes["_1"], nir.CubaLIF) and isinstance(nodes["input_1"], nir.Input)
+    x = spikes_in(6, seed=16)
+    want = {"_" + k: v for k, v in _sj_simulate(net, x).items()}
+    _, got = revsnn_run(tmp_path / "cuba.nir", SJ_DT, x)
+    assert_same_spikes(got, want)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # sinabs 3.1.3: sinabs.to_nir writes IAF as IF(r = 1, v_threshold) with NIR's default hard reset whatever
 # sinabs runs, ExpLeak as LI(tau = tau_mem in steps, r = 1) and SumPool2d; time constants are in steps (dt =
