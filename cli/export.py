@@ -96,6 +96,7 @@ def export_lava_file(checkpoint: Path, out: Path, synapses: str = "conv"):
     from revsnn.exporters.collapse import collapse
     from revsnn.exporters.loihi import quantize, require_spike_input
     from revsnn.exporters.loihi_chain import build_chain
+    from revsnn.exporters.loihi_resources import require_fits
     from revsnn.exporters.netx_file import write_netx
 
     model, payload = load_model(checkpoint)
@@ -104,6 +105,7 @@ def export_lava_file(checkpoint: Path, out: Path, synapses: str = "conv"):
     time_steps = int(train.get("time_steps", model.config.get("train", {}).get("time_steps", 4)))
     quantized = quantize(collapse(model, time_steps).graph)
     chain = build_chain(quantized, synapses)
+    require_fits(chain)   # a neuron no Loihi 2 core can hold: one sentence naming the layer and the limit
     write_netx(chain, out)
     return chain, quantized
 

@@ -19,6 +19,7 @@ import revsnn
 from revsnn.cli.bench import bench_app
 from revsnn.cli.common import console, err, fail
 from revsnn.cli.export import export_app
+from revsnn.cli.report import report_command, resources_table
 
 app = typer.Typer(
     name="revsnn",
@@ -29,6 +30,7 @@ app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 app.add_typer(export_app, name="export")
+app.command("report")(report_command)
 
 # Distribution names of what the toolchain runs on, in the order a user thinks of them.
 _PACKAGES = ["torch", "numpy", "nir", "nirtorch", "norse", "onnx", "onnxruntime", "lava-nc", "lava-dl", "h5py",
@@ -439,6 +441,7 @@ def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir, .onnx 
             console.print(escape(line), highlight=False, soft_wrap=True)
         for line in describe_chain(chain):
             console.print(line, highlight=False)
+        console.print(resources_table(chain))
         for key, value in chain.metadata.items():
             if key in ("model", "time_steps", "readout", "synapses", "revsnn_version", "quantized"):
                 console.print(f"{key}: {value}", highlight=False)

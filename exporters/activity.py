@@ -337,10 +337,13 @@ def count_activity(graph: nir.NIRGraph, spikes: dict[str, torch.Tensor], x: Opti
     input_name = next(n for n, node in graph.nodes.items() if isinstance(node, nir.Input))
     macs = np.zeros(T)
     if x is not None:
+        # The graph's own input layout (a chain whose first synapse is dense reads the input flat).
+        in_shape = tuple(int(v) for v in np.asarray(graph.nodes[input_name].input_type["input"]).ravel())
+        x = torch.as_tensor(x).reshape(x.shape[0], x.shape[1], *in_shape)
         if encoding == "rate":
             add(input_name, x)
         else:
-            for node_macs, offset in mac_counts(graph, tuple(x.shape[2:])).values():
+            for node_macs, offset in mac_counts(graph, in_shape).values():
                 if static_input:
                     macs[min(offset, T - 1)] += node_macs
                 else:

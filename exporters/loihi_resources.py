@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
@@ -177,9 +178,12 @@ def _pack_cores(row_bytes: np.ndarray, neurons_per_core: int, bytes_per_core: in
     return cores
 
 
-def resources(chain: LoihiChain, neurons_per_core: int = NEURONS_PER_CORE,
-              bytes_per_core: int = SYNAPTIC_MEMORY_PER_CORE) -> ChainResources:
-    """The resources of every chain layer and in total (see the module docstring)."""
+def resources(chain: LoihiChain, neurons_per_core: Optional[int] = None,
+              bytes_per_core: Optional[int] = None) -> ChainResources:
+    """The resources of every chain layer and in total (see the module docstring); the per-core limits
+    default to ``NEURONS_PER_CORE`` and ``SYNAPTIC_MEMORY_PER_CORE``."""
+    neurons_per_core = NEURONS_PER_CORE if neurons_per_core is None else int(neurons_per_core)
+    bytes_per_core = SYNAPTIC_MEMORY_PER_CORE if bytes_per_core is None else int(bytes_per_core)
     layers: list[LayerResources] = []
     prev = tuple(chain.input_shape)
     fan_outs: list[np.ndarray] = []
