@@ -137,10 +137,12 @@ def _mask(node: nir.NIRNode) -> Optional[nir.NIRNode]:
         return m
     if isinstance(node, nir.Scale):
         return nir.Scale(scale=(np.asarray(node.scale) != 0).astype(np.float64))
+    if isinstance(node, nir.AvgPool2d):   # one route counts 1, not 1/k² (the backward count relies on it)
+        return nir.SumPool2d(kernel_size=node.kernel_size, stride=node.stride, padding=node.padding)
     return node
 
 
-def _pass_fn(node: nir.NIRNode):
+def _pass_fn(node: nir.NIRNode, dtype=torch.float64):
     """x -> connectivity of ``node`` applied to x (nonnegative), for every node a path may cross."""
     if isinstance(node, nir.Delay):
         return lambda x: x
@@ -149,7 +151,7 @@ def _pass_fn(node: nir.NIRNode):
         k, s, p = (tuple(int(v) for v in np.atleast_1d(a)) for a in (node.kernel_size, node.stride, node.padding))
         area = float(np.prod(k)) if len(k) > 1 else float(k[0] ** 2)
         return lambda x: torch.nn.functional.avg_pool2d(x, k, s, p, count_include_pad=True) * area
-    return linear_fn(_mask(node))
+    return linear_fn(_mask(node), dtype=dtype)
 
 
 def _passes(node: nir.NIRNode) -> bool:
@@ -200,12 +202,13 @@ def _reach(graph: nir.NIRGraph, source: str, out: dict[str, list[str]]) -> tuple
     return order, sorted(ends)
 
 
-def fan_out(graph: nir.NIRGraph, source: str, shape: tuple[int, ...], chunk_elements: int = 1 << 22) -> np.ndarray:
+def fan_out(graph: nir.NIRGraph, source: str, shape: tuple[int, ...], chunk_elements: int = 1 << 23) -> np.ndarray:
     """Per neuron of ``source`` (flattened), its synapses: nonzero entries of the folded maps into every
     population and the readout it reaches."""
     out = _outgoing(graph)
     order, ends = _reach(graph, source, out)
     fns = {n: _pass_fn(graph.nodes[n]) for n in order}
+    fns32 = {n: _pass_fn(graph.nodes[n], torch.float32) for n in order}
     n = int(np.prod(shape))
     if _single_route(graph, source, order, ends):
         # Every (source neuron, target neuron) pair is joined by at most one route, so the transpose of the
@@ -219,14 +222,15 @@ def fan_out(graph: nir.NIRGraph, source: str, shape: tuple[int, ...], chunk_elem
         return np.zeros(n, dtype=np.int64) if x.grad is None else x.grad.reshape(-1).round().numpy().astype(np.int64)
     counts = np.zeros(n, dtype=np.int64)
     # The widest value along the paths bounds the chunk of unit vectors pushed at once.
-    probe = _propagate(graph, source, torch.zeros(1, *shape, dtype=torch.float64), order, ends, fns)
+    probe = _propagate(graph, source, torch.zeros(1, *shape, dtype=torch.float32), order, ends, fns32)
     width = max([int(np.prod(v.shape[1:])) for v in probe["all"].values()] + [1])
     step = max(1, min(n, chunk_elements // width))
     for lo in range(0, n, step):
         hi = min(n, lo + step)
-        basis = torch.zeros(hi - lo, n, dtype=torch.float64)
+        # float32: 0/1 masks and route counts stay exact (far below 2^24) at half the work of float64
+        basis = torch.zeros(hi - lo, n, dtype=torch.float32)
         basis[torch.arange(hi - lo), torch.arange(lo, hi)] = 1.0
-        values = _propagate(graph, source, basis.reshape(hi - lo, *shape), order, ends, fns)
+        values = _propagate(graph, source, basis.reshape(hi - lo, *shape), order, ends, fns32)
         for e in ends:
             v = values["ends"].get(e)
             if v is not None:
@@ -234,32 +238,59 @@ def fan_out(graph: nir.NIRGraph, source: str, shape: tuple[int, ...], chunk_elem
     return counts
 
 
-MIXING = (nir.Affine, nir.Linear, nir.Conv1d, nir.Conv2d, nir.AvgPool2d, nir.SumPool2d, MaxPool2d)
+def _mixing(node: nir.NIRNode) -> tuple[int, int]:
+    """(mixes positions, mixes channels) of a linear node, from its nonzero pattern: a node that does
+    neither is a permutation or an elementwise scale. Two mixers of the same kind in a row (3x3 then 3x3,
+    1x1 then 1x1) can join one pair of neurons by several routes; one of each (depthwise then pointwise) cannot."""
+    if isinstance(node, (nir.Conv1d, nir.Conv2d)):
+        w = np.asarray(node.weight) != 0
+        taps = w.reshape(w.shape[0], w.shape[1], -1).any((0, 1)).sum()
+        stride = np.atleast_1d(np.asarray(node.stride))
+        channels = w.reshape(w.shape[0], w.shape[1], -1).any(2)
+        partial_permutation = (channels.sum(0) <= 1).all() and (channels.sum(1) <= 1).all()
+        return int(taps > 1 or (stride > 1).any()), int(not partial_permutation or int(node.groups) != 1)
+    if isinstance(node, (nir.AvgPool2d, nir.SumPool2d, MaxPool2d)):
+        return 1, 0
+    if isinstance(node, (nir.Affine, nir.Linear)):
+        w = np.asarray(node.weight) != 0
+        return (0, 0) if (w.sum(0) <= 1).all() and (w.sum(1) <= 1).all() else (1, 1)
+    return 0, 0
 
 
 def _single_route(graph, source: str, order: list[str], ends: list[str]) -> bool:
-    """True when no two routes can join the same pair of neurons: at most one mixing node (convolution,
-    affine, pooling) among the reachable linear nodes, and no node or endpoint fed twice from them."""
-    if sum(isinstance(graph.nodes[n], MIXING) for n in order) > 1:
-        return False
+    """True when no two routes can join the same pair of neurons: every node and endpoint is fed once from
+    the reachable nodes (a tree), and along each path at most one node mixes positions and one mixes
+    channels (a node that mixes both counts as each)."""
     reach = set(order) | {source}
-    feeds: dict[str, int] = {}
+    feeds: dict[str, list[str]] = {}
     for s, d in graph.edges:
         if s in reach and (d in reach or d in ends):
-            feeds[d] = feeds.get(d, 0) + 1
-    return all(v <= 1 for v in feeds.values())
+            feeds.setdefault(d, []).append(s)
+    if any(len(v) > 1 for v in feeds.values()):
+        return False
+    along = {source: (0, 0)}
+    for n in order:   # a tree: each node's one path is its feeder's plus itself
+        a, b = along[feeds[n][0]]
+        x, y = _mixing(graph.nodes[n])
+        along[n] = (a + x, b + y)
+        if max(along[n]) > 1:
+            return False
+    return True
 
 
 def _propagate(graph, source: str, x: torch.Tensor, order: list[str], ends: list[str], fns, grad: bool = False) -> dict:
     values: dict[str, torch.Tensor] = {source: x}
+    preds: dict[str, list[str]] = {}
+    for s, d in graph.edges:
+        preds.setdefault(d, []).append(s)
     with (torch.enable_grad() if grad else torch.no_grad()):
         for n in order:
-            ins = [values[s] for s, d in graph.edges if d == n and s in values]
+            ins = [values[s] for s in preds.get(n, []) if s in values]
             values[n] = fns[n](sum(ins[1:], ins[0]))
         at_ends = {}
         for e in ends:
             # A population wired straight to the graph's Output is read out, not a synapse.
-            ins = [values[s] for s, d in graph.edges if d == e and s in values
+            ins = [values[s] for s in preds.get(e, []) if s in values
                    and not (s == source and isinstance(graph.nodes[e], nir.Output))]
             if ins:
                 at_ends[e] = sum(ins[1:], ins[0])

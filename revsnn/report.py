@@ -156,7 +156,8 @@ def _loihi_costs(graph, x, encoding: str, name: str, synapses: str, folder: Path
     _, q_spikes = ReferenceExecutor(q.graph).run(x, record=True)
     acts["quantised"] = count_activity(q.graph, q_spikes, x, encoding, label="quantised reference (Loihi fixed point)")
     chain_graph = chain.to_graph()
-    _, c_spikes = ReferenceExecutor(chain_graph).run(x, record=True)
+    xc = x.reshape(x.shape[0], x.shape[1], *chain.input_shape)   # a dense first synapse reads the input flat
+    _, c_spikes = ReferenceExecutor(chain_graph).run(xc, record=True)
     chain_fan: dict = {}
     acts["chain"] = count_activity(chain_graph, c_spikes, x, encoding, label="Loihi chain with relays (reference)",
                                    fan_outs=chain_fan)
@@ -181,6 +182,7 @@ def _loihi_costs(graph, x, encoding: str, name: str, synapses: str, folder: Path
 def _mark_relays(activity, chain, spikes: dict, fan: dict) -> None:
     """Split each chain layer's spikes and SOPs into the model's populations and the relays."""
     relay_spikes = relay_synops = 0.0
+    per_layer = {}
     for k, layer in enumerate(chain.layers[:-1]):
         name = f"layer{k}"
         s = torch.as_tensor(spikes[name], dtype=torch.float64)
@@ -193,8 +195,10 @@ def _mark_relays(activity, chain, spikes: dict, fan: dict) -> None:
                 mask[lo:hi] = True
         f = torch.as_tensor(fan[name], dtype=torch.float64)
         relay_spikes += float(flat[:, :, mask].sum()) / B
-        relay_synops += float((flat[:, :, mask] @ f[mask]).sum()) / B
-    activity.details.update(relay_spikes=relay_spikes, relay_synops_total=relay_synops)
+        per_layer[name] = float((flat[:, :, mask] @ f[mask]).sum()) / B
+        relay_synops += per_layer[name]
+    activity.details.update(relay_spikes=relay_spikes, relay_synops_total=relay_synops,
+                            relay_synops_per_layer=per_layer)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -211,23 +215,40 @@ def _png(fig) -> str:
 
 
 def _plot_layers(costs: Costs) -> str:
+    """Left: SOPs per population of the float graph (and of the quantised one, by name). Right: SOPs per
+    netx layer of Lava's run (or the chain reference), split into the model's neurons and the relays."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    shown = [k for k in ("float", "quantised", "lava") if k in costs.activities]
-    for key in shown:
-        a = costs.activities[key]
-        pops = [p for p in a.populations]
-        axes[0].plot(range(len(pops)), [p.spikes.sum() for p in pops], marker="o", label=a.label)
-        axes[1].plot(range(len(pops)), [p.synops.sum() for p in pops], marker="o", label=a.label)
-    axes[0].set_title("spikes per inference, per population")
-    axes[1].set_title("synaptic operations per inference, per population")
-    for ax in axes:
-        ax.set_xlabel("population (graph order; chain layers for lava)")
-        ax.set_yscale("symlog")
+    chain = costs.activities.get("lava") or costs.activities.get("chain")
+    fig, axes = plt.subplots(1, 2 if chain is not None else 1, figsize=(11 if chain is not None else 7, 4.2),
+                             squeeze=False)
+    ax = axes[0][0]
+    names = [p.name for p in costs.activities["float"].populations]
+    width = 0.4
+    for i, key in enumerate(k for k in ("float", "quantised") if k in costs.activities):
+        by = {p.name: p.synops.sum() for p in costs.activities[key].populations}
+        ax.bar(np.arange(len(names)) + (i - 0.5) * width * (1 if "quantised" in costs.activities else 0),
+               [by.get(n, 0.0) for n in names], width, label=costs.activities[key].label)
+    ax.set_xticks(np.arange(len(names)))
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=6 if len(names) > 12 else 8)
+    ax.set_ylabel("SOPs per inference")
+    ax.set_title("synaptic operations per population (the input: its spikes)")
+    ax.legend(fontsize=7)
+    if chain is not None:
+        ax = axes[0][1]
+        layers = [p for p in chain.populations]
+        relay = chain.details.get("relay_synops_per_layer", {})
+        model_part = [p.synops.sum() - relay.get(p.name, 0.0) for p in layers]
+        relay_part = [relay.get(p.name, 0.0) for p in layers]
+        idx = np.arange(len(layers))
+        ax.bar(idx, model_part, label="model neurons (and the input)")
+        ax.bar(idx, relay_part, bottom=model_part, label="relays")
+        ax.set_xticks(idx)
+        ax.set_xticklabels([p.name for p in layers], rotation=60, ha="right", fontsize=8)
+        ax.set_title(f"{chain.label}: SOPs per netx layer")
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _png(fig)
@@ -273,7 +294,12 @@ def _plot_memory(rows: list[dict]) -> str:
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    def cell(c: Any) -> str:   # sentences read better left-aligned; numbers stay right-aligned
+        text = str(c)
+        cls = " class='text'" if len(text) > 12 and sum(ch.isalpha() for ch in text) > 6 else ""
+        return f"<td{cls}>{html.escape(text)}</td>"
+
+    body = "".join("<tr>" + "".join(cell(c) for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -291,7 +317,7 @@ _PAGE = """<!DOCTYPE html>
 body {{ font-family: sans-serif; max-width: 1150px; margin: 1.5em auto; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.9em; }}
 th, td {{ border: 1px solid #bbb; padding: 3px 8px; text-align: right; }}
-th {{ background: #eee; }} td:first-child, th:first-child {{ text-align: left; }}
+th {{ background: #eee; }} td:first-child, th:first-child, td.text {{ text-align: left; }}
 img {{ max-width: 100%; }} .note {{ color: #555; font-size: 0.9em; }}
 #broken {{ display: none; background: #fdd; padding: 0.5em; }}
 </style></head>

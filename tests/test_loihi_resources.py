@@ -176,3 +176,23 @@ def test_lava_synaptic_operations_equal_revsnn_count(tmp_path):
     # ... and the chain reference's own spikes give the same count (Lava is bit-exact to it).
     _, ref = ReferenceExecutor(graph).run(x.reshape(T, B, *chain.input_shape), record=True)
     assert np.array_equal(count_activity(graph, ref, x, "rate").per_step()["synops"], want)
+
+
+@pytest.mark.parametrize("name, changes", [("revsresnet-digits", {"planes": [2, 4]}),
+                                           ("trevsnn-digits", {"channels": [4, 4, 4, 4], "time_steps": 2, "blocks_per_level": 1})])
+def test_fast_fan_out_equals_the_unit_basis_count(name, changes, monkeypatch):
+    """The one-backward-pass count (used where a path joins each pair of neurons once) against pushing every
+    unit vector through the paths and counting the nonzero results."""
+    from revsnn.exporters import activity
+
+    T = changes.get("time_steps", 4)
+    g = collapse(trained_like(name, 0, **changes), T).graph
+    x = encode(load_digits().x_test[:1], T, "rate", torch.Generator().manual_seed(2)).double()
+    _, spikes = ReferenceExecutor(g).run(x, record=True)
+    out = activity._outgoing(g)
+    fast_ones = [n for n in spikes if activity._single_route(g, n, *activity._reach(g, n, out))]
+    fast = {n: activity.fan_out(g, n, tuple(spikes[n].shape[2:])) for n in fast_ones}
+    monkeypatch.setattr(activity, "_single_route", lambda *a: False)
+    for n in fast_ones:
+        assert np.array_equal(fast[n], activity.fan_out(g, n, tuple(spikes[n].shape[2:]))), n
+    assert len(fast_ones) >= 3 and all(f.sum() > 0 for f in fast.values())
