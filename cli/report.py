@@ -67,7 +67,7 @@ def report_command(
         console.print(f"Loihi 2: {res['totals']['cores']} neuro-cores, {res['chips']} chip(s). {costs['loihi_note']}",
                       highlight=False)
     else:
-        console.print(f"Loihi 2: not deployable: {costs['loihi_note']}", highlight=False)
+        console.print(f"Loihi 2: no figures: {costs['loihi_note']}", highlight=False)
     console.print(f"Wrote {out / 'report.html'} and {out / 'report.json'}.", highlight=False)
     if not data["verify"]["ok"]:
         fail("a target disagrees with its reference; see the verify table in the report.", 1)

@@ -128,7 +128,7 @@ def model_costs(checkpoint: Path | str, samples: int = 16, targets: tuple[str, .
                 continue
             acts[name] = count_activity(graph, t_spikes, x, encoding, live, static, label=f"{name} (float, its own run)",
                                         fan_outs=fan_outs)
-        res, note, equal = None, "", None
+        res, note, equal = None, "not computed: lava was not among the targets.", None
         if "lava" in targets:
             res, note, equal = _loihi_costs(graph, x, encoding, config.get("name", "this model"), lava_synapses,
                                             Path(tmp), acts, say)
@@ -428,7 +428,7 @@ def write_report(checkpoint: Path | str, out: Path | str, samples: int = 16,
                         + f"<p class='note'>Limits: {html.escape(limits)}. Sources: {html.escape(sources)}. Synaptic "
                           "bytes are an estimate (weights only, no index overhead or kernel sharing).</p>")
     else:
-        sections.append(f"<h2>Loihi 2 resources</h2><p>Not deployable to Loihi: {html.escape(costs.loihi_note)}</p>")
+        sections.append(f"<h2>Loihi 2 resources</h2><p>No Loihi figures: {html.escape(costs.loihi_note)}</p>")
     sections.append(f"<p class='note'>Written by revsnn in {time.perf_counter() - t0:.0f} s from {html.escape(str(checkpoint))}.</p>")
 
     images = sum(s.count("<img ") for s in sections)
@@ -451,17 +451,22 @@ def _jsonable(v):
 
 
 def _memory(config: dict, time_steps: int, depths: tuple[int, ...]) -> tuple[list[dict], str]:
-    from .bench import memory_rows, variants_of
-    from .models import get_config
+    """Activation memory per sample against depth, for the checkpoint's own configuration (its widths) with
+    1, 2, 4 ... blocks per stage (``revsnn.bench``'s depth rule and meter)."""
+    from . import bench
 
-    name = config.get("name", "")
-    try:
-        get_config(name)
-    except Exception:   # a model outside the zoo has no depth sweep
-        return [], f"{name} is not a zoo model, so there is no depth sweep for it."
-    if config.get("family") == "scnn":
+    family = config.get("family")
+    if family == "scnn":
         return [], "scnn is a fixed-depth plain baseline; there is no depth sweep."
-    rows = memory_rows([(name, list(depths))], time_steps=time_steps, batch_size=2,
-                       variants=variants_of(config["family"]))
-    return rows, (f"{name}'s family at depth scales {', '.join(map(str, depths))} (zoo configuration, not the "
-                  "checkpoint's weights), CPU saved-tensor meter, batch 2.")
+    if not depths:
+        return [], "not measured (no depths asked for)."
+    rows = []
+    for scale in depths:
+        cfg = bench._with_depth(dict(config), scale)
+        # The torch.utils.checkpoint variant is left to `revsnn bench memory`: its first call alone takes
+        # longer than the whole sweep here.
+        for variant in (v for v in bench.variants_of(family) if v != "checkpoint"):
+            rows.append(bench._measure(cfg, variant, time_steps, 2, "cpu"))
+    return rows, (f"{config.get('name')} at its own widths with depth scales {', '.join(map(str, depths))} "
+                  "(fresh weights: memory does not depend on them), CPU saved-tensor meter, batch 2; the "
+                  "torch.utils.checkpoint variant is in `revsnn bench memory`.")
