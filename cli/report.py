@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from revsnn.cli.common import console, fail, parse_list
+from revsnn.cli.common import console, fail, parse_ints, parse_list
 
 
 def resources_table(chain) -> Table:
@@ -41,6 +41,8 @@ def report_command(
                                 "(lava only for models Loihi can run)."),
     lava_synapses: str = typer.Option("dense", "--lava-synapses", help="Synapse form of the .net Lava runs: dense "
                                       "(fast in Lava's CPU simulation) or conv."),
+    memory_depths: str = typer.Option("1,2,4", "--memory-depths", help="Depth scales (blocks per stage) of the "
+                                      "memory sweep."),
 ) -> None:
     """One HTML page on a checkpoint: summary, verify table, memory against depth, spikes and operations per layer, Loihi 2 resources and energy per inference."""
     from revsnn.errors import RevsnnError
@@ -51,6 +53,7 @@ def report_command(
     try:
         with console.status("writing the report ...") as status:
             data = write_report(checkpoint, out, samples, tuple(parse_list(targets, "--targets")), lava_synapses,
+                                tuple(parse_ints(memory_depths, "--memory-depths")),
                                 on_step=lambda s: status.update(s + " ..."))
     except RevsnnError as exc:
         fail(str(exc))
