@@ -128,13 +128,25 @@ def model_costs(checkpoint: Path | str, samples: int = 16, targets: tuple[str, .
                 continue
             acts[name] = count_activity(graph, t_spikes, x, encoding, live, static, label=f"{name} (float, its own run)",
                                         fan_outs=fan_outs)
-        res, note, equal = None, "not computed: lava was not among the targets.", None
+        res, note, equal = None, _loihi_refusal(graph, encoding, config.get("name", "this model")), None
         if "lava" in targets:
             res, note, equal = _loihi_costs(graph, x, encoding, config.get("name", "this model"), lava_synapses,
                                             Path(tmp), acts, say)
     history = payload.get("history") or []
     return Costs(config.get("name", "?"), config.get("family", "?"), encoding, T, n,
                  history[-1]["test_accuracy"] if history else None, sample_accuracy, acts, res, note, equal, details)
+
+
+def _loihi_refusal(graph, encoding: str, name: str) -> str:
+    """Why Loihi cannot run this model (its own sentence), or that lava was simply not asked for."""
+    from revsnn.exporters.loihi import LoihiExportError, quantize, require_spike_input
+
+    try:
+        require_spike_input(encoding, name)
+        quantize(graph)
+    except LoihiExportError as exc:
+        return str(exc)
+    return "not computed: lava was not among the targets."
 
 
 def _loihi_costs(graph, x, encoding: str, name: str, synapses: str, folder: Path, acts: dict, say):
