@@ -40,7 +40,7 @@ from .errors import RevsnnError
 __all__ = ["ReportError", "Costs", "model_costs", "write_report", "REPORT_TARGETS"]
 
 REPORT_TARGETS = ("torch", "norse", "onnxruntime", "lava")
-SPIKE_TARGETS = ("norse", "onnxruntime")      # file targets whose runs expose every population's spikes
+SPIKE_TARGETS = ("norse", "onnxruntime", "onnx-reference")   # file targets that expose every population's spikes
 
 
 class ReportError(RevsnnError):
@@ -106,7 +106,7 @@ def model_costs(checkpoint: Path | str, samples: int = 16, targets: tuple[str, .
     if static:
         live = {**(live or {}), "input": 0}    # the stem reads x[0] only: later input steps reach nothing
     outputs, spikes = ReferenceExecutor(graph).run(x, record=True)
-    readout = graph.metadata.get("readout", "mean")
+    readout = (graph.metadata or {}).get("readout", "mean")
     logits = outputs[-1] if readout == "last" else outputs.mean(0)
     sample_accuracy = float((logits.argmax(1) == y).double().mean())
     fan_outs: dict = {}
@@ -115,14 +115,16 @@ def model_costs(checkpoint: Path | str, samples: int = 16, targets: tuple[str, .
                                    fan_outs=fan_outs)
     details: dict = {}
     with tempfile.TemporaryDirectory(prefix="revsnn-report-") as tmp:
-        from revsnn.verify import _run_file_target
+        from revsnn.targets.registry import get_target
 
         for name in targets:
             if name not in SPIKE_TARGETS:
                 continue
             say(f"running {name} and counting its spikes")
             try:
-                _, t_spikes = _run_file_target(name, graph, Path(tmp), x)
+                target = get_target(name)
+                options = {"time_steps": T}
+                t_spikes = target.run(target.export(graph, Path(tmp), **options), x, **options).spikes
             except RevsnnError as exc:   # a target this graph cannot go to (RevSFormer on norse): say so
                 details[f"{name}_skipped"] = str(exc)
                 continue
@@ -365,9 +367,11 @@ def write_report(checkpoint: Path | str, out: Path | str, samples: int = 16,
         raise ReportError(f"--out {out} is a file; give a directory for report.html and report.json.")
     if not out.parent.is_dir():
         raise ReportError(f"the parent of --out {out} does not exist; create it first.")
-    unknown = [t for t in targets if t not in REPORT_TARGETS + ("onnxruntime-unrolled",)]
+    from revsnn.targets.registry import target_names
+
+    unknown = [t for t in targets if t not in target_names()]
     if unknown:
-        raise ReportError(f"unknown target {unknown[0]!r}; the report runs {', '.join(REPORT_TARGETS)}.")
+        raise ReportError(f"unknown target {unknown[0]!r}; known: {', '.join(target_names())}.")
     t0 = time.perf_counter()
     model, payload = load_model(checkpoint)
     config = model.config
