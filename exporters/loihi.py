@@ -113,7 +113,8 @@ def _refuse(name: str, node: nir.NIRNode) -> LoihiExportError:
         "SpikingAttention": "it multiplies two spike maps (Q K^T V), a product no Loihi synapse or neuron computes",
         "MaxPool2d": "max pooling is not linear, so no synapse can carry it",
         "Threshold": "a stateless threshold unit (T-RevSNN's non-resetting level state) has no CUBA neuron",
-        "Delay": "its feedback delay (the reversible RevLIF node's soft reset) has no netx layer",
+        "Delay": "a delay (a recurrent layer's loop, T-RevSNN's columns, the RevLIF node's soft reset) has no "
+                 "netx layer, and netx loads only feedforward chains",
         "Scale": "a scaled feedback path (the reversible RevLIF node's soft reset) has no netx layer",
         "Conv1d": "token convolutions belong to RevSFormer, whose attention Loihi cannot compute",
     }.get(kind, "netx has no layer for it")
