@@ -19,6 +19,7 @@ import revsnn
 from revsnn.cli.bench import bench_app
 from revsnn.cli.common import RevsnnGroup, console, err, fail
 from revsnn.cli.export import export_app
+from revsnn.cli.report import report_command, resources_table
 
 app = typer.Typer(
     name="revsnn",
@@ -30,6 +31,7 @@ app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 app.add_typer(export_app, name="export")
+app.command("report")(report_command)
 
 # Distribution names of what the toolchain runs on, in the order a user thinks of them.
 _PACKAGES = ["torch", "numpy", "nir", "nirtorch", "norse", "onnx", "onnxruntime", "lava-nc", "lava-dl", "h5py",
@@ -466,7 +468,8 @@ def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir, .onnx 
     if file.suffix == ".net":
         from revsnn.exporters.netx_file import read_netx, summarize_netx
 
-        s = summarize_netx(read_netx(file), file)
+        chain = read_netx(file)
+        s = summarize_netx(chain, file)
         layers = Table(title=f"{file}: lava-dl netx chain, input {'×'.join(map(str, s['input_shape']))}",
                        header_style="bold")
         for col in ("layer", "type", "shape", "synapse", "i/vDecay", "vThMant", "pops", "relays"):
@@ -483,6 +486,7 @@ def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir, .onnx 
             console.print(escape(line), highlight=False, soft_wrap=True)
         for line in s["description"]:
             console.print(line, highlight=False)
+        console.print(resources_table(chain))
         for key, value in s["metadata"].items():
             console.print(f"{key}: {value}", highlight=False)
         return

@@ -53,11 +53,13 @@ def export_lava(checkpoint: Path | str, out: Path | str, synapses: str = "conv",
     from revsnn.exporters.fingerprint import checkpoint_fingerprint
     from revsnn.exporters.loihi import quantize, require_spike_input
     from revsnn.exporters.loihi_chain import build_chain
+    from revsnn.exporters.loihi_resources import require_fits
     from revsnn.exporters.netx_file import write_netx
 
     if Path(checkpoint).suffix == ".nir":   # a graph from any tool, converted to steps at dt
         source = load_source(checkpoint, dt)
         chain = build_chain(quantize(source.graph), synapses)
+        require_fits(chain)   # a neuron no Loihi 2 core can hold: one sentence naming the layer and the limit
         write_netx(chain, out, fingerprint=source.fingerprint)
         return chain, None
     model, payload = load_model(checkpoint)
@@ -66,6 +68,7 @@ def export_lava(checkpoint: Path | str, out: Path | str, synapses: str = "conv",
     time_steps = int(train.get("time_steps", model.config.get("train", {}).get("time_steps", 4)))
     quantized = quantize(collapse(model, time_steps).graph)
     chain = build_chain(quantized, synapses)
+    require_fits(chain)
     write_netx(chain, out, fingerprint=checkpoint_fingerprint(model, payload, time_steps))
     return chain, quantized
 

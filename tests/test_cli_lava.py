@@ -33,6 +33,7 @@ def test_export_info_bench_and_verify(checkpoints, tmp_path):
     result = runner.invoke(app, ["info", str(net)])
     assert result.exit_code == 0, result.output
     assert "lava-dl netx chain" in result.output and "readout" in result.output and "vDecay" in result.output
+    assert "Loihi 2 resources" in result.output and "neuro-cores" in result.output   # exporters/loihi_resources.py
 
     result = runner.invoke(app, ["bench", "lava", str(net), "--samples", "2", "--json"])
     assert result.exit_code == 0, result.output
