@@ -259,17 +259,21 @@ def _print_lava_note(report) -> None:
 
 
 def _run_verify(checkpoint: Path, targets: Optional[list[str]], samples: int, plot: Optional[Path],
-                lava_synapses: str = "conv", file: Optional[Path] = None):
+                lava_synapses: str = "conv", file: Optional[Path] = None, foreign: Optional[dict] = None):
     from revsnn.plots import raster_plots
-    from revsnn.verify import verify
+    from revsnn.verify import verify, verify_foreign
 
     if plot is not None and not plot.is_dir():
         if plot.exists() or not plot.parent.is_dir():
             fail(f"--plot {plot} must be a directory (its parent must exist).")
     with console.status("running every target step by step ...") as status:
-        report = verify(checkpoint, None if targets is None else tuple(targets), samples,
-                        on_target=lambda t: status.update(f"{t.name} done; running the next target ..."),
-                        lava_synapses=lava_synapses, file=file)
+        progress = lambda t: status.update(f"{t.name} done; running the next target ...")  # noqa: E731
+        if foreign is not None:   # a .nir file from any tool
+            report = verify_foreign(checkpoint, targets=None if targets is None else tuple(targets), samples=samples,
+                                    on_target=progress, lava_synapses=lava_synapses, **foreign)
+        else:
+            report = verify(checkpoint, None if targets is None else tuple(targets), samples,
+                            on_target=progress, lava_synapses=lava_synapses, file=file)
     plots = []
     if plot is not None:
         plot.mkdir(exist_ok=True)
@@ -286,9 +290,10 @@ def _targets_help() -> str:
 
 @app.command()
 def verify(
-    checkpoint: Path = typer.Argument(..., help="model.pt written by `revsnn train`."),
+    checkpoint: Path = typer.Argument(..., help="model.pt written by `revsnn train`, or a .nir file written by any "
+                                     "tool (then see --dt, --rate, --input)."),
     targets: Optional[str] = typer.Option(None, help=_targets_help()),
-    samples: int = typer.Option(32, help="Test samples of the model's data to run."),
+    samples: int = typer.Option(32, help="Test samples of the model's data to run (a .nir file: input samples)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     plot: Optional[Path] = typer.Option(None, help="Directory for one spike-raster PNG per target (sample 0)."),
     lava_synapses: str = typer.Option("conv", "--lava-synapses", help="Synapse form of the .net the lava target "
@@ -296,6 +301,13 @@ def verify(
     file: Optional[Path] = typer.Option(None, "--file", help="Run this exported file (.nir, .onnx or .net) instead "
                                         "of a fresh export; it must have been exported from CHECKPOINT and be "
                                         "unchanged since (its fingerprint says)."),
+    dt: Optional[float] = typer.Option(None, "--dt", help="A .nir file from another tool: its time step in "
+                                       "seconds [default: the file's metadata]."),
+    time_steps: int = typer.Option(20, "--time-steps", help="A .nir file: time steps of the input."),
+    rate: float = typer.Option(0.2, help="A .nir file: Bernoulli spike probability of the input per step."),
+    seed: int = typer.Option(0, help="A .nir file: seed of the input spikes."),
+    inputs: Optional[Path] = typer.Option(None, "--input", help="A .nir file: your own input, a .npy array "
+                                          "[T, B, ...] (instead of --rate spikes)."),
 ) -> None:
     """Prove that every target reproduces the training model, one time step at a time.
 
@@ -305,8 +317,15 @@ def verify(
 
     if lava_synapses not in ("conv", "dense"):
         fail(f"--lava-synapses must be conv or dense, got {lava_synapses!r}.")
+    foreign = None
+    if checkpoint.suffix == ".nir":
+        if file is not None:
+            fail("--file applies to a checkpoint; a .nir file is run itself.")
+        foreign = {"dt": dt, "time_steps": time_steps, "rate": rate, "seed": seed, "inputs": inputs}
+    elif dt is not None or inputs is not None:
+        fail("--dt and --input apply to a .nir file from another tool, not to a checkpoint.")
     report, plots = _run_verify(checkpoint, None if targets is None else parse_list(targets, "--targets"), samples,
-                                plot, lava_synapses, file)
+                                plot, lava_synapses, file, foreign)
     if json_out:
         print(json.dumps(report.as_json(), indent=2))
     else:
@@ -324,7 +343,9 @@ def verify(
 
 
 @app.command()
-def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir, .onnx or .net file.")) -> None:
+def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir, .onnx or .net file."),
+         dt: Optional[float] = typer.Option(None, "--dt", help="A .nir file from another tool: its time step in "
+                                            "seconds, to show its time constants in steps.")) -> None:
     """A readable summary of a checkpoint or an exported file: nodes by type, neurons, synapses, shapes, metadata.
 
     A checkpoint of your own model (`train --model MODULE:FUNCTION`) is rebuilt by importing MODULE, so its code runs: only read checkpoints whose code you trust.
@@ -362,6 +383,10 @@ def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir, .onnx 
         table.add_row("synapses", f"{summary['synapses']:,}")
         table.add_row("input", str(summary["input_shape"]))
         table.add_row("output", str(summary["output_shape"]))
+        from revsnn.exporters.nir_import import time_summary
+
+        for key, value in time_summary(read_nir(file), dt):
+            table.add_row(key, value)
         for key, value in summary["metadata"].items():
             table.add_row(f"metadata: {key}", str(value))
         console.print(table)

@@ -91,4 +91,4 @@ class LoihiNeuron(NIRNode):
 
 CUSTOM_NODES = (MaxPool2d, SpikingAttention, LoihiNeuron)
 # The nodes that hold spiking populations (what verify compares, what the ONNX model exposes as spikes).
-NEURON_TYPES = (nir.LIF, nir.IF, nir.Threshold, SpikingAttention, LoihiNeuron)
+NEURON_TYPES = (nir.LIF, nir.IF, nir.CubaLIF, nir.Threshold, SpikingAttention, LoihiNeuron)

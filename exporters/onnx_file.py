@@ -405,6 +405,35 @@ def _emit(b: _Builder, name: str, node, x: str, shape, delay_fifo, delay_out, pu
         return b.op("Reshape", [x, b.const(f"{name}.shape", [0, *out], dtype=np.int64)], f"{name}.out")
     if isinstance(node, nir.Scale):
         return b.op("Mul", [x, b.const(f"{name}.scale", _f32(node.scale))], f"{name}.out")
+    if isinstance(node, (nir.LI, nir.CubaLIF, nir.CubaLI)):
+        # CubaLIF / CubaLI: the current first, i = i + (w_in x - i) / tau_syn; then the voltage reads it
+        tau = node.tau if isinstance(node, nir.LI) else node.tau_mem
+        drive = x
+        if not isinstance(node, nir.LI):
+            i = b.state(f"{name}.current", shape)
+            wx = b.op("Mul", [b.const(f"{name}.w_in", _f32(np.broadcast_to(node.w_in, np.shape(tau)))), x],
+                      f"{name}.w_in_x")
+            di = b.op("Div", [b.op("Sub", [wx, i], f"{name}.wx_minus_i"), b.const(f"{name}.tau_syn",
+                                                                                   _f32(node.tau_syn))], f"{name}.di")
+            drive = b.op("Add", [i, di], f"{name}.i")
+            b.set_state(f"{name}.current", b.op("Identity", [drive], f"state_out.{name}.current"))
+        v = b.state(name, shape)
+        leak_v = b.op("Sub", [b.const(f"{name}.v_leak", _f32(node.v_leak)), v], f"{name}.leak_minus_v")
+        ri = b.op("Mul", [b.const(f"{name}.r", _f32(node.r)), drive], f"{name}.rI")
+        num = b.op("Add", [leak_v, ri], f"{name}.drive")
+        dv = b.op("Div", [num, b.const(f"{name}.tau", _f32(tau))], f"{name}.dv")
+        h = b.op("Add", [v, dv], f"{name}.h")
+        if isinstance(node, nir.CubaLIF):
+            s = b.fire(name, name, h, b.const(f"{name}.v_threshold", _f32(node.v_threshold)),
+                       b.const(f"{name}.v_reset", _f32(node.v_reset)))
+            return b.op("Identity", [s], f"spikes.{name}")
+        b.set_state(name, b.op("Identity", [h], f"state_out.{name}"))
+        return h
+    if isinstance(node, nir.I):
+        v = b.state(name, shape)
+        h = b.op("Add", [v, b.op("Mul", [b.const(f"{name}.r", _f32(node.r)), x], f"{name}.rI")], f"{name}.h")
+        b.set_state(name, b.op("Identity", [h], f"state_out.{name}"))
+        return h
     if isinstance(node, nir.LIF):
         v = b.state(name, shape)
         leak_v = b.op("Sub", [b.const(f"{name}.v_leak", _f32(node.v_leak)), v], f"{name}.leak_minus_v")

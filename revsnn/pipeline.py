@@ -44,7 +44,7 @@ class DemoResult:
         return self.report is not None and self.report.ok
 
 
-def export_lava(checkpoint: Path | str, out: Path | str, synapses: str = "conv"):
+def export_lava(checkpoint: Path | str, out: Path | str, synapses: str = "conv", dt: Optional[float] = None):
     """Quantise ``checkpoint`` for Loihi 2, relay it into a netx chain and write ``out`` (with the
     checkpoint's fingerprint); returns the chain and the quantised populations. Raises a
     ``RevsnnError`` on bad input (a direct-coded model, a graph Loihi cannot express, a bad path)."""
@@ -55,6 +55,11 @@ def export_lava(checkpoint: Path | str, out: Path | str, synapses: str = "conv")
     from revsnn.exporters.loihi_chain import build_chain
     from revsnn.exporters.netx_file import write_netx
 
+    if Path(checkpoint).suffix == ".nir":   # a graph from any tool, converted to steps at dt
+        source = load_source(checkpoint, dt)
+        chain = build_chain(quantize(source.graph), synapses)
+        write_netx(chain, out, fingerprint=source.fingerprint)
+        return chain, None
     model, payload = load_model(checkpoint)
     train = payload.get("train", {})
     require_spike_input(train.get("encoding", "direct"), model.config.get("name", "this model"))
@@ -123,3 +128,79 @@ def run_demo(out: Path | str = Path("revsnn-demo"), model: str = "revsresnet-dig
     result.plots = raster_plots(result.report, plots)
     stage("done", result)
     return result
+
+
+# --------------------------------------------------------------------------------------------------------
+# A source to export or verify: a checkpoint (collapsed) or a NIR file from any tool (converted to steps).
+
+
+@dataclass
+class Source:
+    graph: Any                        # nir.NIRGraph in steps (DESIGN §4)
+    time_steps: Optional[int]         # the checkpoint's T; None for a foreign graph (the user says)
+    fingerprint: Optional[str]        # what exported files record (exporters/fingerprint.py)
+    name: str
+    foreign: bool                     # a NIR graph written by another tool
+    encoding: str = "direct"
+
+
+def load_source(path: Path | str, dt: Optional[float] = None, time_steps: Optional[int] = None) -> Source:
+    """``.pt``: the checkpoint's model collapsed at its T (or ``time_steps``); ``.nir``: the file read and its
+    time constants converted to steps at ``dt`` seconds (default: the file's own metadata)."""
+    from revsnn.errors import RevsnnError
+
+    path = Path(path)
+    if path.suffix == ".nir":
+        from revsnn.exporters.fingerprint import nir_digest
+        from revsnn.exporters.nir_import import load_foreign
+
+        graph = load_foreign(path, dt)
+        if time_steps is not None:
+            graph.metadata["time_steps"] = int(time_steps)
+        return Source(graph, time_steps, f"nir:{nir_digest(graph)}", path.stem,
+                      "revsnn_version" not in graph.metadata, "spikes")
+    if path.suffix != ".pt":
+        raise RevsnnError(f"{path}: a source is a .pt checkpoint (revsnn train) or a .nir file (any tool).")
+    if dt is not None:
+        raise RevsnnError("--dt applies to a .nir file from another tool; a checkpoint already runs in steps.")
+    from revsnn.checkpoint import load_model
+    from revsnn.exporters.collapse import collapse
+    from revsnn.exporters.fingerprint import checkpoint_fingerprint
+
+    model, payload = load_model(path)
+    train = payload.get("train", {})
+    T = int(time_steps or train.get("time_steps", model.config.get("train", {}).get("time_steps", 4)))
+    graph = collapse(model, T).graph
+    return Source(graph, T, checkpoint_fingerprint(model, payload, T), model.config.get("name", path.stem), False,
+                  train.get("encoding", "direct"))
+
+
+def foreign_inputs(graph, samples: int, time_steps: int, rate: float = 0.2, seed: int = 0,
+                   array: Optional[Path | str] = None):
+    """Inputs for verifying a graph that has no data set behind it: ``array`` (a ``.npy`` of ``[T, B, ...]``), or
+    Bernoulli spikes at ``rate`` drawn with ``seed``, ``[time_steps, samples, *input shape]``."""
+    import numpy as np
+    import torch
+
+    from revsnn.errors import RevsnnError
+    from revsnn.exporters.graph import schedule
+
+    sched = schedule(graph)
+    shape = tuple(sched.shapes[sched.input_name])
+    if array is not None:
+        try:
+            x = np.load(array, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise RevsnnError(f"--input {array}: not a readable .npy array ({exc}).") from exc
+        if x.ndim < 3 or tuple(x.shape[2:]) != shape or not np.issubdtype(x.dtype, np.number):
+            raise RevsnnError(f"--input {array} holds a {x.dtype} array of shape {tuple(x.shape)}; the graph takes "
+                              f"[T, B, {', '.join(map(str, shape))}].")
+        if not np.all(np.isfinite(x)):
+            raise RevsnnError(f"--input {array} holds NaN or inf values.")
+        return torch.as_tensor(x, dtype=torch.float64)
+    if not 0.0 <= rate <= 1.0:
+        raise RevsnnError(f"--rate must be a probability in [0, 1], got {rate}.")
+    if samples < 1 or time_steps < 1:
+        raise RevsnnError("--samples and --time-steps must be at least 1.")
+    g = torch.Generator().manual_seed(int(seed))
+    return (torch.rand(int(time_steps), int(samples), *shape, generator=g) < rate).double()

@@ -36,9 +36,9 @@ from torch import nn
 
 from .checkpoint import load_model
 from .errors import RevsnnError
-from .neurons import SpikingNeuron
+from .neurons import SpikingNeuron, reset_states
 
-__all__ = ["TargetReport", "VerifyReport", "verify", "verify_model", "compare", "TIE_TOLERANCE"]
+__all__ = ["TargetReport", "VerifyReport", "verify", "verify_model", "verify_graph", "compare", "TIE_TOLERANCE"]
 
 TIE_TOLERANCE = 1e-6
 
@@ -117,11 +117,14 @@ def _model_trace(model: nn.Module, x: torch.Tensor, per_step: bool):
     outputs = []
     head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     hooks.append(head.register_forward_hook(lambda mod, i, o: outputs.append(o)))
+    reset_states(model)   # a user's forward need not reset its neurons: revsnn does, before every forward
     with torch.no_grad():
         logits = model(x)
     for h in hooks:
         h.remove()
     T, B = x.shape[:2]
+    # The head's per-step outputs, when it runs per step (a head after the mean over time shows only the readout).
+    per_step = per_step and bool(outputs) and outputs[0].numel() == T * B * logits[0].numel()
     return spikes, logits, (outputs[0].reshape(T, B, -1) if per_step else None)
 
 
@@ -246,7 +249,10 @@ def compare(name: str, trace, base: Baseline, tolerance: float, note: str = "") 
     clean = torch.isinf(first_tie)   # samples without any tie are held to the tolerance
     steps = trace.outputs.to(torch.float64).cpu()
     pred = _readout(steps, base.readout).argmax(1)
-    delta = (steps[-base.outputs.shape[0]:] - base.outputs).abs()
+    if base.outputs.shape[0] == steps.shape[0]:
+        delta = (steps - base.outputs).abs()
+    else:   # a baseline that shows only the readout (T-RevSNN's last step, a head after the mean over time)
+        delta = (_readout(steps, base.readout).unsqueeze(0) - base.outputs).abs()
     max_diff = float(delta[:, clean].max()) if clean.any() else 0.0
     same_pred = pred == base.pred()
     agreement = lambda d: 1.0 - (d.ties + d.induced + d.mismatches) / d.total if d.total else None  # noqa: E731
@@ -349,8 +355,6 @@ def verify_model(model: nn.Module, x: torch.Tensor, targets: Optional[tuple[str,
     collapse it, run every target step by step (on a fresh export, or on ``file``), and compare each with its
     baseline: the training model (``torch``), the float reference executor, or the Loihi-quantised one."""
     from revsnn.exporters.collapse import collapse
-    from revsnn.exporters.graph import schedule
-    from revsnn.targets.reference import ReferenceExecutor, record_run
 
     chosen = _select_targets(targets, file)
     T = int(x.shape[0])
@@ -374,6 +378,34 @@ def verify_model(model: nn.Module, x: torch.Tensor, targets: Optional[tuple[str,
     steps_of = collapsed.population_steps or {}
     want = {node: (model_spikes[mod][:, c0:c1] if node in steps_of else model_spikes[mod][:, :, c0:c1])
             for node, (mod, c0, c1) in collapsed.populations.items()}
+    model_base = (model_steps, want, steps_of or None, model_logits.argmax(1))
+    return _run_targets(graph, x, chosen, encoding, model_base, on_target, lava_synapses, file,
+                        name or getattr(model, "config", {}).get("name", "custom"))
+
+
+def verify_graph(graph, x: torch.Tensor, targets: Optional[tuple[str, ...]] = None,
+                 on_target: Optional[Callable[[TargetReport], None]] = None, lava_synapses: str = "conv",
+                 file: Optional[Path] = None, name: Optional[str] = None) -> VerifyReport:
+    """Verify a graph with no training model behind it (a NIR graph from another tool, converted to steps by
+    ``exporters.nir_import``): every target against revsnn's reference executor (``torch`` then checks the
+    executor against itself on CPU, ``torch-cuda`` against the CPU)."""
+    if targets is None:
+        targets = ("onnxruntime", "onnx-reference", "norse")
+    chosen = _select_targets(targets, file)
+    return _run_targets(graph, x.double(), chosen, "spikes" if _is_spikes(x) else "direct", None, on_target,
+                        lava_synapses, file, name or str((graph.metadata or {}).get("model", "graph")))
+
+
+def _is_spikes(x: torch.Tensor) -> bool:
+    return bool(((x == 0) | (x == 1)).all())
+
+
+def _run_targets(graph, x, chosen, encoding, model_base, on_target, lava_synapses, file, name) -> VerifyReport:
+    from revsnn.exporters.graph import schedule
+    from revsnn.targets.reference import ReferenceExecutor, record_run
+
+    T = int(x.shape[0])
+    readout = (graph.metadata or {}).get("readout", "mean")
     sched = schedule(graph)
     thresholds = {}
     for n_ in sched.neurons:
@@ -381,26 +413,29 @@ def verify_model(model: nn.Module, x: torch.Tensor, targets: Optional[tuple[str,
         th = node.threshold if hasattr(node, "threshold") else node.v_threshold
         thresholds[n_] = torch.as_tensor(th, dtype=torch.float64)
     output_pops = _output_populations(sched)
-
     t_ref = time.perf_counter()
     ref_steps, ref_spikes, ref_potentials = record_run(ReferenceExecutor(graph), x)
     t_ref = time.perf_counter() - t_ref
-    bases = {
-        "model": Baseline(model_steps, want, readout, steps_of or None, ref_potentials, thresholds, output_pops,
-                          model_logits.argmax(1)),
-        "float": Baseline(ref_steps, ref_spikes, readout, None, ref_potentials, thresholds, output_pops),
-    }
-    quantized = None
+    bases = {"float": Baseline(ref_steps, ref_spikes, readout, None, ref_potentials, thresholds, output_pops)}
+    if model_base is not None:
+        steps, spikes, steps_of, pred = model_base
+        bases["model"] = Baseline(steps, spikes, readout, steps_of, ref_potentials, thresholds, output_pops, pred)
+    else:
+        bases["model"] = bases["float"]
     if any(t.compare_with == "loihi" for t in chosen):
         from revsnn.exporters.loihi import LoihiExportError, quantize
 
+        if not _is_spikes(x):
+            raise VerifyError("Loihi receives spikes: the lava target needs 0/1 input (rate-coded or event "
+                              "frames).")
         try:
             quantized = quantize(graph)
         except LoihiExportError as exc:
             raise VerifyError(str(exc)) from exc
         q_steps, q_spikes = ReferenceExecutor(quantized.graph).run(x, record=True)
         bases["loihi"] = Baseline(q_steps, q_spikes, readout, None, None, None, output_pops)
-    notes = {"model": "reference executor vs the training model", "float": "vs the reference executor",
+    notes = {"model": "reference executor vs the training model" if model_base is not None else
+             "reference executor vs itself (no training model)", "float": "vs the reference executor",
              "loihi": "vs the quantised reference (Loihi 2 fixed point, bit for bit)"}
     reports: dict[str, TargetReport] = {}
     options = {"time_steps": T, "synapses": lava_synapses}
@@ -425,9 +460,8 @@ def verify_model(model: nn.Module, x: torch.Tensor, targets: Optional[tuple[str,
             reports[target.name] = report
             if on_target:
                 on_target(report)
-    return VerifyReport(name or getattr(model, "config", {}).get("name", "custom"), int(x.shape[1]), T, encoding,
-                        reports, reference_raster=_raster(ref_spikes, output_pops),
-                        output_population=", ".join(output_pops))
+    return VerifyReport(name, int(x.shape[1]), T, encoding, reports, reference_raster=_raster(ref_spikes, output_pops)
+                        if output_pops else None, output_population=", ".join(output_pops))
 
 
 def _output_populations(sched) -> list[str]:
@@ -450,3 +484,17 @@ def _output_populations(sched) -> list[str]:
 def _raster(spikes: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
     """Sample 0 of the named populations as one raster [T, neurons]."""
     return torch.cat([spikes[n][:, 0].reshape(spikes[n].shape[0], -1) for n in names], dim=1).cpu()
+
+
+def verify_foreign(path: Path | str, dt: Optional[float] = None, targets: Optional[tuple[str, ...]] = None,
+                   samples: int = 8, time_steps: int = 20, rate: float = 0.2, seed: int = 0,
+                   inputs: Optional[Path | str] = None, on_target: Optional[Callable[[TargetReport], None]] = None,
+                   lava_synapses: str = "conv") -> VerifyReport:
+    """``revsnn verify FILE.nir``: a NIR graph from any tool, converted to steps at ``dt``, on every target,
+    against revsnn's reference executor; inputs are Bernoulli spikes (``rate``, ``seed``) or ``inputs`` (.npy)."""
+    from .pipeline import foreign_inputs, load_source
+
+    source = load_source(path, dt)
+    x = foreign_inputs(source.graph, samples, time_steps, rate, seed, inputs)
+    return verify_graph(source.graph, x, targets, on_target=on_target, lava_synapses=lava_synapses,
+                        name=source.name)

@@ -172,6 +172,37 @@ def _lif_cell(node: nir.LIF, dtype, device) -> nn.Module:
     return ContractLIFBoxCell(p, dt=1.0)
 
 
+def _li_cell(node: nir.LI, dtype, device) -> nn.Module:
+    """norse's LIBoxCell (``v = v + (v_leak - v + i) / tau``, no current term), membrane from 0."""
+    norse_torch = _norse()
+
+    class ContractLIBoxCell(norse_torch.LIBoxCell):
+        def initial_state(self, input_tensor):
+            return norse_torch.LIBoxState(v=torch.zeros_like(input_tensor))
+
+    p = norse_torch.LIBoxParameters(tau_mem_inv=1.0 / _tensor(node.tau, dtype, device),
+                                    v_leak=_tensor(node.v_leak, dtype, device))
+    return ContractLIBoxCell(p, dt=1.0)
+
+
+class _InputScaled(nn.Module):
+    """A norse cell fed ``r * x``: norse's LIFBox and IAF cells have no resistance, and ``r`` enters the
+    contract's equations only as that product (``h = v + (v_leak - v + r x) / tau``; IF ``h = v + r x``)."""
+
+    def __init__(self, r: torch.Tensor, cell: nn.Module):
+        super().__init__()
+        self.register_buffer("r", r)
+        self.cell = cell
+
+    def forward(self, x, state=None):
+        return self.cell(self.r * x, state)
+
+
+def _with_r(node, cell: nn.Module, dtype, device) -> nn.Module:
+    r = np.asarray(node.r, dtype=np.float64)
+    return cell if np.all(r == 1.0) else _InputScaled(_tensor(r, dtype, device), cell)
+
+
 def _if_cell(node: nir.IF, dtype, device) -> nn.Module:
     norse_torch = _norse()
     from norse.torch.functional.iaf import IAFFeedForwardState, IAFParameters
@@ -223,8 +254,9 @@ def _node_map(dtype: torch.dtype, device: torch.device) -> dict[type, Callable[[
         nir.Flatten: lambda n: nn.Flatten(_flatten_index(int(n.start_dim)), _flatten_index(int(n.end_dim))),
         nir.Scale: lambda n: _Scale(_tensor(n.scale, dtype, device)),
         nir.Threshold: lambda n: _Threshold(_tensor(n.threshold, dtype, device)),
-        nir.LIF: lambda n: _lif_cell(n, dtype, device),
-        nir.IF: lambda n: _if_cell(n, dtype, device),
+        nir.LIF: lambda n: _with_r(n, _lif_cell(n, dtype, device), dtype, device),
+        nir.IF: lambda n: _with_r(n, _if_cell(n, dtype, device), dtype, device),
+        nir.LI: lambda n: _with_r(n, _li_cell(n, dtype, device), dtype, device),
         nir.Delay: lambda n: _Delay(n, device),
     }
 
@@ -250,7 +282,7 @@ def check_graph(graph: nir.NIRGraph) -> list[str]:
                                        "map; use a graph of LIF/IF/Threshold neurons and Affine/Linear/Conv2d/"
                                        "pooling/Flatten layers, or another target.")
         if isinstance(node, (nir.LIF, nir.IF)):
-            for field, want in (("r", 1.0), ("v_reset", 0.0)):
+            for field, want in (("v_reset", 0.0),):
                 value = np.asarray(getattr(node, field))
                 if not np.all(value == want):
                     raise UnsupportedNodeError(f"node {name!r} ({type(node).__name__}) has {field} ≠ {want:g}, which "

@@ -110,43 +110,9 @@ TARGET_INFO = {"onnx-reference": "the one-step .onnx file in onnx's own Referenc
                                  "of the ONNX operators independent of onnxruntime), stepped T times"}
 
 
-class OnnxReferenceEntry:
-    """The ``onnx-reference`` target of the registry: the same one-step file the onnxruntime target runs
-    (``model.onnx``, shared in a verify run), compared with the float reference executor."""
+def target(name: str):
+    """The same one-step file the onnxruntime target runs (``model.onnx``, shared in a verify run), run by
+    onnx's ReferenceEvaluator, compared with the float reference executor."""
+    from .onnx_step import OnnxStepEntry
 
-    name = "onnx-reference"
-    compare_with = "float"
-    tolerance = 1e-5
-    suffix = ".onnx"
-    description = TARGET_INFO["onnx-reference"]
-
-    def unavailable(self):
-        return None
-
-    def accepts(self, path) -> bool:
-        if Path(path).suffix != self.suffix:
-            return False
-        props = {p.key: p.value for p in read_onnx(path).metadata_props}
-        return props.get("format") != UNROLLED_FORMAT
-
-    def export(self, graph, folder: Path, **options) -> Path:
-        from revsnn.exporters.onnx_file import graph_to_onnx_step, write_onnx
-
-        # The float type the onnxruntime target chooses, so that the two share one file and read the same
-        # bytes (writing only: nothing of onnxruntime runs the model here).
-        from .onnxruntime import onnx_float
-
-        path = Path(folder) / "model.onnx"
-        if not path.exists():   # the step file is shared by every target that runs it
-            write_onnx(graph_to_onnx_step(graph, dtype=onnx_float(graph)), path, **options.get("writer", {}))
-        return path
-
-    def run(self, source, x: torch.Tensor, **options):
-        from .registry import Trace
-
-        steps, spikes = OnnxReferenceTarget.load(source).run(x, record=True)
-        return Trace(steps.cpu().double(), {k: v.cpu().double() for k, v in spikes.items()})
-
-
-def target(name: str) -> OnnxReferenceEntry:
-    return OnnxReferenceEntry()
+    return OnnxStepEntry(name, OnnxReferenceTarget, TARGET_INFO[name])

@@ -155,58 +155,14 @@ class OnnxRuntimeUnrolledTarget:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Registry entries (targets/registry.py).
+# Registry entries (targets/registry.py); the shared one-step entry is in targets/onnx_step.py.
 
 TARGET_INFO = {"onnxruntime": "the one-step .onnx file in onnxruntime (CPU; the CUDA provider when present), "
                               "stepped T times carrying the states",
                "onnxruntime-unrolled": "the unrolled .onnx file (fixed T, one call) in onnxruntime"}
 
 
-def onnx_float(graph) -> str:
-    """float64 where onnxruntime's CPU build can run every op in double (it has no float64 convolution or
-    pooling), float32 otherwise: the closest the ONNX targets can come to the float64 reference."""
-    import nir
-
-    from revsnn.exporters.nodes import CUSTOM_NODES
-
-    kinds = (nir.Conv1d, nir.Conv2d, nir.AvgPool2d, nir.SumPool2d, *CUSTOM_NODES)
-    return "float32" if any(isinstance(n, kinds) for n in graph.nodes.values()) else "float64"
-
-
-def onnx_format(path) -> str:
-    """The ``format`` a revsnn ONNX file records (step or unrolled)."""
-    return {p.key: p.value for p in read_onnx(path).metadata_props}.get("format", "")
-
-
-class OnnxStepEntry:
-    """The one-step ONNX file, run by a runtime class with ``load(path)`` and ``run(x, record)``."""
-
-    compare_with = "float"
-    tolerance = 1e-5
-    suffix = ".onnx"
-
-    def __init__(self, name: str, runtime):
-        self.name, self.runtime, self.description = name, runtime, TARGET_INFO.get(name, "")
-
-    def unavailable(self):
-        return None
-
-    def accepts(self, path) -> bool:
-        return Path(path).suffix == self.suffix and onnx_format(path) != UNROLLED_FORMAT
-
-    def export(self, graph, folder: Path, **options) -> Path:
-        from revsnn.exporters.onnx_file import graph_to_onnx_step, write_onnx
-
-        path = Path(folder) / "model.onnx"
-        if not path.exists():   # the step file is shared by every target that runs it
-            write_onnx(graph_to_onnx_step(graph, dtype=onnx_float(graph)), path, **options.get("writer", {}))
-        return path
-
-    def run(self, source, x: torch.Tensor, **options):
-        from .registry import Trace
-
-        steps, spikes = self.runtime.load(source).run(x, record=True)
-        return Trace(steps.cpu().double(), {k: v.cpu().double() for k, v in spikes.items()})
+from .onnx_step import OnnxStepEntry, onnx_float, onnx_format  # noqa: E402
 
 
 class _UnrolledEntry(OnnxStepEntry):
@@ -224,6 +180,8 @@ class _UnrolledEntry(OnnxStepEntry):
 
 
 def target(name: str):
+    from .onnx_step import OnnxStepEntry
+
     if name == "onnxruntime":
-        return OnnxStepEntry(name, OnnxRuntimeTarget)
-    return _UnrolledEntry(name, OnnxRuntimeUnrolledTarget)
+        return OnnxStepEntry(name, OnnxRuntimeTarget, TARGET_INFO[name])
+    return _UnrolledEntry(name, OnnxRuntimeUnrolledTarget, TARGET_INFO[name])

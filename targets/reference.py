@@ -99,6 +99,17 @@ class ReferenceExecutor:
                 h = v + (leak - v + r * i) / tau
                 return self._fire(name, h, th, reset)
             return lif
+        if isinstance(node, (nir.LI, nir.CubaLIF, nir.CubaLI)):
+            return self._cuba(name, node)
+        if isinstance(node, nir.I):
+            r = _t(node.r, dev, dt)
+
+            def integrator(i: torch.Tensor) -> torch.Tensor:
+                v = self.state.get(name)
+                v = (torch.zeros_like(i) if v is None else v) + r * i
+                self.state[name] = self.potentials[name] = v
+                return v
+            return integrator
         if isinstance(node, nir.IF):
             r, th, reset = _t(node.r, dev, dt), _t(node.v_threshold, dev, dt), _t(node.v_reset, dev, dt)
 
@@ -132,6 +143,35 @@ class ReferenceExecutor:
     def _where(self, fifo: DelayFifo):
         steps = torch.as_tensor(fifo.steps, device=self.device)
         return lambda k, a, b: torch.where(steps == k, a, b)
+
+    def _cuba(self, name: str, node) -> Callable:
+        """LI, CubaLI, CubaLIF (nir_import's table): the current first, ``i = i + (w_in x - i) / tau_syn``
+        (none for LI), then ``h = v + (v_leak - v + r i) / tau``; CubaLIF spikes and resets as LIF, the others
+        output ``h``."""
+        dev, dt = self.device, self.dtype
+        lif = isinstance(node, nir.CubaLIF)
+        tau = _t(node.tau if isinstance(node, nir.LI) else node.tau_mem, dev, dt)
+        r, leak = _t(node.r, dev, dt), _t(node.v_leak, dev, dt)
+        current = not isinstance(node, nir.LI)
+        if current:
+            tau_syn, w_in = _t(node.tau_syn, dev, dt), _t(node.w_in, dev, dt)
+        if lif:
+            th, reset = _t(node.v_threshold, dev, dt), _t(node.v_reset, dev, dt)
+
+        def cuba(x: torch.Tensor) -> torch.Tensor:
+            drive = x
+            if current:
+                i = self.state.get(name + "/i")
+                i = torch.zeros_like(x) if i is None else i
+                drive = self.state[name + "/i"] = i + (w_in * x - i) / tau_syn
+            v = self.state.get(name)
+            v = torch.zeros_like(x) if v is None else v
+            h = v + (leak - v + r * drive) / tau
+            if lif:
+                return self._fire(name, h, th, reset)
+            self.state[name] = self.potentials[name] = h
+            return h
+        return cuba
 
     def _delay(self, name: str, node: nir.Delay) -> Callable:
         fifo = self._fifo(name, node)
