@@ -124,8 +124,25 @@ def _evaluate_no_grad(fn: nn.Module, x: Tensor, preserve_rng: bool) -> tuple[Ten
     return out, _Evaluation(entry, get_states(fn), cpu_rng, cuda_rng)
 
 
-def _evaluate_again(fn: nn.Module, x: Tensor, ev: _Evaluation) -> tuple[Tensor, Callable[[], None]]:
-    """Re-run ``fn`` under grad exactly as the forward ran it.
+def param_aliases(fn: nn.Module) -> tuple[list[Tensor], dict[str, Tensor]]:
+    """``fn``'s trainable parameters and, by name, a detached alias of each (same storage, a new leaf).
+
+    The recompute runs on the aliases (``torch.func.functional_call``) and the local backward takes its
+    gradients with respect to them. Taking them with respect to the parameters themselves would fire
+    every ``param.register_hook`` once inside backward and again when the Function's returned gradient
+    reaches the parameter: a scaling hook would scale twice. Shared (tied) parameters appear once.
+    """
+    params, aliases = [], {}
+    for name, p in fn.named_parameters():
+        if p.requires_grad:
+            params.append(p)
+            aliases[name] = p.detach().requires_grad_(True)
+    return params, aliases
+
+
+def _evaluate_again(fn: nn.Module, x: Tensor, ev: _Evaluation,
+                    aliases: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Callable[[], None]]:
+    """Re-run ``fn`` under grad exactly as the forward ran it (on the parameter ``aliases`` if given).
 
     Returns the output and a function that puts ``fn``'s state back as the forward left it. Call it only
     after the local backward: BatchNorm's backward reads the running-statistics tensors the recompute
@@ -140,7 +157,7 @@ def _evaluate_again(fn: nn.Module, x: Tensor, ev: _Evaluation) -> tuple[Tensor, 
             torch.cuda.set_rng_state(ev.cuda_rng[1], ev.cuda_rng[0])
         set_states(fn, ev.entry_states)
         with torch.enable_grad():
-            out = fn(x)
+            out = fn(x) if aliases is None else torch.func.functional_call(fn, aliases, (x,), strict=False)
 
     def restore() -> None:
         set_states(fn, ev.exit_states)
@@ -180,10 +197,10 @@ def _local_backward(fn: nn.Module, inp: Tensor, ev: _Evaluation, grad_out: Tenso
     Returns ``(fn's output, detached; gradient with respect to inp)``; parameter gradients go to
     ``accumulate``.
     """
-    params = [p for p in fn.parameters() if p.requires_grad]
+    params, aliases = param_aliases(fn)
     leaf = inp.detach().requires_grad_(True)
-    out, restore = _evaluate_again(fn, leaf, ev)
-    g_in, g_params = _grads(out, leaf, params, grad_out)
+    out, restore = _evaluate_again(fn, leaf, ev, aliases)
+    g_in, g_params = _grads(out, leaf, list(aliases.values()), grad_out)
     restore()
     accumulate(params, g_params)
     return out.detach(), g_in

@@ -83,7 +83,7 @@ import torch
 from torch import Tensor, nn
 
 from ..neurons import Rectangular, Threshold, get_states, reset_states
-from ..reversible import ParamGrads, ReversibleModule, _evaluate_again, _evaluate_no_grad, _Evaluation
+from ..reversible import ParamGrads, ReversibleModule, _evaluate_again, _evaluate_no_grad, _Evaluation, param_aliases
 
 __all__ = [
     "CONFIGS",
@@ -256,10 +256,10 @@ class _TRevFn(torch.autograd.Function):
                 level = column.levels[i]
                 lower = x_t if i == 0 else c[i - 1]
                 upper = prev[i + 1] if (t > 0 and i < L - 1) else None
-                f, lower_leaf, upper_leaf, restore = _recompute(level, lower, upper, ctx.evaluations[t][i])
-                ps = [p for p in level.parameters() if p.requires_grad]
+                ps, aliases = param_aliases(level)
+                f, lower_leaf, upper_leaf, restore = _recompute(level, lower, upper, ctx.evaluations[t][i], aliases)
                 leaves = [lower_leaf] + ([upper_leaf] if upper_leaf is not None else [])
-                got = torch.autograd.grad(f, leaves + ps, g[i], allow_unused=True)
+                got = torch.autograd.grad(f, leaves + list(aliases.values()), g[i], allow_unused=True)
                 restore()
                 accumulate(ps, list(got[len(leaves):]))
                 d_lower = got[0] if got[0] is not None else torch.zeros_like(lower)
@@ -287,11 +287,16 @@ class _TRevFn(torch.autograd.Function):
         return (dx, None, *accumulate.grads)
 
 
-def _recompute(level: Level, lower: Tensor, upper: Optional[Tensor], ev: _Evaluation):
-    """Re-run one level under grad from detached leaves, as the forward ran it."""
+def _recompute(level: Level, lower: Tensor, upper: Optional[Tensor], ev: _Evaluation,
+               aliases: Optional[dict[str, Tensor]] = None):
+    """Re-run one level under grad from detached leaves, as the forward ran it (on the level's parameter
+    ``aliases`` from ``param_aliases(level)`` if given, so that parameter hooks fire only once)."""
     lower_leaf = lower.detach().requires_grad_(True)
     upper_leaf = None if upper is None else upper.detach().requires_grad_(True)
-    f, restore = _evaluate_again(_WithUpper(level, upper_leaf), lower_leaf, ev)
+    wrapped = _WithUpper(level, upper_leaf)
+    if aliases is not None:
+        aliases = {f"level.{name}": a for name, a in aliases.items()}
+    f, restore = _evaluate_again(wrapped, lower_leaf, ev, aliases)
     return f, lower_leaf, upper_leaf, restore
 
 
