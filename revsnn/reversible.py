@@ -380,10 +380,15 @@ def _backward_parallel(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: 
     del g, y2
     dy1_total = dy1 + dy1_from_g
     del dy1, dy1_from_g
-    while True:  # dead names are dropped at once, as in _backward_serial
+    # Dead names are dropped at once, as in _backward_serial. Without CUDA streams nothing runs side by
+    # side, so G_{k-1} runs after F_k, once block k's dead tensors are freed: the peak is then the serial
+    # schedule's. With streams both recomputes are alive together, one state pair more (the price of
+    # the concurrency). The order changes no number: each recompute restores its own RNG state.
+    concurrent = streams.cuda
+    while True:
         g_prev = dprev = None
-        with streams.on_side():
-            if k > 0:
+        if concurrent and k > 0:
+            with streams.on_side():
                 g_prev, dprev = _local_backward(blocks[k - 1].G, x1, evaluations[k - 1][1], dy1_total, accumulate)
         f, dx1_from_f = _local_backward(blocks[k].F, x1, evaluations[k][0], dy1_total, accumulate)
         streams.join(g_prev, dprev)
@@ -391,6 +396,8 @@ def _backward_parallel(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: 
         del f, y1
         dx1 = dy2 + dx1_from_f
         del dy2, dx1_from_f
+        if not concurrent and k > 0:
+            g_prev, dprev = _local_backward(blocks[k - 1].G, x1, evaluations[k - 1][1], dy1_total, accumulate)
         dx2 = dy1_total
         del dy1_total
         if k == 0:
