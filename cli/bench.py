@@ -168,6 +168,42 @@ def node_memory(
                   "what each node keeps beyond it.")
 
 
+@bench_app.command("peers")
+def peers(
+    model: str = typer.Option("revsresnet-digits", "--model", help="A ResNet of the zoo (revsresnet / pararevsnn)."),
+    time_steps: int = typer.Option(4, "--time-steps", help="Time steps T."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Batch size B (memory: slope between B and 2B)."),
+    repeats: int = typer.Option(5, help="Timed training steps per variant (median reported)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
+) -> None:
+    """One network, trained by revsnn (reversible, recomputed boundaries, plain) and by spikingjelly (BPTT, memopt) and snnTorch (BPTT): peak and retained memory per sample and step time, as ratios to revsnn reversible (CPU)."""
+    from revsnn.bench_peers import PeerError, peer_rows
+
+    _check_models([model])
+    if min(time_steps, batch_size, repeats) < 1:
+        fail("--time-steps, --batch-size and --repeats must be at least 1.")
+    try:
+        with console.status("measuring ...") as status:
+            result = peer_rows(model, time_steps, batch_size, repeats,
+                               on_row=lambda r: status.update(f"measured {r['variant']}"))
+    except PeerError as exc:
+        fail(str(exc))
+    if json_out:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{model} (depth {result['depth']}), T = {time_steps}, batch {batch_size} -> "
+                        f"{2 * batch_size}, CPU; ratios to revsnn reversible", header_style="bold")
+    for col in ("variant", "peak KiB", "retained KiB", "step ms", "peak x", "retained x", "time x"):
+        table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
+    for r in result["rows"]:
+        table.add_row(r["variant"], f"{r['peak_per_sample'] / 1024:,.1f}", f"{r['retained_per_sample'] / 1024:,.1f}",
+                      f"{1e3 * r['step_seconds']:.1f}", f"{r['peak_ratio']:.2f}", f"{r['retained_ratio']:.2f}",
+                      f"{r['step_time_ratio']:.2f}")
+    console.print(table)
+    for name, why in result["missing"].items():
+        console.print(f"{name}: {why}.", highlight=False)
+
+
 @bench_app.command("train-speed")
 def train_speed(
     batch_size: int = typer.Option(64, "--batch-size", help="Batch size."),

@@ -74,3 +74,26 @@ def test_bench_infer_rows():
         assert r["torch"] > 0 and r["onnxruntime"] > 0 and r["onnxruntime_speedup"] > 0
     result = runner.invoke(app, ["bench", "infer", "--model", "nope"])
     assert result.exit_code == 2 and "Unknown model" in result.output
+
+
+def test_bench_peers_rows():
+    from revsnn.bench_peers import missing_peers
+
+    result = runner.invoke(app, ["bench", "peers", "--time-steps", "1", "--batch-size", "1", "--repeats", "1",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output[result.output.index("{"):])
+    variants = [r["variant"] for r in out["rows"]]
+    assert variants[:3] == ["revsnn reversible", "revsnn reversible-recompute", "revsnn plain"]
+    assert set(out["missing"]) == set(missing_peers())
+    if not missing_peers():  # scripts/setup.sh installs both
+        assert {"spikingjelly BPTT", "spikingjelly memopt", "snntorch BPTT"} <= set(variants)
+    base = out["rows"][0]
+    for r in out["rows"]:
+        assert r["peak_ratio"] == r["peak_per_sample"] / base["peak_per_sample"]
+        assert r["peak_per_sample"] >= r["retained_per_sample"] > 0
+    by = {r["variant"]: r for r in out["rows"]}
+    # memory behaviour, not timing: the reversible model retains less than its plain twin
+    assert by["revsnn reversible"]["retained_per_sample"] < by["revsnn plain"]["retained_per_sample"]
+    result = runner.invoke(app, ["bench", "peers", "--model", "trevsnn-digits"])
+    assert result.exit_code == 2 and "ResNets" in result.output and "Traceback" not in result.output
