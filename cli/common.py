@@ -1,9 +1,13 @@
-"""What every command shares: the consoles and the one way a command fails."""
+"""What every command shares: the consoles, the one way a command fails, and the one place where the
+library's bad-input errors become that failure."""
 
 from __future__ import annotations
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
+
+from revsnn.errors import RevsnnError
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one sentence stays one line, however narrow the terminal
@@ -13,6 +17,19 @@ def fail(message: str, code: int = 2) -> None:
     """One clear sentence on stderr and a non-zero exit code: how every bad input ends."""
     err.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+class RevsnnGroup(TyperGroup):
+    """The app's command group. Every command (sub-apps' too: they run inside this ``invoke``) is called
+    here, and every :class:`revsnn.errors.RevsnnError` it raises (a bad file, a model a target cannot
+    express, a bad option the library checks) ends as its one sentence on stderr and exit code 2, never a
+    traceback. Anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except RevsnnError as exc:
+            fail(str(exc))
 
 
 def parse_list(text: str, option: str) -> list[str]:

@@ -17,7 +17,7 @@ from rich.table import Table
 
 import revsnn
 from revsnn.cli.bench import bench_app
-from revsnn.cli.common import console, err, fail
+from revsnn.cli.common import RevsnnGroup, console, err, fail
 from revsnn.cli.export import export_app
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=RevsnnGroup,  # the one place where a RevsnnError becomes one sentence and exit code 2
 )
 app.add_typer(bench_app, name="bench")
 app.add_typer(export_app, name="export")
@@ -114,6 +115,23 @@ def check(
 
 
 @app.command()
+def targets(json_out: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
+    """List every target `verify` can run: what it runs and what it is compared with."""
+    from revsnn.targets.registry import target_info
+
+    info = target_info()
+    if json_out:
+        print(json.dumps(info, indent=2))
+        return
+    table = Table(title="revsnn targets", header_style="bold")
+    table.add_column("target", no_wrap=True)
+    table.add_column("what it runs, and against what")
+    for name, text in info.items():
+        table.add_row(name, text)
+    console.print(table)
+
+
+@app.command()
 def models(json_out: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
     """List every model of the zoo: name, family, parameters, input shape and training defaults."""
     from revsnn.models import all_configs, build_model
@@ -170,7 +188,11 @@ class _ProgressReporter:
 
 @app.command()
 def train(
-    model: str = typer.Option(..., "--model", help="Model name (see `revsnn models`)."),
+    model: str = typer.Option(..., "--model", help="A model of the zoo (see `revsnn models`), or your own as "
+                                                   "MODULE:FUNCTION: FUNCTION(input_shape=(C, H, W), num_classes=N) "
+                                                   "returns the nn.Module. MODULE is imported from the current "
+                                                   "directory or PYTHONPATH, here and whenever the checkpoint is "
+                                                   "rebuilt (export, verify, info, bench infer), which runs its code."),
     out: Path = typer.Option(..., "--out", help="Directory for model.pt and metrics.json (created if absent)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs in total [default: the model's]."),
     time_steps: Optional[int] = typer.Option(None, "--time-steps", help="Time steps T [default: the model's]."),
@@ -182,11 +204,11 @@ def train(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue from DIR/model.pt after an interruption."),
 ) -> None:
-    """Train a model of the zoo on the embedded digits data (scikit-learn, no download).
+    """Train a model of the zoo, or your own (--model MODULE:FUNCTION), on the embedded digits data (scikit-learn, no download).
 
     Writes DIR/model.pt (weights and full config; loadable with weights_only=True) and DIR/metrics.json after every epoch, atomically; --resume continues after a kill, losing at most the epoch in progress.
     """
-    from revsnn.train import TrainError, TrainOptions
+    from revsnn.train import TrainOptions
     from revsnn.train import train as run_training
 
     opts = TrainOptions(model=model, out=out, epochs=epochs, time_steps=time_steps, batch_size=batch_size,
@@ -194,8 +216,6 @@ def train(
     reporter = _ProgressReporter()
     try:
         metrics = run_training(opts, reporter)
-    except TrainError as exc:
-        fail(str(exc))
     except KeyboardInterrupt:
         fail(f"interrupted; the last finished epoch is in {out / 'model.pt'}: add --resume to go on.", 130)
     finally:
@@ -238,81 +258,56 @@ def _print_lava_note(report) -> None:
                   f"{_pct(lava.float_spike_agreement)}.", highlight=False)
 
 
-def _raster_plots(report, folder: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from revsnn.checkpoint import atomic_write
-
-    paths = []
-    for t in report.targets.values():
-        if t.raster is None:  # a target that exposes no spikes (the unrolled ONNX model)
-            continue
-        fig, axes = plt.subplots(1, 2, figsize=(8, 4.5), sharey=True)
-        for ax, raster, title in ((axes[0], report.reference_raster, "reference executor"),
-                                  (axes[1], t.raster, t.name)):
-            steps, neurons = torch_nonzero(raster)
-            ax.scatter(steps, neurons, s=2, marker="|", color="black")
-            ax.set_title(title)
-            ax.set_xlabel("time step")
-            ax.set_xlim(-0.5, raster.shape[0] - 0.5)
-            ax.set_xticks(range(raster.shape[0]))
-        axes[0].set_ylabel(f"neuron ({report.output_population})")
-        fig.suptitle(f"{report.model}, sample 0: output population spikes "
-                     f"({'identical' if t.output_spike_agreement == 1.0 else 'DIFFERENT'})")
-        fig.tight_layout()
-        path = folder / f"raster_{t.name}.png"
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-        plt.close(fig)
-        paths.append(path)
-    return paths
-
-
-def torch_nonzero(raster):
-    idx = raster.nonzero()
-    return idx[:, 0].numpy(), idx[:, 1].numpy()
-
-
-def _run_verify(checkpoint: Path, targets: list[str], samples: int, plot: Optional[Path],
-                lava_synapses: str = "conv"):
-    from revsnn.checkpoint import CheckpointError
-    from revsnn.exporters.collapse import CollapseError
-    from revsnn.exporters.netx_file import NetxFileError
-    from revsnn.exporters.nir_file import NIRFileError
-    from revsnn.exporters.onnx_file import ONNXFileError
-    from revsnn.targets.reference import UnsupportedNodeError
-    from revsnn.verify import VerifyError, verify
+def _run_verify(checkpoint: Path, targets: Optional[list[str]], samples: int, plot: Optional[Path],
+                lava_synapses: str = "conv", file: Optional[Path] = None, foreign: Optional[dict] = None):
+    from revsnn.plots import raster_plots
+    from revsnn.verify import verify, verify_foreign
 
     if plot is not None and not plot.is_dir():
         if plot.exists() or not plot.parent.is_dir():
             fail(f"--plot {plot} must be a directory (its parent must exist).")
-    try:
-        with console.status("running every target step by step ...") as status:
-            report = verify(checkpoint, tuple(targets), samples,
-                            on_target=lambda t: status.update(f"{t.name} done; running the next target ..."),
-                            lava_synapses=lava_synapses)
-    except (CheckpointError, CollapseError, NIRFileError, ONNXFileError, NetxFileError, UnsupportedNodeError,
-            VerifyError) as exc:
-        fail(str(exc))
+    with console.status("running every target step by step ...") as status:
+        progress = lambda t: status.update(f"{t.name} done; running the next target ...")  # noqa: E731
+        if foreign is not None:   # a .nir file from any tool
+            report = verify_foreign(checkpoint, targets=None if targets is None else tuple(targets), samples=samples,
+                                    on_target=progress, lava_synapses=lava_synapses, **foreign)
+        else:
+            report = verify(checkpoint, None if targets is None else tuple(targets), samples,
+                            on_target=progress, lava_synapses=lava_synapses, file=file)
     plots = []
     if plot is not None:
         plot.mkdir(exist_ok=True)
-        plots = _raster_plots(report, plot)
+        plots = raster_plots(report, plot)
     return report, plots
+
+
+def _targets_help() -> str:
+    from revsnn.targets.registry import target_names
+
+    return ("Comma-separated targets: " + ", ".join(target_names()) + " [default: torch,norse; with --file, "
+            "every target that runs that file]. `revsnn targets` describes each.")
 
 
 @app.command()
 def verify(
-    checkpoint: Path = typer.Argument(..., help="model.pt written by `revsnn train`."),
-    targets: str = typer.Option("torch,norse", help="Comma-separated targets: torch, torch-cuda, norse, "
-                                                     "onnxruntime, onnxruntime-unrolled, lava."),
-    samples: int = typer.Option(32, help="Test samples of the model's data to run."),
+    checkpoint: Path = typer.Argument(..., help="model.pt written by `revsnn train`, or a .nir file written by any "
+                                     "tool (then see --dt, --rate, --input)."),
+    targets: Optional[str] = typer.Option(None, help=_targets_help()),
+    samples: int = typer.Option(32, help="Test samples of the model's data to run (a .nir file: input samples)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     plot: Optional[Path] = typer.Option(None, help="Directory for one spike-raster PNG per target (sample 0)."),
     lava_synapses: str = typer.Option("conv", "--lava-synapses", help="Synapse form of the .net the lava target "
                                       "runs: conv (as `export lava` writes by default) or dense."),
+    file: Optional[Path] = typer.Option(None, "--file", help="Run this exported file (.nir, .onnx or .net) instead "
+                                        "of a fresh export; it must have been exported from CHECKPOINT and be "
+                                        "unchanged since (its fingerprint says)."),
+    dt: Optional[float] = typer.Option(None, "--dt", help="A .nir file from another tool: its time step in "
+                                       "seconds [default: the file's metadata]."),
+    time_steps: int = typer.Option(20, "--time-steps", help="A .nir file: time steps of the input."),
+    rate: float = typer.Option(0.2, help="A .nir file: Bernoulli spike probability of the input per step."),
+    seed: int = typer.Option(0, help="A .nir file: seed of the input spikes."),
+    inputs: Optional[Path] = typer.Option(None, "--input", help="A .nir file: your own input, a .npy array "
+                                          "[T, B, ...] (instead of --rate spikes)."),
 ) -> None:
     """Prove that every target reproduces the training model, one time step at a time.
 
@@ -322,7 +317,15 @@ def verify(
 
     if lava_synapses not in ("conv", "dense"):
         fail(f"--lava-synapses must be conv or dense, got {lava_synapses!r}.")
-    report, plots = _run_verify(checkpoint, parse_list(targets, "--targets"), samples, plot, lava_synapses)
+    foreign = None
+    if checkpoint.suffix == ".nir":
+        if file is not None:
+            fail("--file applies to a checkpoint; a .nir file is run itself.")
+        foreign = {"dt": dt, "time_steps": time_steps, "rate": rate, "seed": seed, "inputs": inputs}
+    elif dt is not None or inputs is not None:
+        fail("--dt and --input apply to a .nir file from another tool, not to a checkpoint.")
+    report, plots = _run_verify(checkpoint, None if targets is None else parse_list(targets, "--targets"), samples,
+                                plot, lava_synapses, file, foreign)
     if json_out:
         print(json.dumps(report.as_json(), indent=2))
     else:
@@ -340,38 +343,39 @@ def verify(
 
 
 @app.command()
-def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir, .onnx or .net file.")) -> None:
-    """A readable summary of a checkpoint or an exported file: nodes by type, neurons, synapses, shapes, metadata."""
+def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir, .onnx or .net file."),
+         dt: Optional[float] = typer.Option(None, "--dt", help="A .nir file from another tool: its time step in "
+                                            "seconds, to show its time constants in steps.")) -> None:
+    """A readable summary of a checkpoint or an exported file: nodes by type, neurons, synapses, shapes, metadata.
+
+    A checkpoint of your own model (`train --model MODULE:FUNCTION`) is rebuilt by importing MODULE, so its code runs: only read checkpoints whose code you trust.
+    """
     if not file.is_file():
         fail(f"{file} does not exist.")
     if file.suffix == ".pt":
-        from revsnn.checkpoint import CheckpointError, load_model
+        from revsnn.checkpoint import load_model, summarize_checkpoint
 
-        try:
-            model, payload = load_model(file)
-        except CheckpointError as exc:
-            fail(str(exc))
-        config = model.config
+        s = summarize_checkpoint(*load_model(file))
         table = Table(title=f"{file}", show_header=False)
-        table.add_row("model", f"{config.get('name')} ({config.get('family')})")
-        table.add_row("parameters", f"{sum(p.numel() for p in model.parameters()):,}")
-        table.add_row("input", "×".join(map(str, config["input_shape"])) + f", {config['num_classes']} classes")
-        for key, value in payload.get("train", {}).items():
+        table.add_row("model", escape(f"{s['model']} ({s['family']})"))
+        if "builder" in s:
+            module = s["builder"].partition(":")[0]
+            table.add_row("built by", escape(f"{s['builder']}(input_shape={tuple(s['input_shape'])}, num_classes="
+                                             f"{s['num_classes']}); rebuilding imports {module}"))
+        table.add_row("parameters", f"{s['parameters']:,}")
+        table.add_row("input", "×".join(map(str, s["input_shape"])) + f", {s['num_classes']} classes")
+        for key, value in s["train"].items():
             table.add_row(key, str(value))
-        history = payload.get("history") or []
-        if history:
-            table.add_row("epochs done", str(payload.get("epoch")))
-            table.add_row("test accuracy", f"{history[-1]['test_accuracy']:.2%}")
-        table.add_row("revsnn version", str(payload.get("revsnn_version")))
+        if "epochs_done" in s:
+            table.add_row("epochs done", str(s["epochs_done"]))
+            table.add_row("test accuracy", f"{s['test_accuracy']:.2%}")
+        table.add_row("revsnn version", str(s["revsnn_version"]))
         console.print(table)
         return
     if file.suffix == ".nir":
-        from revsnn.exporters.nir_file import NIRFileError, read_nir, summarize
+        from revsnn.exporters.nir_file import read_nir, summarize
 
-        try:
-            summary = summarize(read_nir(file))
-        except NIRFileError as exc:
-            fail(str(exc))
+        summary = summarize(read_nir(file))
         table = Table(title=f"{file}", show_header=False)
         table.add_row("nodes", ", ".join(f"{n} {k}" for k, n in sorted(summary["node_types"].items())))
         table.add_row("edges", str(summary["edges"]))
@@ -379,69 +383,51 @@ def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir, .onnx 
         table.add_row("synapses", f"{summary['synapses']:,}")
         table.add_row("input", str(summary["input_shape"]))
         table.add_row("output", str(summary["output_shape"]))
+        from revsnn.exporters.nir_import import time_summary
+
+        for key, value in time_summary(read_nir(file), dt):
+            table.add_row(key, value)
         for key, value in summary["metadata"].items():
             table.add_row(f"metadata: {key}", str(value))
         console.print(table)
         return
     if file.suffix == ".onnx":
-        from revsnn.exporters.onnx_file import ONNXFileError, read_onnx
+        from revsnn.exporters.onnx_file import read_onnx, summarize_onnx
 
-        try:
-            model = read_onnx(file)
-        except ONNXFileError as exc:
-            fail(str(exc))
-        graph = model.graph
-        ops: dict[str, int] = {}
-        for node in graph.node:
-            ops[node.op_type] = ops.get(node.op_type, 0) + 1
-
-        def shape(v) -> str:
-            return "×".join(d.dim_param or str(d.dim_value) for d in v.type.tensor_type.shape.dim)
-
+        s = summarize_onnx(read_onnx(file))
+        shape = lambda io: "×".join(map(str, io["shape"]))  # noqa: E731
         table = Table(title=f"{file}", show_header=False)
-        table.add_row("input", escape(f"{graph.input[0].name} [{shape(graph.input[0])}]"))
-        table.add_row("output", escape(f"{graph.output[0].name} [{shape(graph.output[0])}]"))
-        table.add_row("states", f"{len(graph.input) - 1} (in: state.*, out: state_out.*)")
-        table.add_row("ops", ", ".join(f"{n} {k}" for k, n in sorted(ops.items())))
-        table.add_row("opset", str(model.opset_import[0].version))
-        for prop in model.metadata_props:
-            if prop.key not in ("states", "neurons", "state_inputs", "graph_metadata"):
-                table.add_row(f"metadata: {prop.key}", escape(prop.value))
+        table.add_row("input", escape(f"{s['input']['name']} [{shape(s['input'])}]"))
+        table.add_row("output", escape(f"{s['output']['name']} [{shape(s['output'])}]"))
+        table.add_row("states", f"{s['states']} (in: state.*, out: state_out.*)")
+        table.add_row("ops", ", ".join(f"{n} {k}" for k, n in s["ops"].items()))
+        table.add_row("opset", str(s["opset"]))
+        for key, value in s["metadata"].items():
+            table.add_row(f"metadata: {key}", escape(value))
         console.print(table)
         return
     if file.suffix == ".net":
-        from revsnn.cli.export import describe_chain
-        from revsnn.exporters.netx_file import NetxFileError, read_netx
+        from revsnn.exporters.netx_file import read_netx, summarize_netx
 
-        try:
-            chain = read_netx(file)
-        except NetxFileError as exc:
-            fail(str(exc))
-        layers = Table(title=f"{file}: lava-dl netx chain, input {'×'.join(map(str, chain.input_shape))}",
+        s = summarize_netx(read_netx(file), file)
+        layers = Table(title=f"{file}: lava-dl netx chain, input {'×'.join(map(str, s['input_shape']))}",
                        header_style="bold")
         for col in ("layer", "type", "shape", "synapse", "i/vDecay", "vThMant", "pops", "relays"):
             layers.add_column(col, justify="left" if col in ("type", "synapse") else "right", no_wrap=True)
-        holds = []
-        for k, layer in enumerate(chain.layers, 1):
-            if layer.kind == "conv":
-                kh, kw = layer.weight.shape[2:]
-                syn = f"{kh}×{kw}/s{layer.stride[0]}/p{layer.padding[0]}"
-            else:
-                syn = f"{layer.weight.shape[0]}×{layer.weight.shape[1]}"
-            pops = [m.name for m in layer.members if not m.relay]
-            relays = [m.name for m in layer.members if m.relay]
-            holds.append(f"layer {k}: {', '.join(pops)}" + (f"; relays of {', '.join(relays)}" if relays else ""))
-            layers.add_row(str(k), "readout" if layer.readout else layer.kind, "×".join(map(str, layer.shape)), syn,
-                           f"{layer.i_decay}/{layer.v_decay}", str(layer.v_th_mant), str(len(pops)),
-                           str(len(relays)))
+        for layer in s["layers"]:
+            layers.add_row(str(layer["index"]), layer["type"], "×".join(map(str, layer["shape"])), layer["synapse"],
+                           f"{layer['i_decay']}/{layer['v_decay']}", str(layer["v_th_mant"]),
+                           str(len(layer["populations"])), str(len(layer["relays"])))
         console.print(layers)
-        for line in holds:
+        for layer in s["layers"]:
+            relays = layer["relays"]
+            line = f"layer {layer['index']}: {', '.join(layer['populations'])}" + \
+                (f"; relays of {', '.join(relays)}" if relays else "")
             console.print(escape(line), highlight=False, soft_wrap=True)
-        for line in describe_chain(chain):
+        for line in s["description"]:
             console.print(line, highlight=False)
-        for key, value in chain.metadata.items():
-            if key in ("model", "time_steps", "readout", "synapses", "revsnn_version", "quantized"):
-                console.print(f"{key}: {value}", highlight=False)
+        for key, value in s["metadata"].items():
+            console.print(f"{key}: {value}", highlight=False)
         return
     fail(f"{file}: info reads .pt checkpoints, .nir, .onnx and .net files.")
 
@@ -456,64 +442,43 @@ def demo(
                                                              "fixed-point simulation."),
 ) -> None:
     """The main job: train a small reversible SNN on rate-coded digits, export it (NIR, ONNX, Lava netx), and verify every target reproduces it."""
-    from revsnn.checkpoint import CheckpointError
-    from revsnn.exporters.collapse import CollapseError
-    from revsnn.exporters.loihi import LoihiExportError
-    from revsnn.exporters.netx_file import NetxFileError
-    from revsnn.exporters.nir_file import NIRFileError
-    from revsnn.train import TrainError, TrainOptions
-    from revsnn.train import train as run_training
+    from revsnn.exporters.netx_file import describe_chain
+    from revsnn.pipeline import run_demo
 
-    # Rate-coded input: spikes are what Loihi receives, so one model serves every target.
-    console.rule(f"1/3 train {model} on the embedded digits (rate-coded spikes)")
     reporter = _ProgressReporter()
+    status = console.status("running every target step by step ...")
+
+    def stage(name: str, r) -> None:
+        if name == "train":
+            # Rate-coded input: spikes are what Loihi receives, so one model serves every target.
+            console.rule(f"1/3 train {model} on the embedded digits (rate-coded spikes)")
+        elif name == "export":
+            reporter.progress.stop()
+            console.print(f"test accuracy {r.metrics['test_accuracy']:.1%}", highlight=False)
+            console.rule("2/3 export")
+        elif name == "verify":
+            summary = r.nir_summary
+            console.print(f"{r.nir_path}: {len(summary['node_types'])} node types, {summary['neurons']:,} neurons, "
+                          f"{summary['synapses']:,} synapses", highlight=False)
+            console.print(f"{r.onnx_path}: one time step, neuron states as inputs and outputs", highlight=False)
+            if r.chain is not None:
+                lines = describe_chain(r.chain)
+                console.print(f"{r.net_path}: Loihi 2 fixed point, lava-dl netx; " + lines[0], highlight=False)
+                for line in lines[1:]:
+                    console.print("  " + line, highlight=False)
+            console.rule("3/3 verify: every target, one time step at a time")
+            status.start()
+
     try:
-        metrics = run_training(TrainOptions(model=model, out=out, epochs=epochs, encoding="rate"), reporter)
-    except TrainError as exc:
-        fail(str(exc))
+        result = run_demo(out, model, epochs, samples, lava, reporter=reporter, on_stage=stage,
+                          on_target=lambda t: status.update(f"{t.name} done; running the next target ..."))
     finally:
+        status.stop()
         reporter.progress.stop()
-    console.print(f"test accuracy {metrics['test_accuracy']:.1%}", highlight=False)
-
-    console.rule("2/3 export")
-    from revsnn.checkpoint import load_model
-    from revsnn.cli.export import describe_chain, export_lava_file
-    from revsnn.exporters.collapse import collapse
-    from revsnn.exporters.nir_file import summarize, write_nir
-    from revsnn.exporters.onnx_file import ONNXFileError, write_onnx
-
-    nir_path, onnx_path, net_path = out / "model.nir", out / "model.onnx", out / "model.net"
-    # The demo's Lava file is dense: Lava's CPU simulation of a convolution calls scipy once per channel pair
-    # and step, several times slower on these small maps (`revsnn export lava` writes conv layers by default).
-    lava_synapses = "dense"
-    try:
-        trained, payload = load_model(out / "model.pt")
-        graph = collapse(trained, payload["train"]["time_steps"]).graph
-        write_nir(graph, nir_path)
-        write_onnx(graph, onnx_path)
-        chain = export_lava_file(out / "model.pt", net_path, lava_synapses)[0] if lava else None
-    except (CheckpointError, CollapseError, NIRFileError, ONNXFileError, LoihiExportError, NetxFileError) as exc:
-        fail(str(exc))
-    summary = summarize(graph)
-    console.print(f"{nir_path}: {len(summary['node_types'])} node types, {summary['neurons']:,} neurons, "
-                  f"{summary['synapses']:,} synapses", highlight=False)
-    console.print(f"{onnx_path}: one time step, neuron states as inputs and outputs", highlight=False)
-    if chain is not None:
-        console.print(f"{net_path}: Loihi 2 fixed point, lava-dl netx; " + describe_chain(chain)[0], highlight=False)
-        for line in describe_chain(chain)[1:]:
-            console.print("  " + line, highlight=False)
-
-    console.rule("3/3 verify: every target, one time step at a time")
-    import torch
-
-    targets = ["torch"] + (["torch-cuda"] if torch.cuda.is_available() else []) + \
-        ["norse", "onnxruntime", "onnxruntime-unrolled"] + (["lava"] if lava else [])
-    report, plots = _run_verify(out / "model.pt", targets, samples, out / "plots", lava_synapses)
-    console.print(_verify_table(report))
-    _print_lava_note(report)
-    files = ["model.pt", "metrics.json", "model.nir", "model.onnx"] + (["model.net"] if lava else [])
-    console.print(f"Files in {out}/: " + ", ".join(files + [f"plots/{p.name}" for p in plots]), highlight=False)
-    if not report.ok:
+    console.print(_verify_table(result.report))
+    _print_lava_note(result.report)
+    console.print(f"Files in {out}/: " + ", ".join(result.files), highlight=False)
+    if not result.ok:
         fail("a target disagrees with its reference; see the table above.", 1)
     console.print("[green]Every target reproduces the training model" + (" (Lava: bit for bit its fixed-point "
                   "quantisation)" if lava else "") + ".[/green]")

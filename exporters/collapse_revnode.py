@@ -29,41 +29,34 @@ from __future__ import annotations
 
 import nir
 import numpy as np
-from torch import nn
 
-import revsnn
-from revsnn.layers import TimeDistributed
-from revsnn.models.revnode import RevLIFNode, RevNodeNet
+from revsnn.models.revnode import RevLIFNode
 
-from .graph import AffineOp, CollapseError, GraphBuilder, Group, Term, Value
+from .collapse import register_rule
+from .graph import CollapseError, GraphBuilder, Group, ScaleOp, Term
 
-__all__ = ["collapse_revnode"]
+__all__ = ["revlif"]
 
 
 def _full(shape, v) -> np.ndarray:
     return np.full(shape, float(v))
 
 
-def _linear_over(lin: nn.Linear, value: Value, name: str) -> Value:
-    """``lin`` applied to a value given as (term, weight factor) pairs: one scaled weight copy per term,
-    the bias once. ``value`` here is a list of groups whose terms carry ``_factor``."""
-    w = lin.weight.detach()
-    bias = None if lin.bias is None else lin.bias.detach()
-    terms = []
-    for g in value:
-        for t in g.terms:
-            k = getattr(t, "_factor", 1.0)
-            op = AffineOp(w * k, bias if not terms else None)
-            op.label = name if not terms else f"{name}.from.{t.src}"
-            terms.append(Term(t.src, t.src_shape, t.ops + [op]))
-    return [Group(terms)]
+@register_rule(RevLIFNode)
+def revlif(ctx, m: RevLIFNode, value, name: str):
+    """The RevLIF layer's subgraph; returns its output ``y`` as four terms, each scaled by its factor (the
+    scales fold into the weights of the layer that reads ``y``)."""
+    if len(value) != 1:
+        raise CollapseError(f"{name}: a RevLIF node over a concatenation is not collapsed; put a Linear before it.")
+    ctx.reset = "soft"
+    if not any("RevLIF" in c for c in ctx.contract):
+        ctx.contract.append("RevLIF: h = v + (x - v) / tau; s = h > theta; v = h - theta s; y = s + (x - v) / tau; "
+                            "built from Scale (fan-in sum), Threshold and Delay(1) feedback; dt = 1")
+    return [_revlif(ctx.builder, m, value[0], name)]
 
 
 def _revlif(b: GraphBuilder, m: RevLIFNode, x: Group, name: str) -> Group:
-    """The RevLIF layer's subgraph; returns its output ``y`` as terms with weight factors."""
     shape = x.shape
-    if len(shape) != 1:
-        raise CollapseError(f"{name}: RevLIF nodes are collapsed after Linear layers only (got shape {shape}).")
     tau, theta = float(m.tau), float(m.v_threshold)
     h = b._unique(name + "_h")
     sources = [b._materialize(t, h) for t in x.terms]
@@ -85,44 +78,10 @@ def _revlif(b: GraphBuilder, m: RevLIFNode, x: Group, name: str) -> Group:
         names[key] = d
     terms = []
     for src, k in ((s, 1.0), (h, 1.0), (names["h"], -1.0), (names["s"], theta)):
-        t = Term(src, shape)
-        t._factor = k
-        terms.append(t)
+        ops = []
+        if k != 1.0:
+            op = ScaleOp(k)
+            op.label = f"{name}.from.{src}"
+            ops.append(op)
+        terms.append(Term(src, shape, ops))
     return Group(terms)
-
-
-def collapse_revnode(model: RevNodeNet, builder: GraphBuilder, names: dict[int, str], time_steps: int,
-                     config: dict):
-    """Collapse a (float64, eval-mode copy of a) RevNodeNet; returns a ``Collapsed``."""
-    value: Value = builder.input_value()
-    pending = None  # a value in terms with weight factors (a RevLIF output), waiting for its Linear
-    layers = list(model.features) + [model.head]
-    for m in layers:
-        name = names[id(m)]
-        inner = m.module if isinstance(m, TimeDistributed) else m
-        if isinstance(inner, nn.Flatten):
-            if pending is not None:
-                raise CollapseError(f"{name}: Flatten after a RevLIF node is not collapsed.")
-            from .graph import FlattenOp, apply_elementwise
-            op = FlattenOp()
-            op.label = name
-            value = apply_elementwise(value, op)
-        elif isinstance(inner, nn.Linear):
-            src = pending if pending is not None else value
-            value, pending = _linear_over(inner, src, name), None
-        elif isinstance(inner, RevLIFNode):
-            if len(value) != 1 or pending is not None:
-                raise CollapseError(f"{name}: a RevLIF node must follow a Linear layer.")
-            pending = [_revlif(builder, inner, value[0], name)]
-        elif isinstance(inner, (nn.Dropout, nn.Identity)):
-            continue
-        else:
-            raise CollapseError(f"{name} ({type(inner).__name__}) has no collapse rule in the revnode family.")
-    if pending is not None:
-        raise CollapseError("the network must end with a Linear readout after its last RevLIF node.")
-    family = config.get("family")
-    metadata = {"revsnn_version": revsnn.__version__, "model": config.get("name", family), "family": family,
-                "dt": 1.0, "reset": "soft", "readout": "mean", "time_steps": int(time_steps),
-                "contract": "RevLIF: h = v + (x - v) / tau; s = h > theta; v = h - theta s; y = s + (x - v) / tau; "
-                            "built from Scale (fan-in sum), Threshold and Delay(1) feedback; dt = 1"}
-    return builder.output(value, metadata)

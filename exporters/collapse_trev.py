@@ -36,39 +36,19 @@ import numpy as np
 import torch
 from torch import nn
 
-import revsnn
 from revsnn.models.trev import TRevSNN
-from revsnn.neurons import Threshold
 
-from .graph import (CollapseError, ConvOp, GraphBuilder, Group, Term, Value, _scale_out, add, apply_mixing)
+from .collapse import register_rule
+from .graph import CollapseError, Group, Term, add, scale_channels
 
-__all__ = ["collapse_trev"]
-
-
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def _dense(weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """A grouped convolution's weight as the equivalent ungrouped one (zeros between groups).
-
-    nir 1.0.8's ``Conv2d`` infers its input type as ``weight.shape[1]`` channels, forgetting ``groups``, so
-    a graph with a grouped Conv2d fails NIR's type check when read back from a file. The depthwise
-    convolutions are therefore written dense; the zeros add exactly nothing.
-    """
-    c_out, c_in_g = weight.shape[:2]
-    out_g = c_out // groups
-    dense = weight.new_zeros(c_out, c_in_g * groups, *weight.shape[2:])
-    for g in range(groups):
-        dense[g * out_g:(g + 1) * out_g, g * c_in_g:(g + 1) * c_in_g] = weight[g * out_g:(g + 1) * out_g]
-    return dense
+__all__ = ["trevsnn"]
 
 
 class _TRevCollapser:
-    def __init__(self, builder: GraphBuilder, walker, names: dict[int, str]):
-        self.b = builder
-        self.walker = walker
-        self.names = names
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.b = ctx.builder
+        self.names = ctx.names
         self._delay_of: dict[str, tuple[str, int]] = {}     # delay node -> (source node, steps)
         self._delay_node: dict[tuple[str, int], str] = {}   # (source node, steps) -> delay node
 
@@ -91,75 +71,31 @@ class _TRevCollapser:
     def delayed(self, group: Group, k: int) -> Group:
         return Group([Term(self.delayed_src(t.src, t.src_shape, k), t.src_shape, t.ops) for t in group.terms])
 
-    # -- linear ops ---------------------------------------------------------------------------------
+    # -- linear ops: the registry's rules (grouped convolutions are written dense, see collapse.dense_groups)
 
-    @staticmethod
-    def scaled(group: Group, scale: torch.Tensor, label: str) -> Group:
-        """``scale * group`` per channel, no shift: each term's last mixing op scaled, or a depthwise
-        1x1 convolution holding ``scale`` (written dense, see ``_dense``) appended to a term that has none."""
-        terms = []
-        for t in group.terms:
-            mixing = [i for i, op in enumerate(t.ops) if op.mixing]
-            ops = list(t.ops)
-            if mixing:
-                ops[mixing[-1]] = _scale_out(ops[mixing[-1]], scale)
-            else:
-                c = t.shape[0]
-                op = ConvOp(torch.diag(scale).reshape(c, c, 1, 1).clone(), None)
-                op.label = label
-                ops.append(op)
-            terms.append(Term(t.src, t.src_shape, ops))
-        return Group(terms)
-
-    def conv(self, m: nn.Conv2d, value: Value, name: str) -> Value:
-        if isinstance(m.padding, str) or m.padding_mode != "zeros":
-            raise CollapseError(f"{name}: only zero, explicitly padded convolutions are collapsed.")
-        w = m.weight.detach()
-        stride, padding, dilation = _pair(m.stride), _pair(m.padding), _pair(m.dilation)
-        bias = None if m.bias is None else m.bias.detach()
-        if m.groups == 1:
-            def make(idx):
-                op = ConvOp(w[:, idx], None, stride, padding, dilation)
-                op.label = name
-                return op
-            return apply_mixing(value, make, bias)
-        if len(value) != 1:
-            raise CollapseError(f"{name}: a grouped convolution over a concatenation is not collapsed.")
-        op = ConvOp(_dense(w, m.groups), None, stride, padding, dilation)
-        op.label = name
-        return apply_mixing(value, lambda idx: op, bias)
-
-    def seq(self, m: nn.Module, value: Value) -> Value:
-        name = self.names.get(id(m), "")
-        if isinstance(m, nn.Sequential):
-            for child in m:
-                value = self.seq(child, value)
-            return value
-        if isinstance(m, Threshold):
-            return self.walker.neurons(m, value, name)
-        if isinstance(m, nn.Conv2d):
-            return self.conv(m, value, name)
-        if isinstance(m, nn.Upsample):
-            raise CollapseError(f"{name} (nearest x2 upsampling in an Up path) has no NIR node: this T-RevSNN's "
-                                "levels change resolution. Train a single-resolution config (level_strides all 1, "
-                                "as trevsnn-digits) to collapse it to NIR, or export it to ONNX instead.")
-        return self.walker.layer(m, value, name)
+    def seq(self, m: nn.Module, value):
+        return self.ctx.module(m, value)
 
     def block(self, blk: nn.Module, u: Group) -> Group:
         v = self.seq(nn.Sequential(blk.q1, blk.dw1, blk.pw1, blk.q2, blk.pw2, blk.dw2), [u])[0]
         if blk.gamma is not None:
-            v = self.scaled(v, blk.gamma.detach(), self.names[id(blk)] + ".gamma")
+            v = scale_channels(v, blk.gamma.detach(), self.names[id(blk)] + ".gamma")
         return add(u, v)
 
 
-def collapse_trev(model: TRevSNN, builder: GraphBuilder, walker, time_steps: int, config: dict):
-    """Collapse a (float64, eval-mode copy of a) T-RevSNN; returns a ``Collapsed`` with ``population_steps``."""
+@register_rule(TRevSNN)
+def trevsnn(ctx, model: TRevSNN, value, name: str):
+    """The whole T-RevSNN (stem once, T columns unrolled through Delays, head on the last column): the
+    readout is the output at step T-1 (``ctx.readout = "last"``); ``ctx.population_steps`` says at which step
+    each population equals its module's output."""
+    builder = ctx.builder
+    time_steps = ctx.time_steps
     body = model.body
     T, L = body.time_steps, body.num_levels
     if int(time_steps) != T:
         raise CollapseError(f"this T-RevSNN has {T} columns, one per step: collapse it with time_steps={T}, "
                             f"not {time_steps}.")
-    names = walker.names
+    names = ctx.names
     for m in model.modules():
         if isinstance(m, nn.Upsample):
             raise CollapseError(f"{names[id(m)]} (nearest x2 upsampling in an Up path) has no NIR node: this "
@@ -167,8 +103,25 @@ def collapse_trev(model: TRevSNN, builder: GraphBuilder, walker, time_steps: int
                                 "single-resolution config (level_strides all 1, as trevsnn-digits) to collapse it "
                                 "to NIR, or export it to ONNX instead.")
     body.clamp_alpha_()  # the forward's clamp, so that the graph holds the alphas the model uses
-    c = _TRevCollapser(builder, walker, names)
+    c = _TRevCollapser(ctx)
     steps: dict[str, int] = {}
+    # The stem, levels and head act on one frame [B, ...] (no time axis): BatchNorm and Flatten read them so.
+    outer, ctx.inside_time_distributed = ctx.inside_time_distributed, True
+    try:
+        value = _unrolled(ctx, c, model, value, steps)
+    finally:
+        ctx.inside_time_distributed = outer
+    ctx.readout = "last"
+    ctx.population_steps = steps
+    ctx.contract.append("Threshold: s = u > theta (stateless); Delay d: y[t] = x[t - d], zeros before; dt = 1; "
+                        "column t of the T-RevSNN is computed at step t, the prediction is the output at step T-1")
+    return value
+
+
+def _unrolled(ctx, c: _TRevCollapser, model: TRevSNN, value, steps: dict[str, int]):
+    builder, names = ctx.builder, ctx.names
+    body = model.body
+    T, L = body.time_steps, body.num_levels
 
     def record(step: int, before: set) -> None:
         for node in builder.populations:
@@ -176,7 +129,7 @@ def collapse_trev(model: TRevSNN, builder: GraphBuilder, walker, time_steps: int
                 steps[node] = step
 
     # The stem, once: one node chain from the input (BatchNorm folded into its last convolution).
-    stem = c.seq(model.stem, builder.input_value())
+    stem = c.seq(model.stem, value)
     if len(stem) != 1 or len(stem[0].terms) != 1:
         raise CollapseError("the T-RevSNN stem must be one chain of convolutions.")
     stem_term = stem[0].terms[0]
@@ -198,7 +151,7 @@ def collapse_trev(model: TRevSNN, builder: GraphBuilder, walker, time_steps: int
             for blk in level.blocks:
                 u = c.block(blk, u)
             if t > 0:
-                u = add(u, c.scaled(prev[i], column.alpha[i].detach(), f"{names[id(column)]}.alpha.{i}"))
+                u = add(u, scale_channels(prev[i], column.alpha[i].detach(), f"{names[id(column)]}.alpha.{i}"))
             new.append(u)
         states = new
         record(t, before)
@@ -207,13 +160,4 @@ def collapse_trev(model: TRevSNN, builder: GraphBuilder, walker, time_steps: int
     head = model.head
     value = c.seq(nn.Sequential(head.q, head.pool, head.flatten, head.fc), [states[-1]])
     record(T - 1, before)
-
-    family = config.get("family")
-    metadata = {"revsnn_version": revsnn.__version__, "model": config.get("name", family), "family": family,
-                "dt": 1.0, "reset": "hard", "readout": "last", "time_steps": T,
-                "contract": "Threshold: s = u > theta (stateless); Delay d: y[t] = x[t - d], zeros before; dt = 1; "
-                            "column t of the T-RevSNN is computed at step t, the prediction is the output at "
-                            "step T-1"}
-    collapsed = builder.output(value, metadata)
-    collapsed.population_steps = steps
-    return collapsed
+    return value

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as tf
 
-__all__ = ["STATELESS_LINEAR", "linear_fn", "delays_at_least_one", "delay_shape", "Op", "ConvOp", "Conv1dOp", "MaxPoolOp", "AffineOp", "PoolOp", "FlattenOp", "Term", "Group", "Value", "GraphBuilder",
+__all__ = ["GraphError", "DelayFifo", "node_shape", "Schedule", "schedule", "STATELESS_LINEAR", "linear_fn", "delays_at_least_one", "delay_shape", "Op", "ConvOp", "Conv1dOp", "MaxPoolOp", "AffineOp", "PoolOp", "FlattenOp", "ScaleOp", "MeanOp", "extend", "add_values", "slice_value", "split_at", "scale_value", "scale_channels", "Term", "Group", "Value", "GraphBuilder",
            "Collapsed", "CollapseError"]
 
 
@@ -159,6 +159,41 @@ class FlattenOp(Op):
         return nir.Flatten(input_type={"input": np.array(in_shape)}, start_dim=self.start_dim, end_dim=-1)
 
 
+@dataclass(eq=False)
+class ScaleOp(Op):
+    """Multiplication by one number (``x * k``, a sign in ``a - b``, a RevLIF output's weight factor). It folds
+    into the next mixing op (``W (k x) = (k W) x``); left at the end of a term it becomes ``nir.Scale``."""
+
+    k: float
+
+    def apply(self, x):
+        return x * self.k
+
+    def out_shape(self, in_shape):
+        return tuple(in_shape)
+
+    def to_nir(self, in_shape):
+        return nir.Scale(scale=np.full(tuple(in_shape), float(self.k)))
+
+
+@dataclass(eq=False)
+class MeanOp(Op):
+    """The mean over the last axis of a per-step value (RevSFormer's mean over tokens, ``(C, N) -> (C,)``).
+
+    NIR has no such node; it exists only symbolically and folds into the Affine that reads it, as
+    ``Flatten`` plus ``W / N`` repeated over the N positions of each channel (channel-major)."""
+
+    def apply(self, x):
+        return x.mean(-1)
+
+    def out_shape(self, in_shape):
+        return tuple(in_shape[:-1])
+
+    def to_nir(self, in_shape):
+        raise CollapseError(f"a mean over the last axis of a {tuple(in_shape)} value must be read by a Linear layer "
+                            "(NIR has no mean node); put the Linear right after the mean.")
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy().copy()
 
@@ -268,6 +303,154 @@ def delay_shape(node: nir.Delay) -> Optional[tuple[int, ...]]:
     return tuple(int(v) for v in shape) if shape.size else None
 
 
+class GraphError(RevsnnError):
+    """A graph that cannot be scheduled or run as written (a cycle with no state, mismatched shapes, an edge to
+    nowhere, no Input or Output); the message names the node."""
+
+
+class DelayFifo:
+    """The delay line of one ``nir.Delay`` (whole steps, per element): the last ``depth`` inputs, oldest first.
+
+    Generic over what a value is (a torch tensor in the executors, an ONNX tensor name in the writer): the
+    caller gives ``where(k, a, b)``, "``a`` where an element's delay is ``k``, else ``b``", for Delays whose
+    elements have different delays."""
+
+    def __init__(self, name: str, node: nir.Delay):
+        d = np.asarray(node.delay, dtype=np.float64)
+        if d.size == 0 or np.any(d < 0) or np.any(d != np.round(d)) or not np.all(np.isfinite(d)):
+            raise GraphError(f"{name}: a Delay needs non-negative whole numbers of steps (dt = 1), got "
+                             f"{np.unique(d)[:5]}.")
+        self.name = name
+        self.steps = d.astype(np.int64)              # per element
+        self.ks = sorted({int(v) for v in np.unique(d)})
+        self.depth = int(d.max())
+
+    def read(self, slots: list, current=None, where=None):
+        """The output: per element the input ``k`` steps ago (``slots[-k]``; ``current`` when ``k = 0``)."""
+        pick = lambda k: slots[len(slots) - k] if k > 0 else current  # noqa: E731
+        out = pick(self.ks[0])
+        for k in self.ks[1:]:
+            out = where(k, pick(k), out)
+        return out
+
+    @staticmethod
+    def push(slots: list, x) -> list:
+        return slots[1:] + [x]
+
+
+def _conv_len(n: int, k: int, s: int, p: int, d: int = 1) -> int:
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def node_shape(node: nir.NIRNode, in_shape: Optional[tuple[int, ...]]) -> tuple[int, ...]:
+    """The batch-free output shape of ``node`` given its (fan-in) input shape: the one shape inference."""
+    from .nodes import MaxPool2d
+
+    if isinstance(node, nir.Input):
+        return tuple(_ints(list(node.input_type.values())[0]))
+    if isinstance(node, (nir.Affine, nir.Linear)):
+        return tuple(in_shape[:-1]) + (int(np.shape(node.weight)[0]),)
+    if isinstance(node, nir.Conv2d):
+        w = np.shape(node.weight)
+        s, p, d = (_ints2(node.stride), _ints2(node.padding), _ints2(node.dilation))
+        return (w[0],) + tuple(_conv_len(in_shape[1 + i], w[2 + i], s[i], p[i], d[i]) for i in range(2))
+    if isinstance(node, nir.Conv1d):
+        w = np.shape(node.weight)
+        return (w[0], _conv_len(in_shape[1], w[2], int(np.ravel(node.stride)[0]), int(np.ravel(node.padding)[0]),
+                                int(np.ravel(node.dilation)[0])))
+    if isinstance(node, (nir.AvgPool2d, nir.SumPool2d, MaxPool2d)):
+        k, s, p = _ints2(node.kernel_size), _ints2(node.stride), _ints2(node.padding)
+        return (in_shape[0],) + tuple(_conv_len(in_shape[1 + i], k[i], s[i], p[i]) for i in range(2))
+    if isinstance(node, nir.Flatten):
+        r = len(in_shape)
+        a = int(node.start_dim) if int(node.start_dim) >= 0 else r + int(node.start_dim)
+        b = int(node.end_dim) if int(node.end_dim) >= 0 else r + int(node.end_dim)
+        return tuple(in_shape[:a]) + (int(np.prod(in_shape[a:b + 1])),) + tuple(in_shape[b + 1:])
+    return tuple(in_shape)  # neurons, Scale, Delay, Threshold, Output: elementwise
+
+
+def _ints2(a) -> tuple[int, int]:
+    v = _ints(a)
+    return (v[0], v[0]) if len(v) == 1 else v[:2]
+
+
+@dataclass
+class Schedule:
+    """How a graph runs one step, computed once (DESIGN §3): every node's sources in edge order (NIR's fan-in
+    sums them in that order), the evaluation order, the Delays whose inputs are cut from that order (they close
+    cycles: each step reads them first and pushes their new input last), the Input and Output, the neuron
+    populations in order, and every node's batch-free output shape."""
+
+    graph: nir.NIRGraph
+    inputs: dict[str, list[str]]
+    order: list[str]
+    cut_delays: list[str]
+    input_name: str
+    output_name: str
+    neurons: list[str]
+    shapes: dict[str, tuple[int, ...]]
+
+
+def schedule(graph: nir.NIRGraph) -> Schedule:
+    from graphlib import CycleError, TopologicalSorter
+
+    from .nodes import NEURON_TYPES
+
+    inputs: dict[str, list[str]] = {n: [] for n in graph.nodes}
+    for src, dst in graph.edges:
+        if src not in inputs or dst not in inputs:
+            raise GraphError(f"edge {src!r} -> {dst!r} names a node the graph does not have.")
+        inputs[dst].append(src)
+    ins = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
+    outs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Output)]
+    if len(ins) != 1 or len(outs) != 1:
+        raise GraphError(f"the graph needs exactly one Input and one Output node (it has {len(ins)} and "
+                         f"{len(outs)}).")
+    cut: list[str] = []
+    try:
+        order = list(TopologicalSorter(inputs).static_order())
+    except CycleError:
+        cut = delays_at_least_one(graph)
+        try:
+            order = list(TopologicalSorter({n: ([] if n in cut else inputs[n]) for n in graph.nodes}).static_order())
+        except CycleError as exc:
+            raise GraphError("the graph has a cycle that passes through no Delay of at least one step; recurrence "
+                             "must go through neuron state or a Delay of at least one step.") from exc
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name in cut:
+        shape = delay_shape(graph.nodes[name])
+        if shape is None:
+            raise GraphError(f"{name}: a Delay that closes a cycle needs its input shape (a per-element delay "
+                             "array or an input_type).")
+        shapes[name] = shape
+    for name in order:
+        node = graph.nodes[name]
+        if name == ins[0]:
+            shapes[name] = node_shape(node, None)
+            continue
+        if name in cut:
+            continue
+        srcs = inputs[name]
+        if not srcs:
+            raise GraphError(f"node {name!r} has no input.")
+        shape = shapes[srcs[0]]
+        for s in srcs[1:]:
+            if shapes[s] != shape:
+                raise GraphError(f"node {name!r}: its inputs have different shapes ({shape} from {srcs[0]!r}, "
+                                 f"{shapes[s]} from {s!r}).")
+        try:
+            shapes[name] = node_shape(node, shape)
+        except (IndexError, TypeError, ValueError) as exc:
+            raise GraphError(f"node {name!r} ({type(node).__name__}) does not fit its input of shape {shape}.") \
+                from exc
+    for name in cut:
+        got = shapes[inputs[name][0]] if inputs[name] else None
+        if got != shapes[name]:
+            raise GraphError(f"{name}: the Delay's input shape {got} differs from its declared shape {shapes[name]}.")
+    neurons = [n for n in order if isinstance(graph.nodes[n], NEURON_TYPES)]
+    return Schedule(graph, inputs, order, cut, ins[0], outs[0], neurons, shapes)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Symbolic values: sums of terms, in channel groups.
 
@@ -323,6 +506,32 @@ def apply_elementwise(value: Value, op: Op) -> Value:
     return [Group([Term(t.src, t.src_shape, t.ops + [op]) for t in g.terms]) for g in value]
 
 
+def extend(term: Term, op: Op) -> Term:
+    """``term`` followed by the mixing ``op``, folding what NIR has no node for or needs none for: trailing
+    ``ScaleOp``s scale ``op``'s weight; a trailing ``MeanOp`` under an ``AffineOp`` becomes ``Flatten`` and the
+    Affine's weight divided over the averaged positions."""
+    ops, k = list(term.ops), 1.0
+    while ops and isinstance(ops[-1], ScaleOp):
+        k *= ops.pop().k
+    if k != 1.0:
+        label = op.label
+        op = copy.copy(op)
+        op.weight = op.weight * k
+        op.label = label
+    if ops and isinstance(ops[-1], MeanOp):
+        if not isinstance(op, AffineOp):
+            raise CollapseError(f"{op.label}: a mean over the last axis can only be read by a Linear layer.")
+        shape = Term(term.src, term.src_shape, ops[:-1]).shape     # (C, N) before the mean
+        n = int(np.prod(shape[1:]))
+        flat = FlattenOp()
+        flat.label = f"{op.label}.flatten"
+        ops[-1] = flat
+        label = op.label
+        op = AffineOp(op.weight.repeat_interleave(n, dim=1) / n, op.bias)
+        op.label = label
+    return Term(term.src, term.src_shape, ops + [op])
+
+
 def apply_mixing(value: Value, make: "callable[[slice], Op]", bias: Optional[torch.Tensor]) -> Value:
     """A channel-mixing op over a concatenation: one op per input group with its input channels
     sliced (``make(in_slice)``), the bias once; the result is one group."""
@@ -333,7 +542,7 @@ def apply_mixing(value: Value, make: "callable[[slice], Op]", bias: Optional[tor
         if len(value) > 1:
             op.label = f"{op.label}.in{start}_{start + g.channels}"
         start += g.channels
-        terms += [Term(t.src, t.src_shape, t.ops + [op]) for t in g.terms]
+        terms += [extend(t, op) for t in g.terms]
     if bias is not None:
         t = terms[0]
         t.ops[-1] = _add_bias(t.ops[-1], bias)
@@ -348,12 +557,99 @@ def split_channels(group: Group, sizes: list[int]) -> list[Group]:
         start += size
         terms = []
         for t in group.terms:
+            if not any(op.mixing for op in t.ops):
+                terms.append(_select(t, idx))
+                continue
             i = t.last_mixing()
             ops = list(t.ops)
             ops[i] = _slice_out(ops[i], idx)
             terms.append(Term(t.src, t.src_shape, ops))
         out.append(Group(terms))
     return out
+
+
+def _select(term: Term, idx: slice) -> Term:
+    """Channels ``idx`` of a term with no mixing op (spikes read straight from a population): NIR has no slice
+    node, so the selection is an exact 0/1 mixing op (1x1 convolution, or a matrix for a flat value)."""
+    shape = term.shape
+    c = shape[0]
+    eye = torch.eye(c, dtype=torch.float64)[idx]
+    if len(shape) == 3:
+        op = ConvOp(eye.reshape(eye.shape[0], c, 1, 1), None)
+    elif len(shape) == 2:
+        op = Conv1dOp(eye.reshape(eye.shape[0], c, 1), None)
+    elif len(shape) == 1:
+        op = AffineOp(eye, None)
+    else:
+        raise CollapseError(f"cannot select channels of a value of shape {shape}.")
+    op.label = f"{term.src}.channels{idx.start}_{idx.stop}"
+    return Term(term.src, term.src_shape, term.ops + [op])
+
+
+def boundaries(value: Value) -> list[int]:
+    out, start = [], 0
+    for g in value:
+        start += g.channels
+        out.append(start)
+    return out
+
+
+def split_at(value: Value, cuts: list[int]) -> Value:
+    """``value`` with its groups split so that every offset in ``cuts`` is a group boundary."""
+    out, start = [], 0
+    for g in value:
+        inner = sorted({c - start for c in cuts if start < c < start + g.channels})
+        if inner:
+            edges = [0] + inner + [g.channels]
+            out += split_channels(g, [b - a for a, b in zip(edges, edges[1:])])
+        else:
+            out.append(g)
+        start += g.channels
+    return out
+
+
+def add_values(a: Value, b: Value) -> Value:
+    """``a + b`` channel by channel: both split to common group boundaries, then added group by group (fan-in)."""
+    if boundaries(a)[-1:] != boundaries(b)[-1:]:
+        raise CollapseError(f"cannot add values of {boundaries(a)[-1]} and {boundaries(b)[-1]} channels.")
+    cuts = sorted(set(boundaries(a)) | set(boundaries(b)))
+    return [add(x, y) for x, y in zip(split_at(a, cuts), split_at(b, cuts))]
+
+
+def slice_value(value: Value, start: int, stop: int) -> Value:
+    """Channels ``start:stop`` of a value."""
+    parts, offset, out = split_at(value, [start, stop]), 0, []
+    for g in parts:
+        if start <= offset and offset + g.channels <= stop:
+            out.append(g)
+        offset += g.channels
+    if not out:
+        raise CollapseError(f"channels {start}:{stop} select nothing.")
+    return out
+
+
+def scale_value(value: Value, k: float, label: str) -> Value:
+    op = ScaleOp(float(k))
+    op.label = label
+    return apply_elementwise(value, op)
+
+
+def scale_channels(group: Group, scale: torch.Tensor, label: str) -> Group:
+    """``scale * group`` per channel, no shift: each term's last mixing op scaled, or a diagonal mixing op
+    holding ``scale`` appended to a term that has none."""
+    terms = []
+    for t in group.terms:
+        ops = list(t.ops)
+        if any(op.mixing for op in ops):
+            i = t.last_mixing()
+            ops[i] = _scale_out(ops[i], scale)
+            terms.append(Term(t.src, t.src_shape, ops))
+            continue
+        sel = _select(t, slice(0, t.shape[0]))
+        sel.ops[-1] = _scale_out(sel.ops[-1], scale)
+        sel.ops[-1].label = label
+        terms.append(sel)
+    return Group(terms)
 
 
 def batchnorm(value: Value, scale: torch.Tensor, shift: torch.Tensor) -> Value:

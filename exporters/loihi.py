@@ -33,14 +33,13 @@ from __future__ import annotations
 from revsnn.errors import RevsnnError
 
 from dataclasses import dataclass, field
-from graphlib import TopologicalSorter
 from typing import Optional
 
 import nir
 import numpy as np
 import torch
 
-from .graph import STATELESS_LINEAR, linear_fn
+from .graph import STATELESS_LINEAR, GraphError, linear_fn, schedule
 from .nodes import LoihiNeuron, MaxPool2d, SpikingAttention
 
 __all__ = ["LoihiExportError", "Quantized", "QuantizedPopulation", "quantize", "relays", "require_spike_input",
@@ -85,6 +84,7 @@ class QuantizedPopulation:
     scale: float                # sigma: float potential = v / 64 / sigma
     neurons: int
     synapses: int               # nonzero integer weights into it
+    i_decay: int = 4096         # the current's decay (4096: it forgets at once; CubaLIF: 4096 / tau_syn)
 
 
 @dataclass
@@ -121,13 +121,6 @@ def _refuse(name: str, node: nir.NIRNode) -> LoihiExportError:
                             "(export it to NIR or ONNX instead).")
 
 
-def _incoming(graph: nir.NIRGraph) -> dict[str, list[str]]:
-    inputs: dict[str, list[str]] = {n: [] for n in graph.nodes}
-    for s, d in graph.edges:
-        inputs[d].append(s)
-    return inputs
-
-
 def _paths(name: str, inputs: dict[str, list[str]], graph: nir.NIRGraph, sources: set[str]) -> list[tuple[str, list[str]]]:
     """Every (source, linear nodes in forward order) path that ends in ``name``'s input."""
     out = []
@@ -140,12 +133,6 @@ def _paths(name: str, inputs: dict[str, list[str]], graph: nir.NIRGraph, sources
             raise _refuse(src, node)
         out += [(s, ops + [src]) for s, ops in _paths(src, inputs, graph, sources)]
     return out
-
-
-def _shape(node: nir.NIRNode) -> tuple[int, ...]:
-    if isinstance(node, nir.Input):
-        return tuple(int(v) for v in np.asarray(node.input_type["input"]).ravel())
-    return tuple(int(v) for v in np.shape(node.v_threshold))
 
 
 def _fold(graph: nir.NIRGraph, source: str, source_shape: tuple[int, ...], ops: list[str], target: str) -> Term:
@@ -168,8 +155,8 @@ def _fold(graph: nir.NIRGraph, source: str, source_shape: tuple[int, ...], ops: 
     return Term(source, m.numpy().copy(), zero.numpy().copy())
 
 
-def _neuron_constants(name: str, node: nir.NIRNode) -> tuple[float, float, int]:
-    """(theta, g, vDecay) of a float neuron population: spike when v > theta, input scale g."""
+def _neuron_constants(name: str, node: nir.NIRNode) -> tuple[float, float, int, int]:
+    """(theta, g, vDecay, iDecay) of a float neuron population: spike when v > theta, input scale g."""
     def uniform(field_: str, value) -> float:
         a = np.asarray(value, dtype=np.float64)
         if a.size and not np.all(a == a.flat[0]):
@@ -177,6 +164,26 @@ def _neuron_constants(name: str, node: nir.NIRNode) -> tuple[float, float, int]:
                                    "neuron configuration.")
         return float(a.flat[0])
 
+    if isinstance(node, (nir.LI, nir.CubaLI, nir.CubaLIF)):
+        # Loihi's CUBA neuron: u = u (1 - iDecay/4096) + a; v = v (1 - vDecay/4096) + u. The contract's
+        # i = i + (w_in x - i)/tau_syn, v = v + (r i - v)/tau_mem is that with u = (r / tau_mem) i, so the
+        # synapse carries g = w_in r / (tau_syn tau_mem) and iDecay = 4096 / tau_syn (LI: tau_syn = 1).
+        if uniform("v_leak", node.v_leak) != 0.0:
+            raise LoihiExportError(f"population {name!r} leaks towards {uniform('v_leak', node.v_leak)}; the "
+                                   "exporter maps only a leak towards 0.")
+        tau_m = uniform("tau", node.tau) if isinstance(node, nir.LI) else uniform("tau_mem", node.tau_mem)
+        tau_s = 1.0 if isinstance(node, nir.LI) else uniform("tau_syn", node.tau_syn)
+        w_in = 1.0 if isinstance(node, nir.LI) else uniform("w_in", np.broadcast_to(node.w_in, np.shape(node.r)))
+        v_decay, i_decay = _decay(name, "tau_mem", tau_m), _decay(name, "tau_syn", tau_s)
+        theta = uniform("v_threshold", node.v_threshold) if isinstance(node, nir.CubaLIF) else np.inf
+        if isinstance(node, nir.CubaLIF):
+            if uniform("v_reset", node.v_reset) != 0.0:
+                raise LoihiExportError(f"population {name!r} resets to {uniform('v_reset', node.v_reset)}; Loihi's "
+                                       "neurons reset to 0.")
+            if theta <= 0:
+                raise LoihiExportError(f"population {name!r} has threshold {theta}; Loihi needs a positive "
+                                       "threshold.")
+        return theta, w_in * uniform("r", node.r) / (tau_s * tau_m), v_decay, i_decay
     if isinstance(node, (nir.LIF, nir.IF)):
         if uniform("v_reset", node.v_reset) != 0.0:
             raise LoihiExportError(f"population {name!r} resets to {uniform('v_reset', node.v_reset)}; Loihi's "
@@ -186,20 +193,26 @@ def _neuron_constants(name: str, node: nir.NIRNode) -> tuple[float, float, int]:
         if theta <= 0:
             raise LoihiExportError(f"population {name!r} has threshold {theta}; Loihi needs a positive threshold.")
         if isinstance(node, nir.IF):
-            return theta, r, 0
+            return theta, r, 0, 4096
         if uniform("v_leak", node.v_leak) != 0.0:
             raise LoihiExportError(f"population {name!r} leaks towards {uniform('v_leak', node.v_leak)}; the "
                                    "exporter maps only a leak towards 0.")
         tau = uniform("tau", node.tau)
-        if tau < 1:
-            raise LoihiExportError(f"population {name!r} has tau = {tau} < 1 step, which no decay in [0, 1] gives.")
-        decay = 4096.0 / tau
-        if abs(decay - round(decay)) > 1e-9:
-            raise LoihiExportError(f"population {name!r} has tau = {tau}: its voltage decay 4096 / tau = {decay:.3f} "
-                                   "is not on Loihi's 1/4096 grid, so no fixed-point run can equal the float model; "
-                                   "use a tau that divides 4096 (1, 2, 4, 8, ...) or 4096 / an integer.")
-        return theta, r / tau, int(round(decay))
+        return theta, r / tau, _decay(name, "tau", tau), 4096
     raise _refuse(name, node)
+
+
+def _decay(name: str, field_: str, tau: float) -> int:
+    """``4096 / tau`` on Loihi's 1/4096 grid, or one sentence."""
+    if tau < 1:
+        raise LoihiExportError(f"population {name!r} has {field_} = {tau} < 1 step, which no decay in [0, 1] gives.")
+    decay = 4096.0 / tau
+    if abs(decay - round(decay)) > 1e-9:
+        raise LoihiExportError(f"population {name!r} has {field_} = {tau} steps: its decay 4096 / {field_} = "
+                               f"{decay:.3f} is not on Loihi's 1/4096 grid, so no fixed-point run can equal the float "
+                               "model; use a time constant that divides 4096 steps (1, 2, 4, 8, ...) or 4096 / an "
+                               "integer.")
+    return int(round(decay))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -207,24 +220,31 @@ def _neuron_constants(name: str, node: nir.NIRNode) -> tuple[float, float, int]:
 
 def quantize(graph: nir.NIRGraph) -> Quantized:
     """The quantised reference of a collapsed float graph (see the module docstring)."""
-    inputs = _incoming(graph)
-    input_name = next((n for n, node in graph.nodes.items() if isinstance(node, nir.Input)), None)
-    output_name = next((n for n, node in graph.nodes.items() if isinstance(node, nir.Output)), None)
-    if input_name is None or output_name is None:
-        raise LoihiExportError("the graph needs one Input and one Output node.")
+    try:
+        sched = schedule(graph)   # the one schedule: sources in fan-in order, evaluation order, shapes
+    except GraphError as exc:
+        raise LoihiExportError(str(exc)) from exc
+    inputs, input_name, output_name, shapes = sched.inputs, sched.input_name, sched.output_name, sched.shapes
+    # A leaky integrator right before the Output (the usual readout of graphs from other tools) is the readout
+    # population itself: a CUBA neuron that never fires, whose voltage is the output.
+    feeds_out = inputs[output_name]
+    li_readout = feeds_out[0] if len(feeds_out) == 1 and isinstance(graph.nodes[feeds_out[0]],
+                                                                     (nir.LI, nir.CubaLI)) else None
     for name, node in graph.nodes.items():  # name what cannot be deployed before anything else
-        if not isinstance(node, (nir.Input, nir.Output, nir.LIF, nir.IF, *STATELESS_LINEAR)) or \
+        if name == li_readout:
+            continue
+        if not isinstance(node, (nir.Input, nir.Output, nir.LIF, nir.IF, nir.CubaLIF, *STATELESS_LINEAR)) or \
                 isinstance(node, (nir.Scale, nir.Conv1d)):
             raise _refuse(name, node)
-    neurons = [n for n, node in graph.nodes.items() if isinstance(node, (nir.LIF, nir.IF))]
+    if input_name != "input" and "input" in graph.nodes:
+        raise LoihiExportError(f"a population is named 'input' beside the graph's input {input_name!r}; rename it.")
+    neurons = [n for n in sched.order if isinstance(graph.nodes[n], (nir.LIF, nir.IF, nir.CubaLIF))]
     sources = {input_name, *neurons}
-    order = [n for n in TopologicalSorter({n: inputs[n] for n in graph.nodes}).static_order()
-             if n in neurons] + [output_name]
-    shapes = {input_name: _shape(graph.nodes[input_name]), **{n: _shape(graph.nodes[n]) for n in neurons}}
+    order = neurons + [output_name]
 
     terms: dict[str, list[Term]] = {}
     for name in order:
-        paths = _paths(name, inputs, graph, sources)
+        paths = _paths(li_readout if (name == output_name and li_readout) else name, inputs, graph, sources)
         if not paths:
             raise LoihiExportError(f"{name!r} has no input.")
         merged: dict[str, Term] = {}   # one term per source: two paths from one source add up
@@ -236,6 +256,13 @@ def quantize(graph: nir.NIRGraph) -> Quantized:
             else:
                 merged[src] = term
         terms[name] = list(merged.values())
+    if input_name != "input":   # the chain and netx name the input "input" (spikingjelly writes "input_1")
+        for ts in terms.values():
+            for t in ts:
+                if t.source == input_name:
+                    t.source = "input"
+        shapes = {("input" if k == input_name else k): v for k, v in shapes.items()}
+        input_name = "input"
     out_shape = (terms[output_name][0].matrix.shape[0],)
 
     depth = {input_name: 0}
@@ -251,17 +278,22 @@ def quantize(graph: nir.NIRGraph) -> Quantized:
         by_depth.setdefault(depth[n], []).append(n)
     v_th: dict[int, int] = {}
     for d, members in by_depth.items():
-        decays = {constants[n][2] for n in members}
+        if d in relayed_depths and any(constants[n][3] != 4096 for n in members):
+            n = next(n for n in members if constants[n][3] != 4096)
+            raise LoihiExportError(f"population {n!r} keeps a synaptic current (tau_syn > 1 step) in a chain layer "
+                                   "that must also relay earlier spikes; a relay needs a current that forgets at "
+                                   "once, so this branching graph cannot be deployed (a chain-shaped one can).")
+        decays = {constants[n][2:] for n in members}
         if len(decays) > 1:
             a, b = sorted(members, key=lambda n: constants[n][2])[:: len(members) - 1]
             raise LoihiExportError(f"populations {a!r} and {b!r} sit at the same depth {d} but decay differently "
-                                   f"(vDecay {constants[a][2]} and {constants[b][2]}); a netx layer holds one neuron "
+                                   f"(vDecay, iDecay {constants[a][2:]} and {constants[b][2:]}); a netx layer holds one neuron "
                                    "configuration.")
         # A layer that will hold relays needs vThMant <= 253 (a relay's weight must exceed it and fit 8 bits);
         # elsewhere only the 17-bit threshold register bounds it, and the weights keep their full 8 bits.
         limit = float(RELAY_VTH_MAX if d in relayed_depths else VTH_MAX)
         for n in members:
-            theta, g, _ = constants[n]
+            theta, g = constants[n][:2]
             limit = min(limit, theta * _scale_limit(n, terms[n], g))
         if limit < 1:
             raise LoihiExportError(f"the threshold of the populations at depth {d} is too small against their "
@@ -289,11 +321,15 @@ def quantize(graph: nir.NIRGraph) -> Quantized:
         return flat[src]
 
     for name in order:
+        i_decay = 4096
         if name == output_name:
-            sigma = _scale_limit(name, terms[name], 1.0)
-            g, v_decay, vth, emit, shape = 1.0, 4096, READOUT_VTH, "potential", out_shape
+            g, v_decay = 1.0, 4096
+            if li_readout:
+                _, g, v_decay, i_decay = _neuron_constants(li_readout, graph.nodes[li_readout])
+            sigma = _scale_limit(name, terms[name], g)
+            vth, emit, shape = READOUT_VTH, "potential", out_shape
         else:
-            theta, g, v_decay = constants[name]
+            theta, g, v_decay, i_decay = constants[name]
             vth = v_th[depth[name]]
             sigma, emit, shape = vth / theta, "spikes", shapes[name]
         bias = np.zeros(int(np.prod(shape)))
@@ -306,10 +342,10 @@ def quantize(graph: nir.NIRGraph) -> Quantized:
             syn = f"{t.source}.to.{pop_name}"
             nodes[syn] = nir.Linear(weight=w)
             edges += [(source_node(t.source), syn), (syn, pop_name)]
-        nodes[pop_name] = LoihiNeuron(shape=np.array([bias.size]), i_decay=4096, v_decay=v_decay, v_th_mant=vth,
+        nodes[pop_name] = LoihiNeuron(shape=np.array([bias.size]), i_decay=i_decay, v_decay=v_decay, v_th_mant=vth,
                                       bias=np.rint(sigma * g * bias).astype(np.int64), scale=sigma, emit=emit)
         pops[pop_name] = QuantizedPopulation(pop_name, tuple(shape), depth[name], v_decay, vth, sigma,
-                                             int(np.prod(shape)), synapses)
+                                             int(np.prod(shape)), synapses, i_decay)
     nodes["output"] = nir.Output(output_type=np.array(out_shape))
     edges.append(("readout", "output"))
     metadata = {**graph.metadata, "quantized": "loihi2 fixed point (lava fixed_pt)"}

@@ -333,7 +333,7 @@ def _layer(k, computing, relayed, pops, shapes, weights, biases, prev_members, p
         bias[rows] = biases[m.name][pack]
     if not matrix.any():
         raise LoihiExportError(f"chain layer {k} has only zero weights, which netx cannot load.")
-    common = dict(bias=bias, i_decay=4096, v_decay=first.v_decay, v_th_mant=v_th, members=members)
+    common = dict(bias=bias, i_decay=first.i_decay, v_decay=first.v_decay, v_th_mant=v_th, members=members)
     if conv:
         found = as_conv(matrix, prev_shape, shape)
         if found is None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from .loihi_chain import ChainLayer, LoihiChain, Member
 
-__all__ = ["write_netx", "read_netx", "NetxFileError", "FORMAT"]
+__all__ = ["write_netx", "read_netx", "summarize_netx", "describe_chain", "NetxFileError", "FORMAT"]
 
 FORMAT = "revsnn-netx/1"
 KNOWN_TYPES = ("input", "conv", "flatten", "dense")
@@ -46,8 +46,10 @@ def _str(value: str) -> np.ndarray:
     return np.array([value.encode("ascii")], dtype="S10")
 
 
-def write_netx(chain: LoihiChain, path: str | Path) -> Path:
-    """Write ``chain`` to ``path`` atomically (a failed write leaves nothing behind)."""
+def write_netx(chain: LoihiChain, path: str | Path, *, fingerprint: str | None = None) -> Path:
+    """Write ``chain`` to ``path`` atomically (a failed write leaves nothing behind). ``fingerprint``
+    (``exporters/fingerprint.py``) is recorded as the ``/revsnn`` group's ``source_fingerprint`` attribute,
+    beside ``content_digest``, the digest of the layers as written."""
     import h5py
 
     path = Path(path)
@@ -81,6 +83,12 @@ def write_netx(chain: LoihiChain, path: str | Path) -> Path:
             meta.attrs["format"] = FORMAT
             meta.attrs["metadata"] = json.dumps(_jsonable(chain.metadata))
             meta.attrs["members"] = json.dumps([[_member_json(m) for m in layer.members] for layer in chain.layers])
+            if fingerprint is not None:
+                from .fingerprint import DIGEST_KEY, FINGERPRINT_KEY, netx_digest
+
+                f.flush()
+                meta.attrs[FINGERPRINT_KEY] = str(fingerprint)
+                meta.attrs[DIGEST_KEY] = netx_digest(f)  # read from the file being written: what check_file reads
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -289,3 +297,60 @@ def _bias(g, shape: tuple[int, ...], path: Path, i: int) -> np.ndarray:
     if b.size == 1:
         return np.full(n, int(b.ravel()[0]), dtype=np.int64)
     raise NetxFileError(f"{path}: /layer/{i} has a bias of shape {b.shape} for a layer of shape {shape}.")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Summary
+
+
+def describe_chain(chain: LoihiChain) -> list[str]:
+    """What a user needs to know of a written chain: layers, latency, relay overhead, neuron settings."""
+    o = chain.overhead()
+    kinds = [layer.kind for layer in chain.layers]
+    lines = [f"{len(kinds)} layers ({kinds.count('conv')} conv, {kinds.count('dense')} dense, the last the readout); "
+             f"latency {chain.depth} steps (one per synapse): output step t + {chain.depth} is model step t.",
+             f"neurons: {o['neurons']:,} of the model + {o['relay_neurons']:,} relays (+{o['neuron_overhead']:.0%}); "
+             f"synapses: {o['synapses']:,} + {o['relay_synapses']:,} relay (+{o['synapse_overhead']:.1%})."]
+    thresholds = sorted({layer.v_th_mant for layer in chain.layers if not layer.readout})
+    decays = sorted({layer.v_decay for layer in chain.layers if not layer.readout})
+    lines.append(f"CUBA neurons: iDecay 4096, vDecay {', '.join(map(str, decays))}, vThMant "
+                 f"{', '.join(map(str, thresholds))}; readout vThMant {chain.layers[-1].v_th_mant} (never fires).")
+    return lines
+
+
+# The chain metadata that `revsnn info` shows (the rest is the graph's own metadata, repeated).
+_SHOWN_METADATA = ("model", "time_steps", "readout", "synapses", "revsnn_version", "quantized")
+
+
+def summarize_netx(chain: LoihiChain, path: str | Path | None = None) -> dict:
+    """What ``revsnn info`` shows of a netx chain (as :func:`read_netx` returns it), as plain data:
+    ``input_shape``; ``layers``, one dict per conv / dense layer (``index`` from 1, ``type`` (``readout`` for the
+    last), ``shape``, ``synapse`` (``kH×kW/s<stride>/p<padding>`` or ``out×in``), ``i_decay``, ``v_decay``,
+    ``v_th_mant``, ``populations`` and ``relays`` it holds); ``description`` (:func:`describe_chain`);
+    ``metadata`` (model, T, readout, synapse form, version, and the fingerprint, when ``path`` is given and
+    the file records one)."""
+    layers = []
+    for k, layer in enumerate(chain.layers, 1):
+        if layer.kind == "conv":
+            kh, kw = layer.weight.shape[2:]
+            syn = f"{kh}×{kw}/s{layer.stride[0]}/p{layer.padding[0]}"
+        else:
+            syn = f"{layer.weight.shape[0]}×{layer.weight.shape[1]}"
+        layers.append({"index": k, "type": "readout" if layer.readout else layer.kind,
+                       "shape": [int(v) for v in layer.shape], "synapse": syn, "i_decay": int(layer.i_decay),
+                       "v_decay": int(layer.v_decay), "v_th_mant": int(layer.v_th_mant),
+                       "populations": [m.name for m in layer.members if not m.relay],
+                       "relays": [m.name for m in layer.members if m.relay]})
+    metadata = {key: chain.metadata[key] for key in _SHOWN_METADATA if key in chain.metadata}
+    if path is not None:
+        import h5py
+
+        from .fingerprint import DIGEST_KEY, FINGERPRINT_KEY
+
+        with h5py.File(path, "r") as f:
+            attrs = f["revsnn"].attrs if "revsnn" in f else {}
+            for key in (FINGERPRINT_KEY, DIGEST_KEY):
+                if key in attrs:
+                    metadata[key] = str(attrs[key])
+    return {"input_shape": [int(v) for v in chain.input_shape], "layers": layers,
+            "description": describe_chain(chain), "metadata": metadata}

@@ -78,8 +78,13 @@ def _check_metadata(metadata: dict, where: str = "metadata") -> None:
                                "use a string or a number.")
 
 
-def write_nir(graph: nir.NIRGraph, path: str | Path) -> Path:
+def write_nir(graph: nir.NIRGraph, path: str | Path, *, fingerprint: str | None = None) -> Path:
     """Write ``graph`` to ``path`` (``nir.write``), atomically; returns the path.
+
+    ``fingerprint`` (``exporters/fingerprint.py``: the checkpoint it comes from) is recorded in the file's
+    metadata as ``source_fingerprint``, beside ``content_digest``, the digest of the nodes' parameters and
+    edges; the file read back must give the same digest before it takes its name. The caller's graph is
+    not changed.
 
     Raises :class:`NIRFileError` if the output directory does not exist, if a node is not a NIR primitive
     (e.g. spiking self-attention: export to ONNX instead), if a parameter is NaN/inf, or if the written file
@@ -96,19 +101,34 @@ def write_nir(graph: nir.NIRGraph, path: str | Path) -> Path:
         raise NIRFileError(f"{path} is a directory; give a file name such as {path / 'model.nir'}.")
     _check_nodes(graph)
     _check_metadata(graph.metadata or {})
+    digest = None
+    if fingerprint is not None:
+        from .fingerprint import DIGEST_KEY, FINGERPRINT_KEY, nir_digest
+
+        digest = nir_digest(graph)
+        metadata = {**(graph.metadata or {}), FINGERPRINT_KEY: str(fingerprint), DIGEST_KEY: digest}
+    else:
+        metadata = graph.metadata
 
     def write(tmp: Path) -> None:
+        original = graph.metadata
+        graph.metadata = metadata  # for nir.write only; restored below, the caller's graph stays as it was
         try:
             nir.write(tmp, graph)
         except Exception as exc:
             raise NIRFileError(f"NIR could not serialize the graph ({type(exc).__name__}: {exc}); check the "
                                "node parameters and metadata.") from exc
+        finally:
+            graph.metadata = original
         try:  # the file must read back, with NIR's type check, before it takes the final name
-            nir.read(tmp, type_check=True)
+            back = nir.read(tmp, type_check=True)
         except Exception as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise NIRFileError(f"the graph does not pass NIR's type check when read back ({detail}); fix the "
                                f"graph's shapes and edges before writing {path.name}.") from exc
+        if digest is not None and nir_digest(back) != digest:
+            raise NIRFileError(f"{path.name} does not read back with the parameters that were written (its "
+                               "content digest differs); nothing was written.")
 
     try:
         atomic_write(path, write)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import nir
 import numpy as np
 from nir import NIRNode
 
-__all__ = ["MaxPool2d", "SpikingAttention", "LoihiNeuron", "CUSTOM_NODES"]
+__all__ = ["MaxPool2d", "SpikingAttention", "LoihiNeuron", "CUSTOM_NODES", "NEURON_TYPES"]
 
 
 @dataclass(eq=False)
@@ -89,3 +90,5 @@ class LoihiNeuron(NIRNode):
 
 
 CUSTOM_NODES = (MaxPool2d, SpikingAttention, LoihiNeuron)
+# The nodes that hold spiking populations (what verify compares, what the ONNX model exposes as spikes).
+NEURON_TYPES = (nir.LIF, nir.IF, nir.CubaLIF, nir.Threshold, SpikingAttention, LoihiNeuron)

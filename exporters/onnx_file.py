@@ -41,7 +41,6 @@ from __future__ import annotations
 from revsnn.errors import RevsnnError
 
 import json
-from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Union
 
@@ -52,10 +51,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 import revsnn
 from revsnn.checkpoint import atomic_write
-from revsnn.exporters.graph import delay_shape, delays_at_least_one
+from revsnn.exporters.graph import DelayFifo, GraphError, node_shape, schedule
 from revsnn.exporters.nodes import MaxPool2d, SpikingAttention
 
-__all__ = ["ONNXFileError", "graph_to_onnx_step", "graph_to_onnx_unrolled", "write_onnx", "read_onnx",
+__all__ = ["ONNXFileError", "graph_to_onnx_step", "graph_to_onnx_unrolled", "write_onnx", "read_onnx", "summarize_onnx",
            "NEURON_CONTRACT", "INPUT_NAME", "OUTPUT_NAME", "UNROLLED_INPUT", "UNROLLED_LOGITS", "UNROLLED_STEPS",
            "STEP_FORMAT", "UNROLLED_FORMAT"]
 
@@ -70,7 +69,6 @@ NEURON_CONTRACT = ("dt = 1 step; LIF h = v + (v_leak - v + r*I)/tau, IF h = v + 
                    "(strict); hard reset v = v_reset where s else h; Threshold s = I > threshold (no state); "
                    "SpikingAttention: Q, K, V, output LIF h = v + (I - v)/tau, hard reset to 0; Delay y[t] = "
                    "x[t - d], zeros before the first input")
-_NEURONS = (nir.LIF, nir.IF, nir.Threshold, SpikingAttention)
 _F32 = TensorProto.FLOAT
 
 
@@ -93,10 +91,6 @@ def _f32(a) -> np.ndarray:
 # The model's float type: float32 by default; float64 for graphs whose ops onnxruntime's CPU build runs in
 # double (it has no float64 convolution or pooling).
 FLOAT_TYPES = {"float32": (TensorProto.FLOAT, np.float32), "float64": (TensorProto.DOUBLE, np.float64)}
-
-
-def _conv_len(n: int, k: int, s: int, p: int, d: int = 1) -> int:
-    return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 class _Builder:
@@ -141,96 +135,47 @@ class _Builder:
         return s
 
 
-def _shape(graph: nir.NIRGraph, name: str, node, in_shape: tuple[int, ...] | None) -> tuple[int, ...]:
-    """The batch-free output shape of ``node`` given its (fan-in) input shape."""
-    if isinstance(node, nir.Input):
-        return tuple(_ints(list(node.input_type.values())[0]))
-    if isinstance(node, (nir.Affine, nir.Linear)):
-        return tuple(in_shape[:-1]) + (int(np.shape(node.weight)[0]),)
-    if isinstance(node, nir.Conv2d):
-        w = np.shape(node.weight)
-        s, p, d = _ints(node.stride, 2), _ints(node.padding, 2), _ints(node.dilation, 2)
-        return (w[0],) + tuple(_conv_len(in_shape[1 + i], w[2 + i], s[i], p[i], d[i]) for i in range(2))
-    if isinstance(node, nir.Conv1d):
-        w = np.shape(node.weight)
-        return (w[0], _conv_len(in_shape[1], w[2], int(node.stride), int(node.padding), int(node.dilation)))
-    if isinstance(node, (nir.AvgPool2d, nir.SumPool2d, MaxPool2d)):
-        k, s, p = _ints(node.kernel_size, 2), _ints(node.stride, 2), _ints(node.padding, 2)
-        return (in_shape[0],) + tuple(_conv_len(in_shape[1 + i], k[i], s[i], p[i]) for i in range(2))
-    if isinstance(node, nir.Flatten):
-        r = len(in_shape)
-        a = int(node.start_dim) if int(node.start_dim) >= 0 else r + int(node.start_dim)
-        b = int(node.end_dim) if int(node.end_dim) >= 0 else r + int(node.end_dim)
-        return tuple(in_shape[:a]) + (int(np.prod(in_shape[a:b + 1])),) + tuple(in_shape[b + 1:])
-    return tuple(in_shape)  # neurons, Scale, Delay, Output: elementwise
-
-
-def _delay_shape(name: str, node: nir.Delay) -> tuple[int, ...]:
-    shape = delay_shape(node)
-    if shape is None:
-        raise ONNXFileError(f"{name}: a Delay that closes a cycle needs its input shape (a per-element delay "
-                            "array or an input_type).")
-    return shape
-
-
 def graph_to_onnx_step(graph: nir.NIRGraph, opset: int = 17, spikes: bool = False,
                        dtype: str = "float32") -> onnx.ModelProto:
     """The one-step ONNX model of ``graph`` (see the module docstring for its inputs, outputs and ops)."""
-    inputs: dict[str, list[str]] = {n: [] for n in graph.nodes}
-    for src, dst in graph.edges:
-        if src not in inputs or dst not in inputs:
-            raise ONNXFileError(f"edge {src!r} -> {dst!r} names a node the graph does not have.")
-        inputs[dst].append(src)
-    cut: list[str] = []
     try:
-        order = list(TopologicalSorter({n: inputs[n] for n in graph.nodes}).static_order())
-    except CycleError:
-        cut = delays_at_least_one(graph)
-        try:
-            order = list(TopologicalSorter({n: ([] if n in cut else inputs[n]) for n in graph.nodes}).static_order())
-        except CycleError as exc:
-            raise ONNXFileError("the graph has a cycle that passes through no Delay of at least one step; a "
-                                "one-step ONNX model can only carry recurrence through neuron state or a "
-                                "Delay.") from exc
-    ins = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
-    outs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Output)]
-    if len(ins) != 1 or len(outs) != 1:
-        raise ONNXFileError(f"the graph needs exactly one Input and one Output node (has {len(ins)} and "
-                            f"{len(outs)}).")
-    in_name, out_name = ins[0], outs[0]
+        sched = schedule(graph)
+    except GraphError as exc:
+        raise ONNXFileError(str(exc)) from exc
+    inputs, order, cut, shapes = sched.inputs, sched.order, sched.cut_delays, sched.shapes
+    in_name, out_name = sched.input_name, sched.output_name
 
     b = _Builder(graph, dtype)
     values: dict[str, str] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
+    fifos: dict[str, DelayFifo] = {}
+
+    def fifo_of(name: str, node: nir.Delay) -> DelayFifo:
+        if name not in fifos:
+            try:
+                fifos[name] = DelayFifo(name, node)
+            except GraphError as exc:
+                raise ONNXFileError(str(exc)) from exc
+        return fifos[name]
 
     def delay_out(name: str, node: nir.Delay, slots: list[str], current: str | None) -> str:
-        """Output of a Delay: ``(slots + [current])[-1 - k]`` per element (``current`` only when some k = 0)."""
-        d = np.asarray(node.delay, dtype=np.float64)
-        kvals = sorted({int(v) for v in np.unique(d)})
-        full = slots + ([current] if current is not None else [])
-        pick = lambda k: full[len(slots) - k] if k > 0 else current  # noqa: E731
-        out = pick(kvals[0])
-        for k in kvals[1:]:
-            mask = b.const(f"{name}.delay_is{k}", d.astype(np.int64) == k, dtype=bool)
-            out = b.op("Where", [mask, pick(k), out], f"{name}.out_k{k}")
-        return out
+        """Output of a Delay (the shared FIFO's read, with ONNX ``Where`` for mixed delays)."""
+        fifo = fifo_of(name, node)
+
+        def where(k: int, a: str, other: str) -> str:
+            mask = b.const(f"{name}.delay_is{k}", fifo.steps == k, dtype=bool)
+            return b.op("Where", [mask, a, other], f"{name}.out_k{k}")
+        return fifo.read(slots, current, where)
 
     def delay_fifo(name: str, node: nir.Delay, shape) -> tuple[list[str], int]:
-        d = np.asarray(node.delay, dtype=np.float64)
-        if d.size == 0 or np.any(d < 0) or np.any(d != np.round(d)):
-            raise ONNXFileError(f"{name}: Delay needs non-negative whole numbers of steps (dt = 1), got "
-                                f"{np.unique(d)[:5]}.")
-        depth = int(d.max())
+        depth = fifo_of(name, node).depth
         return [b.state(f"{name}.fifo{i}", shape) for i in range(depth)], depth
 
     def push(name: str, slots: list[str], x: str) -> None:
-        new = slots[1:] + [x]
-        for i, t in enumerate(new):
+        for i, t in enumerate(DelayFifo.push(slots, x)):
             b.set_state(f"{name}.fifo{i}", b.op("Identity", [t], f"state_out.{name}.fifo{i}"))
 
     for name in cut:  # outputs from the FIFOs, before anything of this step
         node = graph.nodes[name]
-        shapes[name] = _delay_shape(name, node)
         slots, _ = delay_fifo(name, node, shapes[name])
         values[name] = delay_out(name, node, slots, None)
 
@@ -238,31 +183,20 @@ def graph_to_onnx_step(graph: nir.NIRGraph, opset: int = 17, spikes: bool = Fals
         node = graph.nodes[name]
         if name == in_name:
             values[name] = INPUT_NAME
-            shapes[name] = _shape(graph, name, node, None)
             continue
         if name in cut:
             continue
         srcs = inputs[name]
-        if not srcs:
-            raise ONNXFileError(f"node {name!r} has no input.")
         x = values[srcs[0]]
-        for k, s in enumerate(srcs[1:]):
-            x = b.op("Add", [x, values[s]], f"{name}.fanin{k + 1}")
-        shape = shapes[srcs[0]]
-        for s in srcs[1:]:
-            if shapes[s] != shape:
-                raise ONNXFileError(f"node {name!r}: its inputs have different shapes ({shape} and {shapes[s]}).")
-        values[name] = _emit(b, name, node, x, shape, delay_fifo, delay_out, push)
-        shapes[name] = _shape(graph, name, node, shape)
+        for k, s_ in enumerate(srcs[1:]):
+            x = b.op("Add", [x, values[s_]], f"{name}.fanin{k + 1}")
+        values[name] = _emit(b, name, node, x, shapes[srcs[0]], delay_fifo, delay_out, push)
 
     for name in cut:  # push this step's fan-in
         srcs = inputs[name]
         x = values[srcs[0]]
         for k, s in enumerate(srcs[1:]):
             x = b.op("Add", [x, values[s]], f"{name}.fanin{k + 1}")
-        if shapes[srcs[0]] != shapes[name]:
-            raise ONNXFileError(f"{name}: the Delay's input shape {shapes[srcs[0]]} differs from its declared "
-                                f"shape {shapes[name]}.")
         slots = [f"state.{name}.fifo{i}" for i in range(int(np.asarray(graph.nodes[name].delay).max()))]
         push(name, slots, x)
 
@@ -273,7 +207,7 @@ def graph_to_onnx_step(graph: nir.NIRGraph, opset: int = 17, spikes: bool = Fals
     for n, t, s in b.states:
         assert t == "state_out." + n[len("state."):], (n, t)
         g_outputs.append(vi(t, s))
-    neurons = [n for n in order if isinstance(graph.nodes[n], _NEURONS)]
+    neurons = sched.neurons
     if spikes:
         g_outputs += [vi(f"spikes.{n}", shapes[n]) for n in neurons]
     onnx_graph = helper.make_graph(b.nodes, f"revsnn_step_{graph.metadata.get('model', 'graph')}", g_inputs,
@@ -467,10 +401,39 @@ def _emit(b: _Builder, name: str, node, x: str, shape, delay_fifo, delay_out, pu
         k, s, p = _ints(node.kernel_size, 2), _ints(node.stride, 2), _ints(node.padding, 2)
         return b.op("MaxPool", [x], f"{name}.out", kernel_shape=k, strides=s, pads=p + p)
     if isinstance(node, nir.Flatten):
-        out = _shape(b.graph, name, node, shape)
+        out = node_shape(node, shape)
         return b.op("Reshape", [x, b.const(f"{name}.shape", [0, *out], dtype=np.int64)], f"{name}.out")
     if isinstance(node, nir.Scale):
         return b.op("Mul", [x, b.const(f"{name}.scale", _f32(node.scale))], f"{name}.out")
+    if isinstance(node, (nir.LI, nir.CubaLIF, nir.CubaLI)):
+        # CubaLIF / CubaLI: the current first, i = i + (w_in x - i) / tau_syn; then the voltage reads it
+        tau = node.tau if isinstance(node, nir.LI) else node.tau_mem
+        drive = x
+        if not isinstance(node, nir.LI):
+            i = b.state(f"{name}.current", shape)
+            wx = b.op("Mul", [b.const(f"{name}.w_in", _f32(np.broadcast_to(node.w_in, np.shape(tau)))), x],
+                      f"{name}.w_in_x")
+            di = b.op("Div", [b.op("Sub", [wx, i], f"{name}.wx_minus_i"), b.const(f"{name}.tau_syn",
+                                                                                   _f32(node.tau_syn))], f"{name}.di")
+            drive = b.op("Add", [i, di], f"{name}.i")
+            b.set_state(f"{name}.current", b.op("Identity", [drive], f"state_out.{name}.current"))
+        v = b.state(name, shape)
+        leak_v = b.op("Sub", [b.const(f"{name}.v_leak", _f32(node.v_leak)), v], f"{name}.leak_minus_v")
+        ri = b.op("Mul", [b.const(f"{name}.r", _f32(node.r)), drive], f"{name}.rI")
+        num = b.op("Add", [leak_v, ri], f"{name}.drive")
+        dv = b.op("Div", [num, b.const(f"{name}.tau", _f32(tau))], f"{name}.dv")
+        h = b.op("Add", [v, dv], f"{name}.h")
+        if isinstance(node, nir.CubaLIF):
+            s = b.fire(name, name, h, b.const(f"{name}.v_threshold", _f32(node.v_threshold)),
+                       b.const(f"{name}.v_reset", _f32(node.v_reset)))
+            return b.op("Identity", [s], f"spikes.{name}")
+        b.set_state(name, b.op("Identity", [h], f"state_out.{name}"))
+        return h
+    if isinstance(node, nir.I):
+        v = b.state(name, shape)
+        h = b.op("Add", [v, b.op("Mul", [b.const(f"{name}.r", _f32(node.r)), x], f"{name}.rI")], f"{name}.h")
+        b.set_state(name, b.op("Identity", [h], f"state_out.{name}"))
+        return h
     if isinstance(node, nir.LIF):
         v = b.state(name, shape)
         leak_v = b.op("Sub", [b.const(f"{name}.v_leak", _f32(node.v_leak)), v], f"{name}.leak_minus_v")
@@ -545,10 +508,13 @@ def _attention(b: _Builder, name: str, node: SpikingAttention, x: str, shape) ->
 
 
 def write_onnx(graph: Union[nir.NIRGraph, onnx.ModelProto], path: Union[str, Path], opset: int = 17,
-               mode: str = "step", time_steps: int | None = None) -> Path:
+               mode: str = "step", time_steps: int | None = None, *, fingerprint: str | None = None) -> Path:
     """Export ``graph`` (or an already built model) to ``path`` atomically: a temporary file beside it,
     checked, then renamed; nothing is left behind on failure. ``mode="step"`` writes the one-step model,
-    ``mode="unrolled"`` the model unrolled over ``time_steps`` steps (:func:`graph_to_onnx_unrolled`)."""
+    ``mode="unrolled"`` the model unrolled over ``time_steps`` steps (:func:`graph_to_onnx_unrolled`).
+    ``fingerprint`` (``exporters/fingerprint.py``) is recorded in ``metadata_props`` as
+    ``source_fingerprint``, beside ``content_digest``, the digest of the graph as written (a model passed in
+    is copied, not changed)."""
     path = Path(path)
     if mode not in ("step", "unrolled"):
         raise ONNXFileError(f"unknown ONNX export mode {mode!r}; use mode='step' or mode='unrolled'.")
@@ -565,6 +531,14 @@ def write_onnx(graph: Union[nir.NIRGraph, onnx.ModelProto], path: Union[str, Pat
         model = graph_to_onnx_unrolled(graph, time_steps, opset)
     else:
         model = graph_to_onnx_step(graph, opset)
+    if fingerprint is not None:
+        from .fingerprint import DIGEST_KEY, FINGERPRINT_KEY, onnx_digest
+
+        model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's model stays as it was
+        props = {p.key: p.value for p in model.metadata_props}
+        props.update({FINGERPRINT_KEY: str(fingerprint), DIGEST_KEY: onnx_digest(model)})
+        del model.metadata_props[:]
+        helper.set_model_props(model, props)
 
     def write(tmp: Path) -> None:
         onnx.save(model, str(tmp))
@@ -600,3 +574,29 @@ def read_onnx(path: Union[str, Path]) -> onnx.ModelProto:
         raise ONNXFileError(f"{path} is a valid ONNX model but not a revsnn export (no format '{STEP_FORMAT}' or "
                             f"'{UNROLLED_FORMAT}' in its metadata); export it with `write_onnx`.")
     return model
+
+
+# Metadata entries that are long machine-readable lists; summarize_onnx leaves them out.
+_BULKY_PROPS = ("states", "neurons", "state_inputs", "graph_metadata", "step_states")
+
+
+def summarize_onnx(model: onnx.ModelProto) -> dict:
+    """What ``revsnn info`` shows of an ONNX model, as plain data: ``input`` and ``output`` (name and shape,
+    symbolic dimensions by name), ``states`` (the number of state inputs), ``ops`` (op type -> count),
+    ``opset``, ``metadata`` (every ``metadata_props`` entry but the long machine-readable lists)."""
+    graph = model.graph
+
+    def io(v) -> dict:
+        return {"name": v.name, "shape": [d.dim_param or int(d.dim_value) for d in v.type.tensor_type.shape.dim]}
+
+    ops: dict[str, int] = {}
+    for node in graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return {
+        "input": io(graph.input[0]),
+        "output": io(graph.output[0]),
+        "states": len(graph.input) - 1,
+        "ops": dict(sorted(ops.items())),
+        "opset": int(model.opset_import[0].version),
+        "metadata": {p.key: p.value for p in model.metadata_props if p.key not in _BULKY_PROPS},
+    }

@@ -21,7 +21,7 @@ from torch import nn
 import revsnn
 
 __all__ = ["CheckpointError", "FORMAT", "atomic_write", "write_json", "save_checkpoint", "load_checkpoint",
-           "load_model"]
+           "load_model", "summarize_checkpoint"]
 
 FORMAT = "revsnn.checkpoint/1"
 
@@ -75,15 +75,38 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
 
 def load_model(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
     """The model of a checkpoint, in eval mode on the CPU, and the checkpoint itself."""
-    from .models import UnknownModelError, build_model
+    from .models import ModelBuilderError, UnknownModelError, build_model
 
     payload = load_checkpoint(path)
     try:
+        # A model of the user's own (config "builder": MODULE:FUNCTION) is rebuilt by importing MODULE.
         model = build_model(payload["config"])
         model.load_state_dict(payload["state_dict"])
+    except ModelBuilderError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     except (UnknownModelError, KeyError, TypeError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: its weights do not fit its model config ({exc}).") from exc
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path}: '{name}' holds NaN or infinite values; retrain the model.")
     return model.eval(), payload
+
+
+def summarize_checkpoint(model: nn.Module, payload: dict[str, Any]) -> dict[str, Any]:
+    """What ``revsnn info`` shows of a checkpoint (``load_model``'s two results), as plain data: ``model``,
+    ``family``, ``builder`` (``MODULE:FUNCTION`` of a model of the user's own, else absent), ``parameters``,
+    ``input_shape``, ``num_classes``, ``train`` (its training settings), ``epochs_done`` and
+    ``test_accuracy`` (when it has a history), ``revsnn_version``."""
+    config = model.config
+    summary: dict[str, Any] = {"model": config.get("name"), "family": config.get("family")}
+    if config.get("builder"):
+        summary["builder"] = config["builder"]
+    summary.update({"parameters": sum(p.numel() for p in model.parameters()),
+                    "input_shape": list(config["input_shape"]), "num_classes": config["num_classes"],
+                    "train": dict(payload.get("train", {}))})
+    history = payload.get("history") or []
+    if history:
+        summary["epochs_done"] = payload.get("epoch")
+        summary["test_accuracy"] = history[-1]["test_accuracy"]
+    summary["revsnn_version"] = payload.get("revsnn_version")
+    return summary

@@ -24,7 +24,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json
 from .data import ENCODINGS, ImageData, encode, load_digits
-from .models import build_model, get_config
+from .models import USER_FAMILY, build_model, builder_config, get_config
 
 __all__ = ["TrainOptions", "TrainError", "Reporter", "train", "evaluate", "resolve_options"]
 
@@ -135,6 +135,11 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data: Optiona
     device = torch.device(opts.device)
     data = data or load_digits()
     config = s["config"]
+    if config.get("family") == USER_FAMILY:
+        # A model of the user's own is built for the data it trains on; built once here, so that a builder
+        # that fails does so in one sentence before anything is written.
+        config = s["config"] = builder_config(config["builder"], data.input_shape, data.num_classes)
+        build_model(config)
     if list(data.input_shape) != list(config["input_shape"]):
         raise TrainError(f"{opts.model} expects inputs of shape {config['input_shape']}, the data has "
                          f"{list(data.input_shape)}; choose a model built for it (see `revsnn models`).")

@@ -25,8 +25,6 @@ target passes when it has no mismatch, and, over the samples without a tie, full
 
 from __future__ import annotations
 
-from revsnn.errors import RevsnnError
-
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,17 +35,12 @@ import torch
 from torch import nn
 
 from .checkpoint import load_model
-from .data import encode, load_digits
-from .neurons import SpikingNeuron
+from .errors import RevsnnError
+from .neurons import SpikingNeuron, reset_states
 
-__all__ = ["TargetReport", "VerifyReport", "verify", "TARGETS", "TIE_TOLERANCE"]
+__all__ = ["TargetReport", "VerifyReport", "verify", "verify_model", "verify_graph", "compare", "TIE_TOLERANCE"]
 
 TIE_TOLERANCE = 1e-6
-# Tolerance of max |Δ| of the per-step outputs, per target.
-# lava is held to its own reference, the quantised one, which it must reproduce bit for bit.
-TOLERANCES = {"torch": 1e-6, "torch-cuda": 1e-5, "norse": 1e-5, "onnxruntime": 1e-5, "onnxruntime-unrolled": 1e-5,
-              "lava": 0.0}
-TARGETS = ("torch", "torch-cuda", "norse", "onnxruntime", "onnxruntime-unrolled", "lava")
 
 
 @dataclass
@@ -124,11 +117,14 @@ def _model_trace(model: nn.Module, x: torch.Tensor, per_step: bool):
     outputs = []
     head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     hooks.append(head.register_forward_hook(lambda mod, i, o: outputs.append(o)))
+    reset_states(model)   # a user's forward need not reset its neurons: revsnn does, before every forward
     with torch.no_grad():
         logits = model(x)
     for h in hooks:
         h.remove()
     T, B = x.shape[:2]
+    # The head's per-step outputs, when it runs per step (a head after the mean over time shows only the readout).
+    per_step = per_step and bool(outputs) and outputs[0].numel() == T * B * logits[0].numel()
     return spikes, logits, (outputs[0].reshape(T, B, -1) if per_step else None)
 
 
@@ -151,6 +147,8 @@ def _differences(got, want, potentials, thresholds, steps):
             step = steps[name]
             g, p = g[step], p[step]
         g = g.to(w.device, w.dtype)
+        if g.shape != w.shape and g.numel() == w.numel():   # a target that shows a population flat (lava)
+            g = g.reshape(w.shape)
         near = (p - thresholds[name]).abs() <= TIE_TOLERANCE * thresholds[name].abs().clamp(min=1)
         yield name, g != w, near, step
 
@@ -208,37 +206,168 @@ def _readout(outputs: torch.Tensor, mode: str) -> torch.Tensor:
     return outputs[-1] if mode == "last" else outputs.mean(0)
 
 
-def verify(checkpoint: Path | str, targets: tuple[str, ...] = ("torch", "norse"), samples: int = 32,
-           on_target: Optional[Callable[[TargetReport], None]] = None, lava_synapses: str = "conv") -> VerifyReport:
-    from revsnn.exporters.collapse import collapse
-    from revsnn.targets.reference import NEURON_TYPES, ReferenceExecutor
+@dataclass
+class Baseline:
+    """What a target's trace is compared with: per-step outputs, spikes per population, the readout mode,
+    and (for the float references) the membrane potentials and thresholds that tell a tie."""
 
-    unknown = [t for t in targets if t not in TARGETS]
-    if unknown:
-        raise VerifyError(f"unknown target {unknown[0]!r}; known: {', '.join(TARGETS)}.")
-    if samples < 1:
-        raise VerifyError(f"--samples must be at least 1, got {samples}.")
-    if "torch-cuda" in targets and not torch.cuda.is_available():
-        raise VerifyError("target torch-cuda needs a CUDA device, and this machine has none.")
+    outputs: torch.Tensor
+    spikes: dict[str, torch.Tensor]
+    readout: str
+    steps_of: Optional[dict[str, int]] = None        # populations that equal ``spikes`` at one step only
+    potentials: Optional[dict[str, torch.Tensor]] = None
+    thresholds: Optional[dict[str, torch.Tensor]] = None
+    output_populations: list[str] = field(default_factory=list)
+    predictions: Optional[torch.Tensor] = None
 
-    model, payload = load_model(checkpoint)
-    config = model.config
+    def pred(self) -> torch.Tensor:
+        return self.predictions if self.predictions is not None else _readout(self.outputs, self.readout).argmax(1)
+
+
+def compare(name: str, trace, base: Baseline, tolerance: float, note: str = "") -> TargetReport:
+    """One target's trace against its baseline (pure): spikes of every population both have (threshold ties,
+    tie-induced differences and mismatches counted apart where the baseline has potentials), predictions, and
+    ``max |Δ|`` of the per-step outputs over the samples without a tie."""
+    spikes = trace.spikes
+    T, n = trace.outputs.shape[0], trace.outputs.shape[1]
+    ties_known = base.potentials is not None
+    if ties_known:
+        potentials, thresholds = base.potentials, base.thresholds
+        if spikes:
+            first_tie = _first_ties(spikes, base.spikes, potentials, thresholds, base.steps_of, T, n)
+        else:  # a target that shows no spikes: any baseline membrane at the threshold may have flipped
+            first_tie = _first_ties({k: 1 - v for k, v in base.spikes.items()}, base.spikes, potentials, thresholds,
+                                    base.steps_of, T, n)
+    else:      # bit-exact targets: no ties, every difference is a mismatch
+        potentials = {k: torch.full_like(v.double(), float("inf")) for k, v in base.spikes.items()}
+        thresholds = {k: torch.zeros(()) for k in base.spikes}
+        first_tie = torch.full((n,), float("inf"), dtype=torch.float64)
+    diff = _compare_spikes(spikes, base.spikes, potentials, thresholds, base.steps_of, first_tie)
+    out_pops = {p: spikes[p] for p in base.output_populations if p in spikes}
+    out_diff = _compare_spikes(out_pops, {p: base.spikes[p] for p in out_pops}, potentials, thresholds,
+                               base.steps_of, first_tie)
+    clean = torch.isinf(first_tie)   # samples without any tie are held to the tolerance
+    steps = trace.outputs.to(torch.float64).cpu()
+    pred = _readout(steps, base.readout).argmax(1)
+    if base.outputs.shape[0] == steps.shape[0]:
+        delta = (steps - base.outputs).abs()
+    else:   # a baseline that shows only the readout (T-RevSNN's last step, a head after the mean over time)
+        delta = (_readout(steps, base.readout).unsqueeze(0) - base.outputs).abs()
+    max_diff = float(delta[:, clean].max()) if clean.any() else 0.0
+    same_pred = pred == base.pred()
+    agreement = lambda d: 1.0 - (d.ties + d.induced + d.mismatches) / d.total if d.total else None  # noqa: E731
+    return TargetReport(
+        name=name, ok=diff.mismatches == 0 and bool(same_pred[clean].all()) and max_diff <= tolerance,
+        time_steps=int(steps.shape[0]), spike_agreement=agreement(diff), output_spike_agreement=agreement(out_diff),
+        threshold_ties=diff.ties, tie_induced=diff.induced, tie_samples=int((~clean).sum()),
+        mismatches=diff.mismatches, prediction_agreement=float(same_pred.double().mean()), max_abs_diff=max_diff,
+        tolerance=tolerance, populations=len([p for p in spikes if p in base.spikes]),
+        spike_count=int(sum(float(v.sum()) for v in spikes.values())), seconds=0.0, note=note,
+        raster=_raster(spikes, base.output_populations) if base.output_populations and
+        all(p in spikes for p in base.output_populations) else None)
+
+
+def _agreement_with(trace, base: Baseline) -> tuple[float, Optional[float]]:
+    """Prediction and spike agreement of ``trace`` with another baseline (the float reference, for lava)."""
+    pred = _readout(trace.outputs.double(), base.readout).argmax(1)
+    total = same = 0
+    for name, got in trace.spikes.items():
+        if name in base.spikes:
+            want = base.spikes[name].reshape(got.shape)
+            total, same = total + got.numel(), same + int((got == want).sum())
+    return float((pred == base.pred()).double().mean()), (same / total if total else None)
+
+
+def _test_inputs(payload: dict, config: dict, samples: int):
+    from .data import encode, load_digits
+
     train = payload.get("train", {})
-    T, encoding = int(train.get("time_steps", config.get("train", {}).get("time_steps", 4))), \
-        train.get("encoding", "direct")
-    if "lava" in targets:
-        from revsnn.exporters.loihi import LoihiExportError, require_spike_input
-
-        try:
-            require_spike_input(encoding, config.get("name", "this model"))
-        except LoihiExportError as exc:
-            raise VerifyError(str(exc)) from exc
+    T = int(train.get("time_steps", config.get("train", {}).get("time_steps", 4)))
+    encoding = train.get("encoding", "direct")
     data = load_digits()
     n = min(samples, len(data.y_test))
     x = encode(data.x_test[:n], T, encoding, torch.Generator().manual_seed(1234)).double()
+    return x, T, encoding
 
+
+def verify(checkpoint: Path | str, targets: Optional[tuple[str, ...]] = ("torch", "norse"), samples: int = 32,
+           on_target: Optional[Callable[[TargetReport], None]] = None, lava_synapses: str = "conv",
+           file: Optional[Path | str] = None) -> VerifyReport:
+    """Verify the checkpoint's model on test samples of its data. With ``file``, run that very file (an
+    exported ``.nir``, ``.onnx`` or ``.net``) instead of a fresh export; ``targets`` None then means every
+    target that runs that kind of file."""
+    if samples < 1:
+        raise VerifyError(f"--samples must be at least 1, got {samples}.")
+    model, payload = load_model(checkpoint)
+    config = model.config
+    if file is not None:
+        file = Path(file)
+        if not file.is_file():
+            raise VerifyError(f"--file {file} does not exist.")
+        _check_fingerprint(file, model, payload)
+    x, T, encoding = _test_inputs(payload, config, samples)
+    return verify_model(model, x, targets, encoding=encoding, on_target=on_target, lava_synapses=lava_synapses,
+                        file=file, name=config.get("name", "?"))
+
+
+def _check_fingerprint(file: Path, model: nn.Module, payload: dict) -> None:
+    """The file must have been exported from this checkpoint, and be unchanged since (see exporters/fingerprint)."""
+    try:
+        from revsnn.exporters import fingerprint
+    except ImportError:   # noqa: the fingerprint module is optional in this build
+        return
+    fingerprint.check_file(file, fingerprint.checkpoint_fingerprint(model, payload))
+
+
+def _select_targets(targets: Optional[tuple[str, ...]], file: Optional[Path]):
+    from revsnn.targets.registry import get_target, target_names
+
+    if targets is None:
+        if file is None:
+            targets = ("torch", "norse")
+        else:
+            chosen = [t for t in (get_target(n) for n in target_names()) if t.unavailable() is None and t.accepts(file)]
+            if not chosen:
+                raise VerifyError(f"no target runs {file.name}; verify --file takes a .nir, .onnx or .net file "
+                                  "written by `revsnn export`.")
+            return chosen
+    chosen = []
+    for name in targets:
+        try:
+            t = get_target(name)
+        except RevsnnError as exc:
+            raise VerifyError(str(exc)) from exc
+        why = t.unavailable()
+        if why:
+            raise VerifyError(why)
+        if file is not None and t.suffix is not None and not t.accepts(file):
+            raise VerifyError(f"target {name} does not run {file.name} (it runs {t.suffix} files); drop it from "
+                              "--targets, or leave --targets out to run every target that runs this file.")
+        chosen.append(t)
+    return chosen
+
+
+def verify_model(model: nn.Module, x: torch.Tensor, targets: Optional[tuple[str, ...]] = ("torch", "norse"),
+                 encoding: str = "direct", on_target: Optional[Callable[[TargetReport], None]] = None,
+                 lava_synapses: str = "conv", file: Optional[Path] = None, name: Optional[str] = None,
+                 input_shape: Optional[tuple[int, ...]] = None) -> VerifyReport:
+    """Verify any model made of revsnn's blocks (``collapse`` takes it) on the inputs ``x`` ``[T, B, ...]``:
+    collapse it, run every target step by step (on a fresh export, or on ``file``), and compare each with its
+    baseline: the training model (``torch``), the float reference executor, or the Loihi-quantised one."""
+    from revsnn.exporters.collapse import collapse
+
+    chosen = _select_targets(targets, file)
+    T = int(x.shape[0])
+    if any(t.compare_with == "loihi" for t in chosen):
+        from revsnn.exporters.loihi import LoihiExportError, require_spike_input
+
+        try:
+            require_spike_input(encoding, name or "this model")
+        except LoihiExportError as exc:
+            raise VerifyError(str(exc)) from exc
+    x = x.double()
     model = model.double().eval()
-    collapsed = collapse(model, T)
+    collapsed = collapse(model, T, input_shape=input_shape or tuple(x.shape[2:]))
     graph = collapsed.graph
     readout = graph.metadata.get("readout", "mean")
     model_spikes, model_logits, model_steps = _model_trace(model, x, per_step=readout == "mean")
@@ -249,156 +378,107 @@ def verify(checkpoint: Path | str, targets: tuple[str, ...] = ("torch", "norse")
     steps_of = collapsed.population_steps or {}
     want = {node: (model_spikes[mod][:, c0:c1] if node in steps_of else model_spikes[mod][:, :, c0:c1])
             for node, (mod, c0, c1) in collapsed.populations.items()}
-    neuron_nodes = [n_ for n_ in graph.nodes if isinstance(graph.nodes[n_], NEURON_TYPES)]
-    thresholds = {}
-    for name in neuron_nodes:
-        node = graph.nodes[name]
-        th = node.threshold if hasattr(node, "threshold") else node.v_threshold
-        thresholds[name] = torch.as_tensor(th, dtype=torch.float64)
-    output_pops = _output_populations(graph, neuron_nodes)
+    model_base = (model_steps, want, steps_of or None, model_logits.argmax(1))
+    return _run_targets(graph, x, chosen, encoding, model_base, on_target, lava_synapses, file,
+                        name or getattr(model, "config", {}).get("name", "custom"))
 
-    reference = ReferenceExecutor(graph)
+
+def verify_graph(graph, x: torch.Tensor, targets: Optional[tuple[str, ...]] = None,
+                 on_target: Optional[Callable[[TargetReport], None]] = None, lava_synapses: str = "conv",
+                 file: Optional[Path] = None, name: Optional[str] = None) -> VerifyReport:
+    """Verify a graph with no training model behind it (a NIR graph from another tool, converted to steps by
+    ``exporters.nir_import``): every target against revsnn's reference executor (``torch`` then checks the
+    executor against itself on CPU, ``torch-cuda`` against the CPU)."""
+    if targets is None:
+        targets = ("onnxruntime", "onnx-reference", "norse")
+    chosen = _select_targets(targets, file)
+    return _run_targets(graph, x.double(), chosen, "spikes" if _is_spikes(x) else "direct", None, on_target,
+                        lava_synapses, file, name or str((graph.metadata or {}).get("model", "graph")))
+
+
+def _is_spikes(x: torch.Tensor) -> bool:
+    return bool(((x == 0) | (x == 1)).all())
+
+
+def _run_targets(graph, x, chosen, encoding, model_base, on_target, lava_synapses, file, name) -> VerifyReport:
+    from revsnn.exporters.graph import schedule
+    from revsnn.targets.reference import ReferenceExecutor, record_run
+
+    T = int(x.shape[0])
+    readout = (graph.metadata or {}).get("readout", "mean")
+    sched = schedule(graph)
+    thresholds = {}
+    for n_ in sched.neurons:
+        node = graph.nodes[n_]
+        th = node.threshold if hasattr(node, "threshold") else node.v_threshold
+        thresholds[n_] = torch.as_tensor(th, dtype=torch.float64)
+    output_pops = _output_populations(sched)
     t_ref = time.perf_counter()
-    ref_steps, ref_spikes, ref_potentials = _run_recording(reference, x)
+    ref_steps, ref_spikes, ref_potentials = record_run(ReferenceExecutor(graph), x)
     t_ref = time.perf_counter() - t_ref
+    bases = {"float": Baseline(ref_steps, ref_spikes, readout, None, ref_potentials, thresholds, output_pops)}
+    if model_base is not None:
+        steps, spikes, steps_of, pred = model_base
+        bases["model"] = Baseline(steps, spikes, readout, steps_of, ref_potentials, thresholds, output_pops, pred)
+    else:
+        bases["model"] = bases["float"]
+    if any(t.compare_with == "loihi" for t in chosen):
+        from revsnn.exporters.loihi import LoihiExportError, quantize
+
+        if not _is_spikes(x):
+            raise VerifyError("Loihi receives spikes: the lava target needs 0/1 input (rate-coded or event "
+                              "frames).")
+        try:
+            quantized = quantize(graph)
+        except LoihiExportError as exc:
+            raise VerifyError(str(exc)) from exc
+        q_steps, q_spikes = ReferenceExecutor(quantized.graph).run(x, record=True)
+        bases["loihi"] = Baseline(q_steps, q_spikes, readout, None, None, None, output_pops)
+    notes = {"model": "reference executor vs the training model" if model_base is not None else
+             "reference executor vs itself (no training model)", "float": "vs the reference executor",
+             "loihi": "vs the quantised reference (Loihi 2 fixed point, bit for bit)"}
     reports: dict[str, TargetReport] = {}
-    model_pred = model_logits.argmax(1)
+    options = {"time_steps": T, "synapses": lava_synapses}
     with tempfile.TemporaryDirectory(prefix="revsnn-verify-") as tmp:
-        for name in targets:
+        for target in chosen:
             t0 = time.perf_counter()
-            note = ""
-            if name in ("torch", "torch-cuda"):
-                device = "cuda" if name == "torch-cuda" else "cpu"
-                executor = reference if device == "cpu" else ReferenceExecutor(graph, device=device)
-                steps, spikes, _ = (ref_steps, ref_spikes, ref_potentials) if device == "cpu" else \
-                    _run_recording(executor, x)
-                # Against the training model itself.
-                base_spikes, base_steps_of, base_steps, base_pred = want, steps_of, model_steps, model_pred
-                note = "reference executor vs the training model"
-            elif name == "lava":
-                report = _verify_lava(graph, Path(tmp), x, readout, ref_steps, ref_spikes, output_pops,
-                                      lava_synapses)
-                report.seconds = time.perf_counter() - t0
-                reports[name] = report
-                if on_target:
-                    on_target(report)
-                continue
-            else:
-                steps, spikes = _run_file_target(name, graph, Path(tmp), x)
-                base_spikes, base_steps_of = ref_spikes, None
-                base_steps, base_pred = ref_steps, _readout(ref_steps, readout).argmax(1)
-                note = "vs the reference executor"
-            seconds = time.perf_counter() - t0
-            if spikes:
-                first_tie = _first_ties(spikes, base_spikes, ref_potentials, thresholds, base_steps_of, T, n)
-            else:  # a target that shows no spikes: any reference membrane at the threshold may have flipped
-                first_tie = _first_ties({k: 1 - v for k, v in ref_spikes.items()}, ref_spikes, ref_potentials,
-                                        thresholds, None, T, n)
-            diff = _compare_spikes(spikes, base_spikes, ref_potentials, thresholds, base_steps_of, first_tie)
-            out_pops = {p: spikes[p] for p in output_pops if p in spikes}
-            out_diff = _compare_spikes(out_pops, {p: base_spikes[p] for p in out_pops}, ref_potentials, thresholds,
-                                       base_steps_of, first_tie)
-            clean = torch.isinf(first_tie)   # samples without any tie are held to the tolerance
-            steps = steps.to(torch.float64).cpu()
-            pred = _readout(steps, readout).argmax(1)
-            delta = (steps[-base_steps.shape[0]:] - base_steps).abs()
-            max_diff = float(delta[:, clean].max()) if clean.any() else 0.0
-            if name == "torch":
-                seconds += t_ref
-            tol = TOLERANCES[name]
-            same_pred = pred == base_pred
-            report = TargetReport(
-                name=name, ok=diff.mismatches == 0 and bool(same_pred[clean].all()) and max_diff <= tol,
-                time_steps=T,
-                spike_agreement=1.0 - (diff.ties + diff.induced + diff.mismatches) / diff.total if diff.total else None,
-                output_spike_agreement=(1.0 - (out_diff.ties + out_diff.induced + out_diff.mismatches) / out_diff.total
-                                        if out_diff.total else None),
-                threshold_ties=diff.ties, tie_induced=diff.induced, tie_samples=int((~clean).sum()),
-                mismatches=diff.mismatches,
-                prediction_agreement=float(same_pred.double().mean()), max_abs_diff=max_diff,
-                tolerance=tol, populations=len([p for p in spikes if p in ref_spikes]),
-                spike_count=int(sum(float(v.sum()) for v in spikes.values())), seconds=seconds, note=note,
-                raster=_raster(spikes, output_pops) if all(p in spikes for p in output_pops) else None)
-            reports[name] = report
+            try:
+                source = file if (file is not None and target.suffix is not None) else \
+                    target.export(graph, Path(tmp), **options)
+                trace = target.run(source, x, **options)
+            except RevsnnError as exc:
+                raise VerifyError(f"target {target.name}: {exc}") from exc
+            base = bases[target.compare_with]
+            report = compare(target.name, trace, base, target.tolerance, notes[target.compare_with])
+            report.seconds = time.perf_counter() - t0 + (t_ref if target.compare_with == "model" else 0.0)
+            if target.compare_with == "loihi":
+                pred_agree, spike_agree = _agreement_with(trace, bases["float"])
+                report.float_prediction_agreement, report.float_spike_agreement = pred_agree, spike_agree
+                report.details = dict(trace.info)
+                report.note = (f"{report.note}; vs the float reference: predictions {pred_agree:.1%}, spikes "
+                               f"{(spike_agree or 0.0):.1%}")
+            reports[target.name] = report
             if on_target:
                 on_target(report)
-    return VerifyReport(config.get("name", "?"), n, T, encoding, reports,
-                        reference_raster=_raster(ref_spikes, output_pops),
-                        output_population=", ".join(output_pops))
+    return VerifyReport(name, int(x.shape[1]), T, encoding, reports, reference_raster=_raster(ref_spikes, output_pops)
+                        if output_pops else None, output_population=", ".join(output_pops))
 
 
-def _verify_lava(graph, folder: Path, x: torch.Tensor, readout: str, float_steps: torch.Tensor,
-                 float_spikes: dict[str, torch.Tensor], output_pops: list[str], synapses: str) -> TargetReport:
-    """Lava's fixed-point run of the exported .net against the quantised reference (bit for bit: every
-    population's spikes and the readout's potentials), and how both compare with the float reference."""
-    from revsnn.exporters.loihi import LoihiExportError, quantize
-    from revsnn.exporters.loihi_chain import build_chain
-    from revsnn.exporters.netx_file import write_netx
-    from revsnn.targets.lava import LavaTarget
-    from revsnn.targets.reference import ReferenceExecutor
-
-    try:
-        quantized = quantize(graph)
-        chain = build_chain(quantized, synapses)
-    except LoihiExportError as exc:
-        raise VerifyError(str(exc)) from exc
-    path = write_netx(chain, folder / "model.net")
-    q_steps, q_spikes = ReferenceExecutor(quantized.graph).run(x, record=True)
-    target = LavaTarget.load(path)
-    steps, spikes = target.run(x, record=True)
-    T, B = x.shape[:2]
-    total = differ = out_total = out_differ = float_total = float_same = 0
-    for name, got in spikes.items():
-        want = q_spikes[name].reshape(got.shape)
-        d = int((got != want).sum())
-        total, differ = total + got.numel(), differ + d
-        if name in output_pops:
-            out_total, out_differ = out_total + got.numel(), out_differ + d
-        if name in float_spikes:
-            f = float_spikes[name].reshape(got.shape)
-            float_total, float_same = float_total + got.numel(), float_same + int((got == f).sum())
-    pred = _readout(steps, readout).argmax(1)
-    q_pred = _readout(q_steps, readout).argmax(1)
-    float_pred = _readout(float_steps, readout).argmax(1)
-    max_diff = float((steps - q_steps).abs().max())
-    overhead = chain.overhead()
-    timing = target.timing
-    return TargetReport(
-        name="lava", ok=differ == 0 and max_diff == 0.0 and bool((pred == q_pred).all()), time_steps=T,
-        spike_agreement=1.0 - differ / total if total else None,
-        output_spike_agreement=1.0 - out_differ / out_total if out_total else None,
-        threshold_ties=0, tie_induced=0, tie_samples=0, mismatches=differ,
-        prediction_agreement=float((pred == q_pred).double().mean()), max_abs_diff=max_diff, tolerance=0.0,
-        populations=len(spikes), spike_count=int(sum(float(v.sum()) for v in spikes.values())), seconds=0.0,
-        note=f"vs the quantised reference (Loihi 2 fixed point, bit for bit); vs the float reference: predictions "
-             f"{float((pred == float_pred).double().mean()):.1%}, spikes {float_same / max(float_total, 1):.1%}",
-        raster=_raster(spikes, output_pops) if all(p in spikes for p in output_pops) else None,
-        float_prediction_agreement=float((pred == float_pred).double().mean()),
-        float_spike_agreement=float_same / float_total if float_total else None,
-        details={"synapses": synapses, "chain_layers": chain.depth, "latency_steps": chain.depth,
-                 "relay_neuron_overhead": overhead["neuron_overhead"],
-                 "relay_synapse_overhead": overhead["synapse_overhead"],
-                 "lava_steps": timing.get("steps"), "lava_seconds_per_step": timing.get("seconds_per_step")})
-
-
-def _output_populations(graph, neuron_nodes: list[str]) -> list[str]:
+def _output_populations(sched) -> list[str]:
     """The neuron populations nearest the output: the ones the readout reads (one per stream half)."""
-    feeds: dict[str, set[str]] = {}
-    for s, d in graph.edges:
-        feeds.setdefault(d, set()).add(s)
-    frontier, seen = ["output"], set()
+    frontier, seen = [sched.output_name], set()
     while frontier:
-        found = sorted(n for n in frontier if n in neuron_nodes)
+        found = sorted(n for n in frontier if n in sched.neurons)
         if found:
             return found
         nxt = []
         for node in frontier:
-            for s in sorted(feeds.get(node, ())):
+            for s in sorted(set(sched.inputs.get(node, ()))):
                 if s not in seen:
                     seen.add(s)
                     nxt.append(s)
         frontier = nxt
-    return neuron_nodes[-1:]
+    return sched.neurons[-1:]
 
 
 def _raster(spikes: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
@@ -406,56 +486,15 @@ def _raster(spikes: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
     return torch.cat([spikes[n][:, 0].reshape(spikes[n].shape[0], -1) for n in names], dim=1).cpu()
 
 
-def _run_recording(executor, x: torch.Tensor):
-    executor.reset()
-    outs, spikes, potentials = [], {n: [] for n in executor.neurons}, {n: [] for n in executor.neurons}
-    for x_t in x:
-        outs.append(executor.step(x_t))
-        for n in executor.neurons:
-            spikes[n].append(executor.spikes[n])
-            potentials[n].append(executor.potentials[n])
-    return (torch.stack(outs).cpu(), {n: torch.stack(v).cpu() for n, v in spikes.items()},
-            {n: torch.stack(v).cpu() for n, v in potentials.items()})
+def verify_foreign(path: Path | str, dt: Optional[float] = None, targets: Optional[tuple[str, ...]] = None,
+                   samples: int = 8, time_steps: int = 20, rate: float = 0.2, seed: int = 0,
+                   inputs: Optional[Path | str] = None, on_target: Optional[Callable[[TargetReport], None]] = None,
+                   lava_synapses: str = "conv") -> VerifyReport:
+    """``revsnn verify FILE.nir``: a NIR graph from any tool, converted to steps at ``dt``, on every target,
+    against revsnn's reference executor; inputs are Bernoulli spikes (``rate``, ``seed``) or ``inputs`` (.npy)."""
+    from .pipeline import foreign_inputs, load_source
 
-
-def _onnx_float(graph) -> str:
-    """float64 where onnxruntime's CPU build can run every op in double (it has no float64 convolution or
-    pooling), float32 otherwise: the closest the ONNX targets can come to the float64 reference."""
-    import nir
-
-    from revsnn.exporters.nodes import CUSTOM_NODES
-
-    kinds = (nir.Conv1d, nir.Conv2d, nir.AvgPool2d, nir.SumPool2d, *CUSTOM_NODES)
-    return "float32" if any(isinstance(n, kinds) for n in graph.nodes.values()) else "float64"
-
-
-def _run_file_target(name: str, graph, folder: Path, x: torch.Tensor):
-    if name == "norse":
-        from revsnn.exporters.nir_file import write_nir
-        from revsnn.targets.norse import NorseTarget
-
-        path = folder / "model.nir"
-        write_nir(graph, path)
-        target = NorseTarget.load(path, dtype=torch.float64)
-        steps, spikes = target.run(x, record=True)
-        return steps.cpu(), {k: v.cpu() for k, v in spikes.items()}
-    if name == "onnxruntime":
-        from revsnn.exporters.onnx_file import graph_to_onnx_step, write_onnx
-        from revsnn.targets.onnxruntime import OnnxRuntimeTarget
-
-        path = folder / "model.onnx"
-        write_onnx(graph_to_onnx_step(graph, dtype=_onnx_float(graph)), path)
-        steps, spikes = OnnxRuntimeTarget.load(path).run(x, record=True)
-        return steps.cpu().double(), {k: v.cpu().double() for k, v in spikes.items()}
-    if name == "onnxruntime-unrolled":
-        from revsnn.exporters.onnx_file import write_onnx
-        from revsnn.targets.onnxruntime import OnnxRuntimeUnrolledTarget
-
-        from revsnn.exporters.onnx_file import graph_to_onnx_unrolled
-
-        path = folder / "model-unrolled.onnx"
-        # with every population's spikes as extra outputs, so that they can be compared too
-        write_onnx(graph_to_onnx_unrolled(graph, x.shape[0], spikes=True, dtype=_onnx_float(graph)), path)
-        steps, spikes = OnnxRuntimeUnrolledTarget.load(path).run(x, record=True)
-        return steps.cpu().double(), {k: v.cpu().double() for k, v in spikes.items()}
-    raise VerifyError(f"unknown target {name!r}.")
+    source = load_source(path, dt)
+    x = foreign_inputs(source.graph, samples, time_steps, rate, seed, inputs)
+    return verify_graph(source.graph, x, targets, on_target=on_target, lava_synapses=lava_synapses,
+                        name=source.name)

@@ -169,3 +169,50 @@ class LavaTarget:
                 if not m.relay:
                     spikes[m.name] = self.chain.unpack(k, m, steps)
         return outputs, spikes
+
+
+# --------------------------------------------------------------------------------------------------------
+# Registry entry (targets/registry.py).
+
+TARGET_INFO = {"lava": "the .net file (lava-dl netx) in Lava's bit-accurate Loihi 2 simulation (fixed point), "
+                       "against the quantised reference"}
+
+
+class _LavaEntry:
+    name = "lava"
+    compare_with = "loihi"
+    tolerance = 0.0
+    suffix = ".net"
+    description = TARGET_INFO["lava"]
+
+    def unavailable(self):
+        return None
+
+    def accepts(self, path) -> bool:
+        return Path(path).suffix == self.suffix
+
+    def export(self, graph, folder: Path, **options) -> Path:
+        """``graph`` is the float graph: quantised, relayed into a chain (``synapses`` conv or dense), written."""
+        from revsnn.exporters.loihi import quantize
+        from revsnn.exporters.loihi_chain import build_chain
+        from revsnn.exporters.netx_file import write_netx
+
+        chain = build_chain(quantize(graph), options.get("synapses", "conv"))
+        return write_netx(chain, Path(folder) / "model.net", **options.get("writer", {}))
+
+    def run(self, source, x: torch.Tensor, **options):
+        from .registry import Trace
+
+        lava = LavaTarget.load(source)
+        steps, spikes = lava.run(x, record=True)
+        overhead = lava.chain.overhead()
+        info = {"synapses": "conv" if any(layer.kind == "conv" for layer in lava.chain.layers) else "dense",
+                "chain_layers": lava.chain.depth, "latency_steps": lava.chain.depth,
+                "relay_neuron_overhead": overhead["neuron_overhead"],
+                "relay_synapse_overhead": overhead["synapse_overhead"],
+                "lava_steps": lava.timing.get("steps"), "lava_seconds_per_step": lava.timing.get("seconds_per_step")}
+        return Trace(steps, spikes, info=info)
+
+
+def target(name: str):
+    return _LavaEntry()

@@ -41,7 +41,6 @@ node's spikes of the last step (keyed by the NIR node name).
 from __future__ import annotations
 
 import keyword
-from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -50,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from revsnn.exporters.graph import delay_shape, delays_at_least_one
+from revsnn.exporters.graph import DelayFifo, GraphError, schedule
 
 from .reference import UnsupportedNodeError
 from .stepping import run_steps
@@ -100,40 +99,31 @@ class _Scale(nn.Module):
 
 
 class _Delay(nn.Module):
-    """``y[t] = x[t - d]`` (d in steps, per element), zeros before the first input. The state is the tuple
-    of the last ``max d`` inputs, oldest first; nirtorch passes it back in through ``state``."""
+    """``y[t] = x[t - d]`` (d in steps, per element), zeros before the first input: the schedule's shared
+    ``DelayFifo``; its slots are the module's state, which nirtorch passes back in through ``state``."""
 
-    def __init__(self, delay: np.ndarray, device):
+    def __init__(self, node: nir.Delay, device):
         super().__init__()
-        d = np.asarray(delay, dtype=np.float64)
-        self.register_buffer("steps", torch.as_tensor(d.astype(np.int64), device=device))
-        self.depth = int(d.max())
-        self.values = sorted({int(v) for v in np.unique(d)})
+        self.fifo_rule = DelayFifo("delay", node)
+        self.register_buffer("steps", torch.as_tensor(self.fifo_rule.steps, device=device))
+        self.depth = self.fifo_rule.depth
+
+    def where(self, k, a, b):
+        return torch.where(self.steps == k, a, b)
 
     def forward(self, x: torch.Tensor, state: Optional[tuple] = None):
         if self.depth == 0:
             return x, ()
-        fifo = tuple(state) if state else (torch.zeros_like(x),) * self.depth
-        fifo = fifo + (x,)
-        if len(self.values) == 1:
-            out = fifo[-1 - self.values[0]]
-        else:
-            out = torch.zeros_like(x)
-            for k in self.values:
-                out = torch.where(self.steps == k, fifo[-1 - k], out)
-        return out, fifo[1:]
+        slots = list(state) if state else [torch.zeros_like(x)] * self.depth
+        return self.fifo_rule.read(slots, x, self.where), tuple(self.fifo_rule.push(slots, x))
 
 
-class _CutDelay(nn.Module):
+class _CutDelay(_Delay):
     """A Delay (all delays >= 1) that closes a cycle: returns the input of ``d`` steps ago from a FIFO the
     target fills after each step (:meth:`NorseTarget.step`); its wired input (the graph's Input) is ignored."""
 
-    def __init__(self, delay: np.ndarray, shape: tuple[int, ...], device):
-        super().__init__()
-        d = np.asarray(delay, dtype=np.float64)
-        self.register_buffer("steps", torch.as_tensor(d.astype(np.int64), device=device))
-        self.depth = int(d.max())
-        self.values = sorted({int(v) for v in np.unique(d)})
+    def __init__(self, node: nir.Delay, shape: tuple[int, ...], device):
+        super().__init__(node, device)
         self.shape = tuple(shape)
         self.fifo: Optional[list] = None  # the last `depth` inputs, oldest first
 
@@ -141,16 +131,10 @@ class _CutDelay(nn.Module):
         if self.fifo is None:
             zero = torch.zeros(x.shape[0], *self.shape, dtype=x.dtype, device=x.device)
             self.fifo = [zero] * self.depth
-        n = len(self.fifo)
-        if len(self.values) == 1:
-            return self.fifo[n - self.values[0]]
-        out = torch.zeros_like(self.fifo[-1])
-        for k in self.values:
-            out = torch.where(self.steps == k, self.fifo[n - k], out)
-        return out
+        return self.fifo_rule.read(self.fifo, None, self.where)
 
     def push(self, x: torch.Tensor) -> None:
-        self.fifo = self.fifo[1:] + [x]
+        self.fifo = self.fifo_rule.push(self.fifo, x)
 
 
 class _SumPool2d(nn.AvgPool2d):
@@ -186,6 +170,37 @@ def _lif_cell(node: nir.LIF, dtype, device) -> nn.Module:
                                      v_th=_tensor(node.v_threshold, dtype, device),
                                      v_reset=torch.zeros((), dtype=dtype, device=device))
     return ContractLIFBoxCell(p, dt=1.0)
+
+
+def _li_cell(node: nir.LI, dtype, device) -> nn.Module:
+    """norse's LIBoxCell (``v = v + (v_leak - v + i) / tau``, no current term), membrane from 0."""
+    norse_torch = _norse()
+
+    class ContractLIBoxCell(norse_torch.LIBoxCell):
+        def initial_state(self, input_tensor):
+            return norse_torch.LIBoxState(v=torch.zeros_like(input_tensor))
+
+    p = norse_torch.LIBoxParameters(tau_mem_inv=1.0 / _tensor(node.tau, dtype, device),
+                                    v_leak=_tensor(node.v_leak, dtype, device))
+    return ContractLIBoxCell(p, dt=1.0)
+
+
+class _InputScaled(nn.Module):
+    """A norse cell fed ``r * x``: norse's LIFBox and IAF cells have no resistance, and ``r`` enters the
+    contract's equations only as that product (``h = v + (v_leak - v + r x) / tau``; IF ``h = v + r x``)."""
+
+    def __init__(self, r: torch.Tensor, cell: nn.Module):
+        super().__init__()
+        self.register_buffer("r", r)
+        self.cell = cell
+
+    def forward(self, x, state=None):
+        return self.cell(self.r * x, state)
+
+
+def _with_r(node, cell: nn.Module, dtype, device) -> nn.Module:
+    r = np.asarray(node.r, dtype=np.float64)
+    return cell if np.all(r == 1.0) else _InputScaled(_tensor(r, dtype, device), cell)
 
 
 def _if_cell(node: nir.IF, dtype, device) -> nn.Module:
@@ -239,9 +254,10 @@ def _node_map(dtype: torch.dtype, device: torch.device) -> dict[type, Callable[[
         nir.Flatten: lambda n: nn.Flatten(_flatten_index(int(n.start_dim)), _flatten_index(int(n.end_dim))),
         nir.Scale: lambda n: _Scale(_tensor(n.scale, dtype, device)),
         nir.Threshold: lambda n: _Threshold(_tensor(n.threshold, dtype, device)),
-        nir.LIF: lambda n: _lif_cell(n, dtype, device),
-        nir.IF: lambda n: _if_cell(n, dtype, device),
-        nir.Delay: lambda n: _Delay(n.delay, device),
+        nir.LIF: lambda n: _with_r(n, _lif_cell(n, dtype, device), dtype, device),
+        nir.IF: lambda n: _with_r(n, _if_cell(n, dtype, device), dtype, device),
+        nir.LI: lambda n: _with_r(n, _li_cell(n, dtype, device), dtype, device),
+        nir.Delay: lambda n: _Delay(n, device),
     }
 
 
@@ -257,7 +273,7 @@ def _sanitized(name: str) -> str:
 def check_graph(graph: nir.NIRGraph) -> list[str]:
     """Raise :class:`UnsupportedNodeError` for anything this target would not run exactly as the contract.
 
-    Returns the Delay nodes to cut out of the wiring (empty for a feedforward graph)."""
+    Returns the graph's schedule (its ``cut_delays`` are cut out of the wiring; none in a feedforward graph)."""
     if not isinstance(graph, nir.NIRGraph):
         raise UnsupportedNodeError(f"the norse target runs a nir.NIRGraph, not a {type(graph).__name__}.")
     for name, node in graph.nodes.items():
@@ -266,7 +282,7 @@ def check_graph(graph: nir.NIRGraph) -> list[str]:
                                        "map; use a graph of LIF/IF/Threshold neurons and Affine/Linear/Conv2d/"
                                        "pooling/Flatten layers, or another target.")
         if isinstance(node, (nir.LIF, nir.IF)):
-            for field, want in (("r", 1.0), ("v_reset", 0.0)):
+            for field, want in (("v_reset", 0.0),):
                 value = np.asarray(getattr(node, field))
                 if not np.all(value == want):
                     raise UnsupportedNodeError(f"node {name!r} ({type(node).__name__}) has {field} ≠ {want:g}, which "
@@ -275,49 +291,23 @@ def check_graph(graph: nir.NIRGraph) -> list[str]:
         if isinstance(node, nir.Conv2d) and isinstance(node.padding, str):
             raise UnsupportedNodeError(f"node {name!r} (Conv2d) has string padding {node.padding!r}; write "
                                        "explicit padding.")
-        if isinstance(node, nir.Delay):
-            d = np.asarray(node.delay, dtype=np.float64)
-            if d.size == 0 or np.any(d < 0) or np.any(d != np.round(d)):
-                raise UnsupportedNodeError(f"node {name!r} (Delay) needs non-negative whole numbers of steps "
-                                           "(dt = 1).")
         if isinstance(node, (nir.Affine, nir.Linear)) and np.asarray(node.weight).ndim != 2:
             raise UnsupportedNodeError(f"node {name!r} ({type(node).__name__}) has a weight of "
                                        f"{np.asarray(node.weight).ndim} dimensions; the norse target maps 2-D "
                                        "weights only.")
-    inputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
-    outputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Output)]
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise UnsupportedNodeError(f"the norse target runs graphs with one Input and one Output; this one has "
-                                   f"{len(inputs)} and {len(outputs)}.")
     sanitized: dict[str, str] = {}
     for name in graph.nodes:
         other = sanitized.setdefault(_sanitized(name), name)
         if other != name:
             raise UnsupportedNodeError(f"nodes {other!r} and {name!r} get the same torch module name; rename one.")
-    preds: dict[str, list[str]] = {n: [] for n in graph.nodes}
-    for src, dst in graph.edges:
-        preds[dst].append(src)
     try:
-        tuple(TopologicalSorter(preds).static_order())
-    except CycleError:
-        cut = set(delays_at_least_one(graph))
-        try:
-            tuple(TopologicalSorter({n: ([] if n in cut else p) for n, p in preds.items()}).static_order())
-        except CycleError as exc:
-            raise UnsupportedNodeError("the graph has a cycle that passes through no Delay of at least one step; "
-                                       "the norse target runs feedforward graphs and cycles closed by such a Delay "
-                                       "(nirtorch would delay the recurrent edge by one step, which the contract "
-                                       "does not have).") from exc
-        return sorted(cut)
-    return []
-
-
-def _cut_delay_shape(name: str, node: nir.Delay) -> tuple[int, ...]:
-    shape = delay_shape(node)
-    if shape is None:
-        raise UnsupportedNodeError(f"node {name!r} (Delay) closes a cycle and needs its input shape (a per-element "
-                                   "delay array or an input_type).")
-    return shape
+        sched = schedule(graph)   # the one schedule: fan-in, order, cut Delays, shapes (refuses what it cannot run)
+        for name, node in graph.nodes.items():
+            if isinstance(node, nir.Delay):
+                DelayFifo(name, node)
+    except GraphError as exc:
+        raise UnsupportedNodeError(str(exc)) from exc
+    return sched
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -335,7 +325,8 @@ class NorseTarget:
                  device: Union[str, torch.device] = "cpu"):
         import nirtorch
 
-        cut = check_graph(graph)
+        sched = check_graph(graph)
+        cut = sched.cut_delays
         self.graph = graph
         self.dtype = dtype
         self.device = torch.device(device)
@@ -343,19 +334,19 @@ class NorseTarget:
         node_map = _node_map(dtype, self.device)
         self._cut: dict[str, list[str]] = {}  # cut Delay node -> its real source nodes
         if cut:
-            input_name = next(n for n, node in graph.nodes.items() if isinstance(node, nir.Input))
+            input_name = sched.input_name
             edges = [(s, d) for s, d in graph.edges if d not in cut] + [(input_name, d) for d in cut]
-            self._cut = {d: [s for s, dd in graph.edges if dd == d] for d in cut}
+            self._cut = {d: sched.inputs[d] for d in cut}
             wired = nir.NIRGraph(nodes=dict(graph.nodes), edges=edges, metadata=dict(graph.metadata),
                                  type_check=False)
-            cut_modules = {d: _CutDelay(graph.nodes[d].delay, _cut_delay_shape(d, graph.nodes[d]), self.device)
+            cut_modules = {d: _CutDelay(graph.nodes[d], sched.shapes[d], self.device)
                            for d in cut}
             plain_delay = node_map[nir.Delay]
             node_map[nir.Delay] = lambda n: next((m for d, m in cut_modules.items() if graph.nodes[d] is n),
                                                  None) or plain_delay(n)
         self.module = nirtorch.nir_to_torch(wired, node_map, default_map={}, device=self.device, dtype=dtype)
         self.module.eval()
-        self.neurons = [n for n, node in graph.nodes.items() if isinstance(node, NEURONS)]
+        self.neurons = [n for n in sched.neurons if isinstance(graph.nodes[n], NEURONS)]
         self.spikes: dict[str, torch.Tensor] = {}
         self._state: Optional[dict] = None
         for name in self.neurons:
@@ -416,3 +407,40 @@ class NorseTarget:
         """Run ``x`` ``[T, B, ...]`` from reset: the per-step outputs ``[T, B, ...]`` and, with ``record``,
         each neuron node's spikes ``[T, B, ...]``."""
         return run_steps(self, x, record)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Registry entry (targets/registry.py).
+
+TARGET_INFO = {"norse": "the .nir file in norse (LIFBoxCell / IAFCell wired by nirtorch.nir_to_torch), float64"}
+
+
+class _NorseEntry:
+    name = "norse"
+    compare_with = "float"
+    tolerance = 1e-5
+    suffix = ".nir"
+    description = TARGET_INFO["norse"]
+
+    def unavailable(self):
+        return None
+
+    def accepts(self, path) -> bool:
+        return Path(path).suffix == self.suffix
+
+    def export(self, graph, folder: Path, **options) -> Path:
+        from revsnn.exporters.nir_file import write_nir
+
+        path = Path(folder) / "model.nir"
+        write_nir(graph, path, **options.get("writer", {}))
+        return path
+
+    def run(self, source, x: torch.Tensor, **options):
+        from .registry import Trace
+
+        steps, spikes = NorseTarget.load(source, dtype=torch.float64).run(x, record=True)
+        return Trace(steps.cpu(), {k: v.cpu() for k, v in spikes.items()})
+
+
+def target(name: str):
+    return _NorseEntry()

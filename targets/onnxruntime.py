@@ -152,3 +152,36 @@ class OnnxRuntimeUnrolledTarget:
     def logits(self, x: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
         """The readout ``[B, ...]`` of the T per-step outputs (``metadata['readout']``: mean or last)."""
         return torch.from_numpy(self._run(x, [UNROLLED_LOGITS])[0])
+
+
+# --------------------------------------------------------------------------------------------------------
+# Registry entries (targets/registry.py); the shared one-step entry is in targets/onnx_step.py.
+
+TARGET_INFO = {"onnxruntime": "the one-step .onnx file in onnxruntime (CPU; the CUDA provider when present), "
+                              "stepped T times carrying the states",
+               "onnxruntime-unrolled": "the unrolled .onnx file (fixed T, one call) in onnxruntime"}
+
+
+from .onnx_step import OnnxStepEntry, onnx_float, onnx_format  # noqa: E402
+
+
+class _UnrolledEntry(OnnxStepEntry):
+    def accepts(self, path) -> bool:
+        return Path(path).suffix == self.suffix and onnx_format(path) == UNROLLED_FORMAT
+
+    def export(self, graph, folder: Path, **options) -> Path:
+        from revsnn.exporters.onnx_file import graph_to_onnx_unrolled, write_onnx
+
+        path = Path(folder) / "model-unrolled.onnx"
+        # with every population's spikes as extra outputs, so that they can be compared too
+        write_onnx(graph_to_onnx_unrolled(graph, int(options["time_steps"]), spikes=True, dtype=onnx_float(graph)),
+                   path, **options.get("writer", {}))
+        return path
+
+
+def target(name: str):
+    from .onnx_step import OnnxStepEntry
+
+    if name == "onnxruntime":
+        return OnnxStepEntry(name, OnnxRuntimeTarget, TARGET_INFO[name])
+    return _UnrolledEntry(name, OnnxRuntimeUnrolledTarget, TARGET_INFO[name])

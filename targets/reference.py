@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from revsnn.errors import RevsnnError
 
-from graphlib import CycleError, TopologicalSorter
 from typing import Callable, Optional
 
 import nir
@@ -35,14 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as tf
 
-from revsnn.exporters.graph import STATELESS_LINEAR, _ints, delay_shape, delays_at_least_one, linear_fn
-from revsnn.exporters.nodes import LoihiNeuron, MaxPool2d, SpikingAttention
+from revsnn.exporters.graph import STATELESS_LINEAR, DelayFifo, GraphError, _ints, linear_fn, schedule
+from revsnn.exporters.nodes import NEURON_TYPES, LoihiNeuron, MaxPool2d, SpikingAttention
 
 from .stepping import run_steps
 
 __all__ = ["ReferenceExecutor", "UnsupportedNodeError", "NEURON_TYPES"]
-
-NEURON_TYPES = (nir.LIF, nir.IF, nir.Threshold, SpikingAttention, LoihiNeuron)
 
 
 class UnsupportedNodeError(RevsnnError):
@@ -63,25 +60,14 @@ class ReferenceExecutor:
         if self.device.type == "cuda":
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
-        self.inputs: dict[str, list[str]] = {name: [] for name in graph.nodes}
-        for src, dst in graph.edges:
-            self.inputs[dst].append(src)
-        # Delay nodes whose inputs are cut from the evaluation order (only in a graph with cycles).
-        self.cut_delays: list[str] = []
         try:
-            self.order = list(TopologicalSorter({n: self.inputs[n] for n in graph.nodes}).static_order())
-        except CycleError:
-            self.cut_delays = delays_at_least_one(graph)
-            preds = {n: ([] if n in self.cut_delays else self.inputs[n]) for n in graph.nodes}
-            try:
-                self.order = list(TopologicalSorter(preds).static_order())
-            except CycleError as exc:
-                raise UnsupportedNodeError("the graph has a cycle that passes through no Delay of at least one "
-                                           "step; the reference executor runs only cycles closed by such a "
-                                           "Delay (recurrence must go through neuron state or a Delay).") from exc
-        self.input_name = next(n for n, node in graph.nodes.items() if isinstance(node, nir.Input))
-        self.output_name = next(n for n, node in graph.nodes.items() if isinstance(node, nir.Output))
-        self.neurons = [n for n in self.order if isinstance(graph.nodes[n], NEURON_TYPES)]
+            sched = schedule(graph)
+        except GraphError as exc:
+            raise UnsupportedNodeError(str(exc)) from exc
+        self.schedule = sched
+        self.inputs, self.order, self.cut_delays = sched.inputs, sched.order, sched.cut_delays
+        self.input_name, self.output_name, self.neurons = sched.input_name, sched.output_name, sched.neurons
+        self.fifos: dict[str, DelayFifo] = {}
         self.fns: dict[str, Callable] = {n: self._compile(n, graph.nodes[n]) for n in self.order}
         self.state: dict[str, Optional[torch.Tensor]] = {}
         self.buffers: dict[str, list[torch.Tensor]] = {}  # Delay FIFOs
@@ -113,6 +99,17 @@ class ReferenceExecutor:
                 h = v + (leak - v + r * i) / tau
                 return self._fire(name, h, th, reset)
             return lif
+        if isinstance(node, (nir.LI, nir.CubaLIF, nir.CubaLI)):
+            return self._cuba(name, node)
+        if isinstance(node, nir.I):
+            r = _t(node.r, dev, dt)
+
+            def integrator(i: torch.Tensor) -> torch.Tensor:
+                v = self.state.get(name)
+                v = (torch.zeros_like(i) if v is None else v) + r * i
+                self.state[name] = self.potentials[name] = v
+                return v
+            return integrator
         if isinstance(node, nir.IF):
             r, th, reset = _t(node.r, dev, dt), _t(node.v_threshold, dev, dt), _t(node.v_reset, dev, dt)
 
@@ -135,59 +132,70 @@ class ReferenceExecutor:
         raise UnsupportedNodeError(f"node {name!r} is a {type(node).__name__}, which the reference executor "
                                    "does not run.")
 
+    def _fifo(self, name: str, node: nir.Delay) -> DelayFifo:
+        if name not in self.fifos:
+            try:
+                self.fifos[name] = DelayFifo(name, node)
+            except GraphError as exc:
+                raise UnsupportedNodeError(str(exc)) from exc
+        return self.fifos[name]
+
+    def _where(self, fifo: DelayFifo):
+        steps = torch.as_tensor(fifo.steps, device=self.device)
+        return lambda k, a, b: torch.where(steps == k, a, b)
+
+    def _cuba(self, name: str, node) -> Callable:
+        """LI, CubaLI, CubaLIF (nir_import's table): the current first, ``i = i + (w_in x - i) / tau_syn``
+        (none for LI), then ``h = v + (v_leak - v + r i) / tau``; CubaLIF spikes and resets as LIF, the others
+        output ``h``."""
+        dev, dt = self.device, self.dtype
+        lif = isinstance(node, nir.CubaLIF)
+        tau = _t(node.tau if isinstance(node, nir.LI) else node.tau_mem, dev, dt)
+        r, leak = _t(node.r, dev, dt), _t(node.v_leak, dev, dt)
+        current = not isinstance(node, nir.LI)
+        if current:
+            tau_syn, w_in = _t(node.tau_syn, dev, dt), _t(node.w_in, dev, dt)
+        if lif:
+            th, reset = _t(node.v_threshold, dev, dt), _t(node.v_reset, dev, dt)
+
+        def cuba(x: torch.Tensor) -> torch.Tensor:
+            drive = x
+            if current:
+                i = self.state.get(name + "/i")
+                i = torch.zeros_like(x) if i is None else i
+                drive = self.state[name + "/i"] = i + (w_in * x - i) / tau_syn
+            v = self.state.get(name)
+            v = torch.zeros_like(x) if v is None else v
+            h = v + (leak - v + r * drive) / tau
+            if lif:
+                return self._fire(name, h, th, reset)
+            self.state[name] = self.potentials[name] = h
+            return h
+        return cuba
+
     def _delay(self, name: str, node: nir.Delay) -> Callable:
-        d = np.asarray(node.delay, dtype=np.float64)
-        if d.size == 0 or np.any(d < 0) or np.any(d != np.round(d)):
-            raise UnsupportedNodeError(f"{name}: Delay needs non-negative whole numbers of steps (dt = 1), got "
-                                       f"{np.unique(d)[:5]}.")
-        steps = torch.as_tensor(d.astype(np.int64), device=self.device)
-        depth = int(d.max())
-        values = sorted({int(v) for v in np.unique(d)})
-        if depth == 0:
+        fifo = self._fifo(name, node)
+        if fifo.depth == 0:
             return lambda x: x
+        where = self._where(fifo)
 
         def delay(x: torch.Tensor) -> torch.Tensor:
-            fifo = self.buffers.get(name)  # the last `depth` inputs, oldest first
-            if fifo is None:
-                fifo = [torch.zeros_like(x)] * depth
-            fifo = fifo + [x]               # fifo[-1 - k]: the input k steps ago
-            if len(values) == 1:
-                out = fifo[-1 - values[0]]
-            else:
-                out = torch.zeros_like(x)
-                for k in values:
-                    out = torch.where(steps == k, fifo[-1 - k], out)
-            self.buffers[name] = fifo[1:]
+            slots = self.buffers.get(name) or [torch.zeros_like(x)] * fifo.depth
+            out = fifo.read(slots, x, where)
+            self.buffers[name] = fifo.push(slots, x)
             return out
         return delay
 
-    def _delay_shape(self, name: str) -> tuple[int, ...]:
-        shape = delay_shape(self.graph.nodes[name])
-        if shape is None:
-            raise UnsupportedNodeError(f"{name}: a Delay that closes a cycle needs its input shape (a per-element "
-                                       "delay array or an input_type).")
-        return shape
-
     def _read_cut(self, name: str, batch: int) -> torch.Tensor:
         """A cut Delay's output at this step: its FIFO (zeros before the first input), without the new input."""
-        node = self.graph.nodes[name]
-        d = np.asarray(node.delay, dtype=np.float64)
-        if d.size == 0 or np.any(d < 1) or np.any(d != np.round(d)):
+        fifo = self._fifo(name, self.graph.nodes[name])
+        if fifo.ks[0] < 1:
             raise UnsupportedNodeError(f"{name}: a Delay that closes a cycle needs whole numbers of steps >= 1.")
-        depth = int(d.max())
-        fifo = self.buffers.get(name)
-        if fifo is None:
-            zero = torch.zeros(batch, *self._delay_shape(name), device=self.device, dtype=self.dtype)
-            fifo = [zero] * depth
-            self.buffers[name] = fifo
-        values = sorted({int(v) for v in np.unique(d)})
-        if len(values) == 1:
-            return fifo[len(fifo) - values[0]]  # the input values[0] steps ago (fifo[-1]: last step's)
-        steps = torch.as_tensor(d.astype(np.int64), device=self.device)
-        out = torch.zeros_like(fifo[-1])
-        for k in values:
-            out = torch.where(steps == k, fifo[len(fifo) - k], out)
-        return out
+        slots = self.buffers.get(name)
+        if slots is None:
+            zero = torch.zeros(batch, *self.schedule.shapes[name], device=self.device, dtype=self.dtype)
+            slots = self.buffers[name] = [zero] * fifo.depth
+        return fifo.read(slots, None, self._where(fifo))
 
     def _attention(self, name: str, node: SpikingAttention) -> Callable:
         """Our own node (``exporters/nodes.py``): Q, K, V LIF populations, products, the output LIF."""
@@ -288,7 +296,7 @@ class ReferenceExecutor:
             elif name in self.state or isinstance(self.graph.nodes[name], nir.Threshold):
                 self.spikes[name] = out
         for name in self.cut_delays:  # push this step's inputs
-            self.buffers[name] = self.buffers[name][1:] + [self._fan_in(name, values)]
+            self.buffers[name] = DelayFifo.push(self.buffers[name], self._fan_in(name, values))
         return values[self.output_name]
 
     def _fan_in(self, name: str, values: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -306,3 +314,55 @@ class ReferenceExecutor:
         """Run ``x`` ``[T, B, ...]`` from reset. Returns the per-step outputs ``[T, B, ...]`` and, with
         ``record``, each neuron node's spikes ``[T, B, ...]``."""
         return run_steps(self, x, record)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Registry entries (targets/registry.py): the reference executor itself, compared with the training model.
+
+TARGET_INFO = {"torch": "the in-memory graph in the reference executor (CPU, float64), against the training model",
+               "torch-cuda": "the same executor on CUDA (TF32 off), against the training model"}
+
+
+def record_run(executor: "ReferenceExecutor", x: torch.Tensor):
+    """``(outputs [T, B, ...], spikes, potentials)`` of every neuron node, on the CPU."""
+    executor.reset()
+    outs, spikes, potentials = [], {n: [] for n in executor.neurons}, {n: [] for n in executor.neurons}
+    for x_t in x:
+        outs.append(executor.step(x_t))
+        for n in executor.neurons:
+            spikes[n].append(executor.spikes[n])
+            potentials[n].append(executor.potentials[n])
+    return (torch.stack(outs).cpu(), {n: torch.stack(v).cpu() for n, v in spikes.items()},
+            {n: torch.stack(v).cpu() for n, v in potentials.items()})
+
+
+class _TorchTarget:
+    compare_with = "model"
+    suffix = None
+
+    def __init__(self, name: str):
+        self.name = name
+        self.device = "cuda" if name == "torch-cuda" else "cpu"
+        self.tolerance = 1e-5 if self.device == "cuda" else 1e-6
+        self.description = TARGET_INFO[name]
+
+    def unavailable(self) -> Optional[str]:
+        if self.device == "cuda" and not torch.cuda.is_available():
+            return "target torch-cuda needs a CUDA device, and this machine has none."
+        return None
+
+    def accepts(self, path) -> bool:
+        return False
+
+    def export(self, graph, folder, **options):
+        return graph
+
+    def run(self, graph, x: torch.Tensor, **options):
+        from .registry import Trace
+
+        outputs, spikes, potentials = record_run(ReferenceExecutor(graph, device=self.device), x)
+        return Trace(outputs, spikes, potentials)
+
+
+def target(name: str):
+    return _TorchTarget(name)

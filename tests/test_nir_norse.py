@@ -227,14 +227,14 @@ def test_bad_files_give_one_clear_error(exported, tmp_path):
         NorseTarget.load(half)
 
 
-@pytest.mark.parametrize("kind", ["CubaLIF", "LI"])
+@pytest.mark.parametrize("kind", ["CubaLIF", "I"])   # LI is mapped (norse's LIBoxCell); I and CubaLIF are not
 def test_valid_nir_with_a_node_we_do_not_map_is_refused(tmp_path, kind):
     n = 4
     if kind == "CubaLIF":
         node = nir.CubaLIF(tau_syn=np.full(n, 2.0), tau_mem=np.full(n, 4.0), r=np.ones(n), v_leak=np.zeros(n),
                            v_threshold=np.ones(n))
     else:
-        node = nir.LI(tau=np.full(n, 2.0), r=np.ones(n), v_leak=np.zeros(n))
+        node = nir.I(r=np.ones(n))
     graph = _graph({"input": nir.Input(np.array([3])), "fc": _affine(n, 3), "odd": node,
                     "output": nir.Output(np.array([n]))},
                    [("input", "fc"), ("fc", "odd"), ("odd", "output")])
