@@ -7,8 +7,9 @@ count once) and storages of parameters and buffers are excluded: those exist whe
 is trained.
 
 Blind spots, by construction: tensors a Function keeps as ``ctx`` attributes, and module state such as
-neuron membranes, are not packed. The reversible Function saves its output with ``save_for_backward`` so
-that it is counted.
+neuron membranes, are not packed (the reversible sequence's output, kept as a ``ctx`` alias so that
+backward can free it early, is one of them): the meter is a breakdown, the allocator measures below are
+the figures of record.
 
 On a GPU, ``cuda_bytes_per_sample`` measures the papers' metric without weights and optimizer state:
 ``(max_memory_allocated(B2) - max_memory_allocated(B1)) / (B2 - B1)``.
