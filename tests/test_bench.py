@@ -20,7 +20,8 @@ def test_bench_memory_json_rows_and_plot(tmp_path):
     for r in rows:
         assert {"model", "variant", "depth", "time_steps", "batch_sizes", "method"} <= set(r)
         assert {f"{k}_per_sample" for k in keys} <= set(r)
-        assert r["peak_per_sample"] >= r["retained_per_sample"] > 0
+        # both are slopes between two batch sizes, so a peak below retained is possible: only positivity
+        assert r["peak_per_sample"] > 0 and r["retained_per_sample"] > 0
         assert r["transient_per_sample"] == r["peak_per_sample"] - r["retained_per_sample"]
     by = {(r["variant"], r["depth"]): r for r in rows}
     # Memory behaviour by the allocator, not timing: flat for the reversible model, growing for the twin.
@@ -82,7 +83,8 @@ def test_bench_peers_rows():
     result = runner.invoke(app, ["bench", "peers", "--time-steps", "1", "--batch-size", "1", "--repeats", "1",
                                  "--json"])
     assert result.exit_code == 0, result.output
-    out = json.loads(result.output[result.output.index("{"):])
+    text = result.stdout  # spikingjelly may log on import; the JSON document is what starts a line with "{"
+    out = json.loads(text[0 if text.startswith("{\n") else text.index("\n{\n") + 1:])
     variants = [r["variant"] for r in out["rows"]]
     assert variants[:3] == ["revsnn reversible", "revsnn reversible-recompute", "revsnn plain"]
     assert set(out["missing"]) == set(missing_peers())
@@ -91,7 +93,7 @@ def test_bench_peers_rows():
     base = out["rows"][0]
     for r in out["rows"]:
         assert r["peak_ratio"] == r["peak_per_sample"] / base["peak_per_sample"]
-        assert r["peak_per_sample"] >= r["retained_per_sample"] > 0
+        assert r["peak_per_sample"] > 0 and r["retained_per_sample"] > 0
     by = {r["variant"]: r for r in out["rows"]}
     # memory behaviour, not timing: the reversible model retains less than its plain twin
     assert by["revsnn reversible"]["retained_per_sample"] < by["revsnn plain"]["retained_per_sample"]
