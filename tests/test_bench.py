@@ -93,8 +93,10 @@ def test_bench_peers_rows():
     base = out["rows"][0]
     for r in out["rows"]:
         assert r["peak_ratio"] == r["peak_per_sample"] / base["peak_per_sample"]
-        assert r["peak_per_sample"] > 0 and r["retained_per_sample"] > 0
+        assert r["peak_per_sample"] > 0
     by = {r["variant"]: r for r in out["rows"]}
+    for v in ("revsnn reversible", "revsnn reversible-recompute", "revsnn plain"):
+        assert by[v]["retained_per_sample"] > 0, v
     # memory behaviour, not timing: the reversible model retains less than its plain twin
     assert by["revsnn reversible"]["retained_per_sample"] < by["revsnn plain"]["retained_per_sample"]
     result = runner.invoke(app, ["bench", "peers", "--model", "trevsnn-digits"])
