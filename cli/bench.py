@@ -277,7 +277,8 @@ def infer(
 @bench_app.command("lava")
 def lava(
     file: Path = typer.Argument(..., help="A .net file written by `revsnn export lava`."),
-    samples: int = typer.Option(16, help="Rate-coded test digits to stream through the network."),
+    samples: int = typer.Option(16, help="Rate-coded test digits to stream through the network (random spikes at "
+                                         "10% of the steps for a network of another input shape)."),
     time_steps: int = typer.Option(4, "--time-steps", help="Steps per sample."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -291,8 +292,12 @@ def lava(
     from revsnn.targets.lava import LavaTarget
 
     target = LavaTarget.load(file)
-    data = load_digits()
-    x = encode(data.x_test[:samples], time_steps, "rate", torch.Generator().manual_seed(0))
+    shape = tuple(target.chain.input_shape)  # (C, H, W), or (N,) when the first layer is dense
+    if shape in ((1, 8, 8), (64,)):
+        data = load_digits()
+        x = encode(data.x_test[:samples], time_steps, "rate", torch.Generator().manual_seed(0))
+    else:  # a network for other data (event frames, CIFAR): random spikes at 10% of the steps
+        x = torch.bernoulli(torch.full((time_steps, samples, *shape), 0.1), generator=torch.Generator().manual_seed(0))
     with console.status(f"running {samples} samples x {time_steps} steps in Lava ..."):
         target.run(x.double())
     t = target.timing
@@ -308,3 +313,41 @@ def lava(
                   highlight=False)
     console.print(f"netx build {t['build']:.2f} s, Lava compile and first step {t['compile']:.2f} s; then "
                   f"{t['seconds_per_step'] * 1e3:.1f} ms per simulated step; stop {t['stop']:.2f} s.", highlight=False)
+
+
+@bench_app.command("cifar-digits")
+def cifar_digits(
+    model: str = typer.Option("revsresnet-digits", "--model", help="Model to train twice (see `revsnn models`)."),
+    out: Path = typer.Option(Path("runs/cifar-digits"), "--out", help="Folder for the CIFAR files and both runs."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs of each run [default: the model's]."),
+    time_steps: Optional[int] = typer.Option(None, "--time-steps", help="Time steps T [default: the model's]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size [default: the model's]."),
+    augment: bool = typer.Option(False, "--augment/--no-augment", help="CIFAR augmentation in the CIFAR run."),
+    seed: int = typer.Option(0, help="Seed of both runs."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """The CIFAR pipeline against the digits: the digits upsampled to 3x32x32 and written as official CIFAR-10 batches, then the same model trained on them (`--data cifar10`) and on the digits directly."""
+    from revsnn.cifar_digits import compare_cifar_digits
+    from revsnn.cli.main import _ProgressReporter
+    from revsnn.train import TrainError
+
+    if not out.parent.is_dir():
+        fail(f"--out {out}: its parent directory {out.parent} does not exist; create it first.")
+    reporter = _ProgressReporter()
+    try:
+        r = compare_cifar_digits(model, out, epochs, seed, reporter, time_steps=time_steps, batch_size=batch_size,
+                                 augment=augment or None)
+    except TrainError as exc:
+        fail(str(exc))
+    finally:
+        reporter.progress.stop()
+    if json_out:
+        print(json.dumps(r, indent=2))
+        return
+    table = Table(title=f"{model}: digits directly against the digits as CIFAR-10 files ({r['epochs']} epochs)",
+                  header_style="bold")
+    for col in ("data", "input", "test accuracy", "training s"):
+        table.add_column(col, justify="left" if col in ("data", "input") else "right")
+    table.add_row("digits", "1x8x8", f"{r['digits_accuracy']:.1%}", f"{r['digits_seconds']:.0f}")
+    table.add_row("cifar10 (digits)", "3x32x32", f"{r['cifar_accuracy']:.1%}", f"{r['cifar_seconds']:.0f}")
+    console.print(table)

@@ -181,6 +181,14 @@ class _ProgressReporter:
         n = self.sums[2]
         self.progress.update(self.task, advance=1, loss=self.sums[0] / n, acc=self.sums[1] / n)
 
+    def note(self, text: str) -> None:
+        """What the trainer set or had to change (a preset, LAMB as AdamW, an md5 mismatch)."""
+        self.progress.console.print(f"[yellow]note:[/yellow] {escape(text)}", highlight=False, soft_wrap=True)
+
+    def warn(self, text: str) -> None:
+        """Something about the data that does not stop training (a file that differs from the published one)."""
+        err.print(f"[yellow]warning:[/yellow] {escape(text)}", highlight=False)
+
     def end_epoch(self, record: dict) -> None:
         self.progress.remove_task(self.task)
         self.progress.console.print(f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  train {record['train_accuracy']:.1%}"
@@ -195,25 +203,67 @@ def train(
                                                    "directory or PYTHONPATH, here and whenever the checkpoint is "
                                                    "rebuilt (export, verify, info, bench infer), which runs its code."),
     out: Path = typer.Option(..., "--out", help="Directory for model.pt and metrics.json (created if absent)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs in total [default: the model's]."),
-    time_steps: Optional[int] = typer.Option(None, "--time-steps", help="Time steps T [default: the model's]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size [default: the model's]."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate of AdamW [default: the model's]."),
-    seed: int = typer.Option(0, help="Seed of weights, data order and rate coding: same seed, same weights."),
-    encoding: Optional[str] = typer.Option(None, help="direct (real-valued image every step) or rate "
-                                                      "(Bernoulli spikes; what Loihi needs) [default: the model's]."),
+    data: str = typer.Option("digits", "--data", help="digits (embedded), cifar10, cifar100, imagefolder, nmnist, "
+                                                      "dvs128-gesture or cifar10-dvs."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the data set's official files "
+                                                                     "(nothing is downloaded)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A seed's protocol: revsnn-resnet-cifar, "
+                                         "revsnn-former-cifar, revsnn-dvs or trevsnn-imagenet; options given here "
+                                         "override it."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs in total (default: the preset's, else the model's)."),
+    time_steps: Optional[int] = typer.Option(None, "--time-steps", help="Time steps T (event frames per sample) "
+                                             "[default: the preset's, else the model's]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (default: the preset's, else "
+                                             "the model's)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: the preset's, else the model's)."),
+    seed: int = typer.Option(0, help="Seed of weights, data order, augmentation and rate coding: same seed, same "
+                                     "weights."),
+    encoding: Optional[str] = typer.Option(None, help="Images: direct (real-valued image every step) or rate "
+                                           "(Bernoulli spikes; what Loihi needs). Event frames: events (a spike per "
+                                           "pixel with an event; what Loihi needs) or counts (default: the model's; "
+                                           "events for event data)."),
+    frames_by: Optional[str] = typer.Option(None, "--frames-by", help="Event frames: count (equal event numbers, as "
+                                            "the seeds) or time (equal time windows) (default: count)."),
+    frame_size: Optional[int] = typer.Option(None, "--frame-size", help="Event frames: bin the sensor down to this "
+                                             "side (default: a 2-channel model's input side, else the sensor's)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Image folders: resize and centre-crop to "
+                                             "this side (default: the preset's, else the model's input)."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="CIFAR: random crop (padding 4) "
+                                           "and horizontal flip; image folders: flip; events: random flip "
+                                           "[default: the preset's; off without one]."),
+    event_shift: int = typer.Option(0, "--event-shift", help="Event frames: random shift of up to this many pixels."),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (pinned memory on CUDA)."),
+    optimizer: Optional[str] = typer.Option(None, help="sgd, adamw or lamb (AdamW here: torch has no LAMB) "
+                                            "[default: the preset's, else adamw]."),
+    momentum: Optional[float] = typer.Option(None, help="SGD momentum (default: 0.9)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay (default: 1e-4)."),
+    schedule: Optional[str] = typer.Option(None, help="cosine or step (x0.1 at --milestones) (default: cosine)."),
+    milestones: Optional[str] = typer.Option(None, help="Epochs of the step schedule's decays, e.g. 100,150."),
+    warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", help="Linear warm-up epochs (default: 0)."),
+    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="Label smoothing (default: 0)."),
+    mixup: Optional[float] = typer.Option(None, help="Mixup alpha (0: off) (default: 0)."),
+    ema: Optional[float] = typer.Option(None, help="EMA decay of the weights; the average is evaluated and saved."),
+    grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this value."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (CUDA only)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue from DIR/model.pt after an interruption."),
 ) -> None:
-    """Train a model of the zoo, or your own (--model MODULE:FUNCTION), on the embedded digits data (scikit-learn, no download).
+    """Train a model of the zoo, or your own (--model MODULE:FUNCTION), on the embedded digits (no download) or a data set you have on disk.
 
-    Writes DIR/model.pt (weights and full config; loadable with weights_only=True) and DIR/metrics.json after every epoch, atomically; --resume continues after a kill, losing at most the epoch in progress.
+    Writes DIR/model.pt (weights, full config, the data set's name, shape and folder; loadable with weights_only=True) and DIR/metrics.json after every epoch, atomically; --resume continues after a kill, losing at most the epoch in progress. The model takes the data's input shape and class count.
     """
+    from revsnn.cli.common import parse_ints
     from revsnn.train import TrainOptions
     from revsnn.train import train as run_training
 
     opts = TrainOptions(model=model, out=out, epochs=epochs, time_steps=time_steps, batch_size=batch_size,
-                        lr=lr, seed=seed, encoding=encoding, device=device, resume=resume)
+                        lr=lr, seed=seed, encoding=encoding, device=device, resume=resume, data=data,
+                        data_dir=data_dir, frames_by=frames_by, frame_size=frame_size, image_size=image_size,
+                        augment=augment, event_shift=event_shift, workers=workers, preset=preset,
+                        optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
+                        milestones=parse_ints(milestones, "--milestones") if milestones else None,
+                        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, mixup=mixup, ema=ema,
+                        grad_clip=grad_clip, amp=amp)
     reporter = _ProgressReporter()
     try:
         metrics = run_training(opts, reporter)
@@ -221,9 +271,9 @@ def train(
         fail(f"interrupted; the last finished epoch is in {out / 'model.pt'}: add --resume to go on.", 130)
     finally:
         reporter.progress.stop()
-    console.print(f"[green]{metrics['model']}[/green]: test accuracy {metrics['test_accuracy']:.1%} after "
-                  f"{metrics['epochs']} epochs ({metrics['train_seconds']:.0f} s of training, T = "
-                  f"{metrics['time_steps']}, {metrics['encoding']} encoding).", highlight=False)
+    console.print(f"[green]{metrics['model']}[/green] on {metrics['data']}: test accuracy "
+                  f"{metrics['test_accuracy']:.1%} after {metrics['epochs']} epochs ({metrics['train_seconds']:.0f} s "
+                  f"of training, T = {metrics['time_steps']}, {metrics['encoding']} encoding).", highlight=False)
     console.print(f"Wrote {out / 'model.pt'} and {out / 'metrics.json'}.", highlight=False)
 
 
@@ -260,7 +310,8 @@ def _print_lava_note(report) -> None:
 
 
 def _run_verify(checkpoint: Path, targets: Optional[list[str]], samples: int, plot: Optional[Path],
-                lava_synapses: str = "conv", file: Optional[Path] = None, foreign: Optional[dict] = None):
+                lava_synapses: str = "conv", file: Optional[Path] = None, foreign: Optional[dict] = None,
+                data_dir: Optional[Path] = None):
     from revsnn.plots import raster_plots
     from revsnn.verify import verify, verify_foreign
 
@@ -274,7 +325,7 @@ def _run_verify(checkpoint: Path, targets: Optional[list[str]], samples: int, pl
                                     on_target=progress, lava_synapses=lava_synapses, **foreign)
         else:
             report = verify(checkpoint, None if targets is None else tuple(targets), samples,
-                            on_target=progress, lava_synapses=lava_synapses, file=file)
+                            on_target=progress, lava_synapses=lava_synapses, file=file, data_dir=data_dir)
     plots = []
     if plot is not None:
         plot.mkdir(exist_ok=True)
@@ -302,6 +353,8 @@ def verify(
     file: Optional[Path] = typer.Option(None, "--file", help="Run this exported file (.nir, .onnx or .net) instead "
                                         "of a fresh export; it must have been exported from CHECKPOINT and be "
                                         "unchanged since (its fingerprint says)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the model's data set is now "
+                                            "(default: the folder its checkpoint recorded)."),
     dt: Optional[float] = typer.Option(None, "--dt", help="A .nir file from another tool: its time step in "
                                        "seconds [default: the file's metadata]."),
     time_steps: int = typer.Option(20, "--time-steps", help="A .nir file: time steps of the input."),
@@ -326,7 +379,7 @@ def verify(
     elif dt is not None or inputs is not None:
         fail("--dt and --input apply to a .nir file from another tool, not to a checkpoint.")
     report, plots = _run_verify(checkpoint, None if targets is None else parse_list(targets, "--targets"), samples,
-                                plot, lava_synapses, file, foreign)
+                                plot, lava_synapses, file, foreign, data_dir)
     if json_out:
         print(json.dumps(report.as_json(), indent=2))
     else:
@@ -356,7 +409,9 @@ def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir, .onnx 
     if file.suffix == ".pt":
         from revsnn.checkpoint import load_model, summarize_checkpoint
 
-        s = summarize_checkpoint(*load_model(file))
+        model_, payload_ = load_model(file)
+        s = summarize_checkpoint(model_, payload_)
+        data_rec = payload_.get("data")
         table = Table(title=f"{file}", show_header=False)
         table.add_row("model", escape(f"{s['model']} ({s['family']})"))
         if "builder" in s:
@@ -365,6 +420,8 @@ def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir, .onnx 
                                              f"{s['num_classes']}); rebuilding imports {module}"))
         table.add_row("parameters", f"{s['parameters']:,}")
         table.add_row("input", "×".join(map(str, s["input_shape"])) + f", {s['num_classes']} classes")
+        if data_rec:
+            table.add_row("data", escape(f"{data_rec.get('name')} from {data_rec.get('dir') or '(embedded)'}"))
         for key, value in s["train"].items():
             table.add_row(key, str(value))
         if "epochs_done" in s:
@@ -441,6 +498,9 @@ def demo(
     samples: int = typer.Option(64, help="Test samples that verify runs on every target."),
     lava: bool = typer.Option(True, "--lava/--no-lava", help="Also export to Lava (netx) and verify Loihi 2's "
                                                              "fixed-point simulation."),
+    data: str = typer.Option("digits", "--data", help="Data set to train on (see `revsnn train --help`)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the data set's files."),
+    frame_size: Optional[int] = typer.Option(None, "--frame-size", help="Event frames: bin the sensor to this side."),
 ) -> None:
     """The main job: train a small reversible SNN on rate-coded digits, export it (NIR, ONNX, Lava netx), and verify every target reproduces it."""
     from revsnn.exporters.netx_file import describe_chain
@@ -452,7 +512,8 @@ def demo(
     def stage(name: str, r) -> None:
         if name == "train":
             # Rate-coded input: spikes are what Loihi receives, so one model serves every target.
-            console.rule(f"1/3 train {model} on the embedded digits (rate-coded spikes)")
+            console.rule(f"1/3 train {model} on " + ("the embedded digits (rate-coded spikes)" if data == "digits"
+                                                   else f"{data} from {data_dir} (spikes)"))
         elif name == "export":
             reporter.progress.stop()
             console.print(f"test accuracy {r.metrics['test_accuracy']:.1%}", highlight=False)
@@ -472,7 +533,8 @@ def demo(
 
     try:
         result = run_demo(out, model, epochs, samples, lava, reporter=reporter, on_stage=stage,
-                          on_target=lambda t: status.update(f"{t.name} done; running the next target ..."))
+                          on_target=lambda t: status.update(f"{t.name} done; running the next target ..."),
+                          data=data, data_dir=data_dir, frame_size=frame_size)
     finally:
         status.stop()
         reporter.progress.stop()

@@ -61,10 +61,13 @@ class LoihiExportError(RevsnnError):
 
 def require_spike_input(encoding: str, model: str = "this model") -> None:
     """Loihi receives spikes; a model trained on real-valued (direct) input cannot stream it in."""
-    if encoding != "rate":
+    from revsnn.data import SPIKE_ENCODINGS  # rate-coded images and event frames are spikes
+
+    if encoding not in SPIKE_ENCODINGS:
         raise LoihiExportError(
             f"{model} was trained with {encoding!r} input encoding, which feeds real values to its first layer; "
-            "Loihi receives only spikes, so train it with `--encoding rate` to deploy it to Lava.")
+            "Loihi receives only spikes, so train it with `--encoding rate` (images) or `--encoding events` "
+            "(event data) to deploy it to Lava.")
 
 
 @dataclass
@@ -113,7 +116,8 @@ def _refuse(name: str, node: nir.NIRNode) -> LoihiExportError:
         "SpikingAttention": "it multiplies two spike maps (Q K^T V), a product no Loihi synapse or neuron computes",
         "MaxPool2d": "max pooling is not linear, so no synapse can carry it",
         "Threshold": "a stateless threshold unit (T-RevSNN's non-resetting level state) has no CUBA neuron",
-        "Delay": "its feedback delay (the reversible RevLIF node's soft reset) has no netx layer",
+        "Delay": "a delay (a recurrent layer's loop, T-RevSNN's columns, the RevLIF node's soft reset) has no "
+                 "netx layer, and netx loads only feedforward chains",
         "Scale": "a scaled feedback path (the reversible RevLIF node's soft reset) has no netx layer",
         "Conv1d": "token convolutions belong to RevSFormer, whose attention Loihi cannot compute",
     }.get(kind, "netx has no layer for it")

@@ -122,11 +122,24 @@ def _check_finite(name: str, node: nir.NIRNode) -> None:
                                  f"{field_!r}; repair the file where it was written.")
 
 
+def _in_steps(name: str, node, field_: str, dt: float, divide: bool) -> np.ndarray:
+    """``field / dt`` (or ``* dt``) in float64, computed at the file's own precision when that is narrower.
+    snnTorch writes float32 seconds (tau = 1e-4 / (1 - beta) = 3.9999999e-4 for beta = 0.75); divided in
+    float64 that is 3.9999998989 steps, off the 1/4096 grid Loihi needs, though the tool meant (and runs)
+    exactly 4. The quotient in float32 is 4.0: it carries no more digits than the file holds."""
+    a = _array(name, node, field_)
+    raw = np.asarray(getattr(node, field_))
+    if raw.dtype.kind == "f" and raw.dtype.itemsize < 8:
+        step = raw.dtype.type(dt)
+        return (raw / step if divide else raw * step).astype(np.float64)
+    return a / dt if divide else a * dt
+
+
 def _converted(name: str, node: nir.NIRNode, dt: float) -> nir.NIRNode:
     kind = type(node)
     if kind in TIME_CONSTANTS:
         for f in TIME_CONSTANTS[kind]:
-            a = _array(name, node, f) / dt
+            a = _in_steps(name, node, f, dt, divide=True)
             if f == "delay":
                 whole = np.round(a)
                 if np.any(np.abs(a - whole) > 1e-6 * np.maximum(1.0, np.abs(a))) or np.any(a < 0):
@@ -138,7 +151,7 @@ def _converted(name: str, node: nir.NIRNode, dt: float) -> nir.NIRNode:
             setattr(node, f, a)
     if kind in RATES:
         for f in RATES[kind]:
-            setattr(node, f, _array(name, node, f) * dt)
+            setattr(node, f, _in_steps(name, node, f, dt, divide=False))
     return node
 
 

@@ -81,7 +81,8 @@ def demo_targets(lava: bool) -> list[str]:
 def run_demo(out: Path | str = Path("revsnn-demo"), model: str = "revsresnet-digits", epochs: int = 4,
              samples: int = 64, lava: bool = True, reporter=None,
              on_stage: Optional[Callable[[str, DemoResult], None]] = None,
-             on_target: Optional[Callable[[Any], None]] = None) -> DemoResult:
+             on_target: Optional[Callable[[Any], None]] = None, data: str = "digits",
+             data_dir: Optional[Path | str] = None, frame_size: Optional[int] = None) -> DemoResult:
     """Train ``model`` on rate-coded digits (spikes are what Loihi receives, so one model serves every
     target), export it to ``out/model.nir``, ``model.onnx`` and (with ``lava``) ``model.net``, each with the
     checkpoint's fingerprint, verify every target on ``samples`` test samples and draw a spike raster per
@@ -105,7 +106,12 @@ def run_demo(out: Path | str = Path("revsnn-demo"), model: str = "revsresnet-dig
     stage = on_stage or (lambda name, res: None)
 
     stage("train", result)
-    result.metrics = train(TrainOptions(model=model, out=out, epochs=epochs, encoding="rate"), reporter)
+    from revsnn.data import DATASETS
+
+    # ``data``: a data set on disk instead (revsnn.data); event frames are spikes already.
+    spikes = "events" if data in DATASETS and DATASETS[data].kind == "events" else "rate"
+    result.metrics = train(TrainOptions(model=model, out=out, epochs=epochs, encoding=spikes, data=data,
+                                        data_dir=data_dir, frame_size=frame_size), reporter)
 
     stage("export", result)
     checkpoint = out / "model.pt"

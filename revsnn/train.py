@@ -1,4 +1,4 @@
-"""Training on the embedded digits data: ``revsnn train``.
+"""Training: ``revsnn train``, on the embedded digits or a real data set (``revsnn.data``), with presets.
 
 After every epoch the trainer writes ``DIR/model.pt`` (weights, config, optimizer, scheduler and RNG
 states) and ``DIR/metrics.json``, both atomically; ``resume=True`` continues from the last finished epoch,
@@ -15,10 +15,12 @@ from revsnn.errors import RevsnnError
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,7 +39,7 @@ class TrainError(RevsnnError):
 class TrainOptions:
     model: str
     out: Path
-    epochs: Optional[int] = None          # None: the model config's default
+    epochs: Optional[int] = None          # None: the preset's, else the model config's default
     time_steps: Optional[int] = None
     batch_size: Optional[int] = None
     lr: Optional[float] = None
@@ -45,6 +47,39 @@ class TrainOptions:
     encoding: Optional[str] = None
     device: str = "cpu"
     resume: bool = False
+    # the data (revsnn.data.DATASETS) and how it becomes input
+    data: str = "digits"
+    data_dir: Optional[Path] = None
+    frames_by: Optional[str] = None       # event frames: "count" or "time"
+    frame_size: Optional[int] = None      # event frames: bin the sensor down to this side
+    image_size: Optional[int] = None      # image folders: resize + centre crop to this side
+    augment: Optional[bool] = None        # None: the preset's; CIFAR crop+flip, events flip (+ shift)
+    event_shift: int = 0                  # event augmentation: random shift of up to this many pixels
+    workers: int = 0                      # DataLoader worker processes
+    # the protocol (revsnn.presets); None: the preset's, else the built-in default
+    preset: Optional[str] = None
+    optimizer: Optional[str] = None       # sgd, adamw, lamb (= AdamW here)
+    momentum: Optional[float] = None
+    weight_decay: Optional[float] = None
+    schedule: Optional[str] = None        # cosine or step
+    milestones: Optional[list[int]] = None
+    warmup_epochs: Optional[int] = None
+    label_smoothing: Optional[float] = None
+    mixup: Optional[float] = None
+    ema: Optional[float] = None
+    grad_clip: Optional[float] = None
+    amp: Optional[bool] = None
+
+
+# What a run uses where neither the command line, the preset nor the model says otherwise (the trainer's
+# behaviour before presets existed: AdamW, weight decay 1e-4, cosine per epoch).
+_BUILTIN = {"optimizer": "adamw", "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine", "milestones": None,
+            "gamma": 0.1, "warmup_epochs": 0, "label_smoothing": 0.0, "mixup": 0.0, "ema": None, "grad_clip": None,
+            "amp": False, "augment": False, "lr_per_1024": None, "image_size": None}
+_PROTOCOL_KEYS = ("optimizer", "momentum", "weight_decay", "schedule", "milestones", "warmup_epochs",
+                  "label_smoothing", "mixup", "ema", "grad_clip", "amp", "augment", "image_size")
+OPTIMIZERS = ("sgd", "adamw", "lamb")
+SCHEDULES = ("cosine", "step")
 
 
 class Reporter(Protocol):
@@ -69,20 +104,79 @@ class _Silent:
 
 
 def resolve_options(opts: TrainOptions) -> dict[str, Any]:
-    """Fill unset options from the model's defaults and check them all; raise TrainError on bad input."""
+    """Fill unset options from the preset, then the model's defaults, and check them all (TrainError).
+
+    ``notes`` in the result lists, for the caller to print, what the preset set and what stood in for
+    something this machine lacks (LAMB, mixed precision without a GPU).
+    """
+    from .data import DATASETS
+    from .presets import PresetError, SETTING_LABELS, preset_settings
+
     try:
         config = get_config(opts.model)
     except ValueError as exc:
         raise TrainError(str(exc)) from exc
+    if opts.data not in DATASETS:
+        raise TrainError(f"--data must be one of {', '.join(DATASETS)}, got {opts.data!r}.")
+    try:
+        preset = preset_settings(opts.preset, opts.data)
+    except PresetError as exc:
+        raise TrainError(str(exc)) from exc
     defaults = config.get("train", {})
+    events = DATASETS[opts.data].kind == "events"
+
+    def pick(key: str, given: Any, fallback: Any) -> Any:
+        if given is not None:
+            return given
+        if key in preset:
+            return preset[key]
+        return fallback
+
     settings = {
-        "epochs": opts.epochs if opts.epochs is not None else defaults.get("epochs", 10),
-        "time_steps": opts.time_steps if opts.time_steps is not None else defaults.get("time_steps", 4),
-        "batch_size": opts.batch_size if opts.batch_size is not None else defaults.get("batch_size", 64),
-        "lr": opts.lr if opts.lr is not None else defaults.get("lr", 1e-3),
-        "encoding": opts.encoding if opts.encoding is not None else defaults.get("encoding", "direct"),
+        "epochs": pick("epochs", opts.epochs, defaults.get("epochs", 10)),
+        "time_steps": pick("time_steps", opts.time_steps, defaults.get("time_steps", 4)),
+        "batch_size": pick("batch_size", opts.batch_size, defaults.get("batch_size", 64)),
+        "encoding": pick("encoding", opts.encoding, "events" if events else defaults.get("encoding", "direct")),
         "seed": opts.seed,
     }
+    for key in _PROTOCOL_KEYS:
+        settings[key] = pick(key, getattr(opts, key, None), _BUILTIN[key])
+    settings["gamma"] = preset.get("gamma", _BUILTIN["gamma"])
+    lr_per_1024 = preset.get("lr_per_1024")
+    if opts.lr is not None:
+        settings["lr"] = opts.lr
+    elif lr_per_1024 is not None:  # T-RevSNN scales its base rate with the total batch
+        settings["lr"] = lr_per_1024 * settings["batch_size"] / 1024
+    else:
+        settings["lr"] = preset.get("lr", defaults.get("lr", 1e-3))
+    if events and settings["encoding"] in ("direct", "rate"):
+        settings["encoding"] = "events" if opts.encoding is None else settings["encoding"]
+    if not events and settings["encoding"] == "events" and opts.encoding is None:
+        settings["encoding"] = "rate"  # a spiking preset on images: spikes are rate-coded
+
+    notes: list[str] = []
+    if opts.preset is not None:
+        shown = dict(preset)
+        if lr_per_1024 is not None:
+            shown["lr"] = f"{lr_per_1024} x batch / 1024 = {lr_per_1024 * settings['batch_size'] / 1024:g}"
+        parts = []
+        for key, value in shown.items():
+            final = settings.get(key, value) if key != "lr_per_1024" else value
+            label = SETTING_LABELS.get(key, key)
+            text = f"{label} {value}"
+            if key in settings and key != "lr" and final != value:
+                text += f" (overridden: {final})"
+            if key == "lr" and opts.lr is not None:
+                text += f" (overridden: {opts.lr})"
+            parts.append(text)
+        notes.append(f"preset {opts.preset}: " + ", ".join(p for p in parts if not p.startswith("learning rate per")))
+    if settings["optimizer"] == "lamb":
+        notes.append("LAMB is not part of torch; training with AdamW at the same learning rate and weight decay.")
+    if settings["amp"] and not opts.device.startswith("cuda"):
+        notes.append("mixed precision needs a GPU; training in float32 on the CPU.")
+
+    from .data import ENCODINGS, EVENT_ENCODINGS
+
     if settings["epochs"] < 1:
         raise TrainError(f"--epochs must be at least 1, got {settings['epochs']}.")
     if settings["time_steps"] < 1:
@@ -91,8 +185,29 @@ def resolve_options(opts: TrainOptions) -> dict[str, Any]:
         raise TrainError(f"--batch-size must be at least 1, got {settings['batch_size']}.")
     if not (settings["lr"] > 0 and math.isfinite(settings["lr"])):
         raise TrainError(f"--lr must be a positive number, got {settings['lr']}.")
-    if settings["encoding"] not in ENCODINGS:
-        raise TrainError(f"--encoding must be one of {', '.join(ENCODINGS)}, got {settings['encoding']!r}.")
+    allowed = EVENT_ENCODINGS if events else ENCODINGS
+    if settings["encoding"] not in allowed:
+        raise TrainError(f"--encoding must be one of {', '.join(allowed)} for {opts.data}, got {settings['encoding']!r}.")
+    if settings["optimizer"] not in OPTIMIZERS:
+        raise TrainError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {settings['optimizer']!r}.")
+    if settings["schedule"] not in SCHEDULES:
+        raise TrainError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {settings['schedule']!r}.")
+    if settings["schedule"] == "step" and not settings["milestones"]:
+        settings["milestones"] = [settings["epochs"] // 2, settings["epochs"] * 3 // 4]
+    for key, low, high in (("weight_decay", 0, None), ("momentum", 0, 1), ("label_smoothing", 0, 1), ("mixup", 0, None),
+                           ("warmup_epochs", 0, None)):
+        v = settings[key]
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= low and (high is None or v < high)):
+            raise TrainError(f"--{key.replace('_', '-')} must be a number of at least {low}"
+                             + (f" and below {high}" if high is not None else "") + f", got {v}.")
+    if settings["ema"] is not None and not 0 < settings["ema"] < 1:
+        raise TrainError(f"--ema must be a decay between 0 and 1, got {settings['ema']}.")
+    if settings["grad_clip"] is not None and not settings["grad_clip"] > 0:
+        raise TrainError(f"--grad-clip must be a positive norm, got {settings['grad_clip']}.")
+    if opts.workers < 0:
+        raise TrainError(f"--workers must be 0 or more, got {opts.workers}.")
+    if opts.event_shift < 0:
+        raise TrainError(f"--event-shift must be 0 or more pixels, got {opts.event_shift}.")
     fixed_t = config.get("time_steps")  # families whose architecture fixes T (one column per step)
     if fixed_t is not None and settings["time_steps"] != fixed_t:
         raise TrainError(f"{opts.model} has {fixed_t} columns, one per time step; use --time-steps {fixed_t}.")
@@ -105,7 +220,22 @@ def resolve_options(opts: TrainOptions) -> dict[str, Any]:
         raise TrainError(f"--out {out} is a file; give a directory for model.pt and metrics.json.")
     if not out.exists() and not out.parent.is_dir():
         raise TrainError(f"--out {out}: its parent directory {out.parent} does not exist; create it first.")
-    return {"config": config, **settings}
+    return {"config": config, "notes": notes, **settings}
+
+
+def adapt_config(config: dict[str, Any], input_shape, num_classes: int) -> dict[str, Any]:
+    """The zoo config with the data's input shape and class count; TrainError if the model cannot take them."""
+    if list(config["input_shape"]) == list(input_shape) and config["num_classes"] == num_classes:
+        return config
+    adapted = {**config, "input_shape": list(input_shape), "num_classes": int(num_classes)}
+    try:
+        model = build_model(adapted)
+        with torch.no_grad():  # one tiny forward proves the layers fit the new shape
+            model.eval()(torch.zeros(config.get("time_steps") or 1, 1, *input_shape))
+    except (ValueError, RuntimeError) as exc:
+        raise TrainError(f"{config['name']} cannot take inputs {'x'.join(map(str, input_shape))} ({exc}); choose "
+                         "another model or resize the data (--frame-size, --image-size).") from exc
+    return adapted
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -114,11 +244,27 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data_x: torch.Tensor, data_y: torch.Tensor, time_steps: int, encoding: str,
-             device: torch.device, batch_size: int = 256, seed: int = 1234) -> float:
-    """Test accuracy; rate coding draws from a fixed generator so that the figure is reproducible."""
+def evaluate(model: nn.Module, data_x, data_y: Optional[torch.Tensor] = None, time_steps: int = 4,
+             encoding: str = "direct", device: torch.device = torch.device("cpu"), batch_size: int = 256,
+             seed: int = 1234, workers: int = 0) -> float:
+    """Test accuracy; rate coding draws from a fixed generator so that the figure is reproducible.
+
+    ``data_x`` is either images ``[N, C, H, W]`` (with ``data_y``) or a ``DataSplits``, whose test split is read.
+    """
+    from .data import DataSplits, make_loader, to_input
+
     model.eval()
     generator = torch.Generator().manual_seed(seed)
+    if isinstance(data_x, DataSplits):
+        splits = data_x
+        n = len(splits.test)
+        loader = make_loader(splits.test, list(torch.arange(n).split(batch_size)), workers,
+                             pin_memory=device.type == "cuda")
+        correct = 0
+        for x, y in loader:
+            xin = to_input(x, splits, time_steps, encoding, generator).to(device, non_blocking=True)
+            correct += (model(xin).argmax(1).cpu() == y).sum().item()
+        return correct / max(1, n)
     correct = 0
     for i in range(0, len(data_y), batch_size):
         x = encode(data_x[i:i + batch_size], time_steps, encoding, generator).to(device)
@@ -126,23 +272,76 @@ def evaluate(model: nn.Module, data_x: torch.Tensor, data_y: torch.Tensor, time_
     return correct / len(data_y)
 
 
-def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data: Optional[ImageData] = None) -> dict:
-    """Train ``opts.model`` and return the metrics written to ``DIR/metrics.json``."""
+def _lr_factor(s: dict[str, Any], epoch: int, step: int, steps: int) -> float:
+    """The schedule in closed form (resuming needs only the epoch): linear warm-up per step, then cosine per
+    epoch over the remaining epochs, or step decay by ``gamma`` at each milestone."""
+    warm = int(s["warmup_epochs"])
+    if warm > 0 and epoch < warm:
+        return (epoch * steps + step + 1) / (warm * steps)
+    if s["schedule"] == "step":
+        return s["gamma"] ** sum(epoch >= m for m in s["milestones"])
+    return 0.5 * (1.0 + math.cos(math.pi * (epoch - warm) / max(1, s["epochs"] - warm)))
+
+
+def _optimizer(model: nn.Module, s: dict[str, Any]) -> torch.optim.Optimizer:
+    if s["optimizer"] == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"])
+    # "lamb": torch has no LAMB; AdamW is the documented stand-in (resolve_options says so).
+    return torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
+
+
+def _load_data(opts: TrainOptions, s: dict[str, Any], data) -> Any:
+    from .data import DataError, DataSplits, ImageData, as_splits, load_dataset
+
+    if data is not None:
+        return as_splits(data) if isinstance(data, ImageData) else data
+    if opts.data == "digits":
+        return as_splits(load_digits())
+    image_size = opts.image_size or s.get("image_size") or s["config"]["input_shape"][-1]
+    frame_size = opts.frame_size
+    if frame_size is None and s["config"]["input_shape"][0] == 2:  # a DVS-shaped model: frames at its size
+        frame_size = s["config"]["input_shape"][-1]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # returned in .warnings; the caller prints them
+            return load_dataset(opts.data, opts.data_dir, time_steps=s["time_steps"], frames_by=opts.frames_by,
+                                frame_size=frame_size, image_size=image_size)
+    except DataError as exc:
+        raise TrainError(str(exc)) from exc
+
+
+def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) -> dict:
+    """Train ``opts.model`` and return the metrics written to ``DIR/metrics.json``.
+
+    ``data``: an ``ImageData`` or ``DataSplits`` to use instead of reading ``opts.data``.
+    """
+    from .data import DataError, make_loader, to_input
+
     reporter = reporter or _Silent()
+    note = getattr(reporter, "note", None) or (lambda text: None)
     s = resolve_options(opts)
     out = Path(opts.out)
     ckpt_path, metrics_path = out / "model.pt", out / "metrics.json"
     device = torch.device(opts.device)
-    data = data or load_digits()
-    config = s["config"]
-    if config.get("family") == USER_FAMILY:
+    splits = _load_data(opts, s, data)
+    warn = getattr(reporter, "warn", None) or note
+    for line in s["notes"]:
+        note(line)
+    for line in splits.warnings:  # md5 mismatches: the data is read all the same
+        warn(line)
+    if s["config"].get("family") == USER_FAMILY:
         # A model of the user's own is built for the data it trains on; built once here, so that a builder
         # that fails does so in one sentence before anything is written.
-        config = s["config"] = builder_config(config["builder"], data.input_shape, data.num_classes)
+        config = s["config"] = builder_config(s["config"]["builder"], splits.input_shape, splits.num_classes)
         build_model(config)
-    if list(data.input_shape) != list(config["input_shape"]):
-        raise TrainError(f"{opts.model} expects inputs of shape {config['input_shape']}, the data has "
-                         f"{list(data.input_shape)}; choose a model built for it (see `revsnn models`).")
+    else:
+        config = adapt_config(s["config"], splits.input_shape, splits.num_classes)
+        if config is not s["config"]:
+            note(f"{opts.model}: input set to {'x'.join(map(str, splits.input_shape))} and {splits.num_classes} "
+                 f"classes for {splits.name}.")
+    if splits.kind == "events" and splits.options.get("time_steps") not in (None, s["time_steps"]):
+        raise TrainError(f"the event frames were made for T = {splits.options['time_steps']}, training uses "
+                         f"T = {s['time_steps']}; give both the same --time-steps.")
 
     resume_state = None
     if opts.resume:
@@ -155,65 +354,128 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data: Optiona
         if resume_state["config"].get("name") != opts.model:
             raise TrainError(f"--resume: {ckpt_path} holds a {resume_state['config'].get('name')!r} model, not "
                              f"{opts.model!r}; pass --model {resume_state['config'].get('name')} or a new --out.")
-        s = {**s, **{k: resume_state["train"][k] for k in ("time_steps", "batch_size", "lr", "encoding", "seed")},
-             "epochs": s["epochs"] if opts.epochs is not None else resume_state["train"]["epochs"]}
+        was = (resume_state.get("data") or {}).get("name", "digits")
+        if was != splits.name:
+            raise TrainError(f"--resume: {ckpt_path} was trained on {was}, not {splits.name}; pass --data {was} or "
+                             "a new --out.")
+        kept = {k: v for k, v in resume_state["train"].items() if k in s and k not in ("epochs", "notes", "config")}
+        s = {**s, **kept, "epochs": s["epochs"] if opts.epochs is not None else resume_state["train"]["epochs"]}
     out.mkdir(exist_ok=True)
 
     torch.manual_seed(s["seed"])
     model = build_model(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=1e-4)
+    optimizer = _optimizer(model, s)
     generator = torch.Generator().manual_seed(s["seed"])
+    ema = None
+    if s["ema"] is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(s["ema"]), use_buffers=True)
+    from .reversible import Recompute, ReversibleModule
+
+    use_amp = bool(s["amp"]) and device.type == "cuda"
+    if use_amp and any(isinstance(m, (ReversibleModule, Recompute)) for m in model.modules()):
+        # The reversible backward recomputes its blocks outside autocast, in another precision than the fp16
+        # forward, so the reconstructed inputs and gradients would not be the forward's: float32 instead.
+        use_amp = False
+        note("mixed precision is not applied to reversible models (their backward recomputes in float32); "
+             "training in float32.")
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resume_state is not None:
-        model.load_state_dict(resume_state["state_dict"])
+        model.load_state_dict(resume_state.get("raw_state_dict", resume_state["state_dict"]))
         optimizer.load_state_dict(resume_state["optimizer"])
         generator.set_state(resume_state["rng"]["generator"])
         torch.set_rng_state(resume_state["rng"]["torch"])
+        if ema is not None and "ema" in resume_state:
+            ema.load_state_dict(resume_state["ema"])
         history = list(resume_state.get("history", []))
         start_epoch = int(resume_state["epoch"])
 
-    train_settings = {k: s[k] for k in ("epochs", "time_steps", "batch_size", "lr", "encoding", "seed")}
-    loss_fn = nn.CrossEntropyLoss()
+    train_settings = {k: v for k, v in s.items() if k not in ("config", "notes")}
+    if splits.kind == "events":
+        augment = {"flip": True, "shift": opts.event_shift} if s["augment"] or opts.event_shift else None
+    elif s["augment"]:
+        augment = {"crop_padding": 4, "flip": True} if splits.name in ("cifar10", "cifar100") else {"flip": True}
+    else:
+        augment = None
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=float(s["label_smoothing"]))
+    pin = device.type == "cuda"
     for epoch in range(start_epoch, s["epochs"]):
         model.train()
-        for group in optimizer.param_groups:  # cosine schedule in closed form: resuming needs only the epoch
-            group["lr"] = s["lr"] * 0.5 * (1.0 + math.cos(math.pi * epoch / s["epochs"]))
-        batches = _batches(len(data.y_train), s["batch_size"], generator)
+        batches = _batches(len(splits.train), s["batch_size"], generator)
+        # The loader's own generator only seeds its workers; the order is the one drawn above.
+        loader = make_loader(splits.train, batches, opts.workers, pin, seed=s["seed"] * 1000 + epoch)
         reporter.start_epoch(epoch + 1, s["epochs"], len(batches))
         t0 = time.perf_counter()
         total_loss, total_correct, seen = 0.0, 0, 0
-        for idx in batches:
-            x = encode(data.x_train[idx], s["time_steps"], s["encoding"], generator).to(device)
-            y = data.y_train[idx].to(device)
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            if not torch.isfinite(loss):
-                raise TrainError(f"the loss became {loss.item()} in epoch {epoch + 1}; lower --lr.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            correct = (logits.argmax(1) == y).sum().item()
-            total_loss += loss.item() * len(y)
-            total_correct += correct
-            seen += len(y)
-            reporter.batch(loss.item(), correct / len(y))
-        test_acc = evaluate(model, data.x_test, data.y_test, s["time_steps"], s["encoding"], device)
+        try:
+            for step, (xb, yb) in enumerate(loader):
+                for group in optimizer.param_groups:
+                    group["lr"] = s["lr"] * _lr_factor(s, epoch, step, len(batches))
+                x = to_input(xb, splits, s["time_steps"], s["encoding"], generator, augment).to(device, non_blocking=pin)
+                y = yb.to(device, non_blocking=pin)
+                mix = None
+                if s["mixup"] > 0:  # mixup: a Beta(a, a) blend of the batch with a permutation of itself
+                    lam = float(np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator))).beta(
+                        s["mixup"], s["mixup"]))
+                    perm = torch.randperm(len(y), generator=generator).to(device)
+                    x = lam * x + (1 - lam) * x[:, perm]
+                    mix = (lam, y[perm])
+                with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                    logits = model(x)
+                    loss = loss_fn(logits, y) if mix is None else \
+                        mix[0] * loss_fn(logits, y) + (1 - mix[0]) * loss_fn(logits, mix[1])
+                if not torch.isfinite(loss):
+                    raise TrainError(f"the loss became {loss.item()} in epoch {epoch + 1}; lower --lr.")
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                if s["grad_clip"] is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"])
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                correct = (logits.argmax(1) == y).sum().item()
+                total_loss += loss.item() * len(y)
+                total_correct += correct
+                seen += len(y)
+                reporter.batch(loss.item(), correct / len(y))
+        except DataError as exc:  # a damaged file found while reading a batch
+            raise TrainError(str(exc)) from exc
+        deployed = ema.module if ema is not None else model
+        try:
+            test_acc = evaluate(deployed, splits, time_steps=s["time_steps"], encoding=s["encoding"], device=device,
+                                workers=opts.workers)
+        except DataError as exc:
+            raise TrainError(str(exc)) from exc
         record = {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": total_correct / seen,
                   "test_accuracy": test_acc, "seconds": time.perf_counter() - t0}
         history.append(record)
-        save_checkpoint(ckpt_path, model, optimizer=optimizer.state_dict(), epoch=epoch + 1, train=train_settings,
+        deployed.config = config
+        extra = {"raw_state_dict": model.state_dict(), "ema": ema.state_dict()} if ema is not None else {}
+        save_checkpoint(ckpt_path, deployed, optimizer=optimizer.state_dict(), epoch=epoch + 1, train=train_settings,
                         rng={"generator": generator.get_state(), "torch": torch.get_rng_state()},
-                        history=history)
-        metrics = _metrics(opts.model, train_settings, history, epoch + 1)
+                        history=history, data=splits.record(), **extra)
+        metrics = _metrics(opts.model, train_settings, history, epoch + 1, splits.record())
         write_json(metrics_path, metrics)
         reporter.end_epoch(record)
-    return _metrics(opts.model, train_settings, history, len(history))
+    return _metrics(opts.model, train_settings, history, len(history), splits.record())
 
 
-def _metrics(model: str, settings: dict[str, Any], history: list[dict[str, Any]], epochs_done: int) -> dict:
+def _metrics(model: str, settings: dict[str, Any], history: list[dict[str, Any]], epochs_done: int,
+             data: Optional[dict] = None) -> dict:
     return {
         "model": model,
+        "data": (data or {}).get("name", "digits"),
         "epochs": epochs_done,
         "time_steps": settings["time_steps"],
         "encoding": settings["encoding"],
@@ -223,4 +485,6 @@ def _metrics(model: str, settings: dict[str, Any], history: list[dict[str, Any]]
         "test_accuracy": history[-1]["test_accuracy"],
         "train_seconds": sum(h["seconds"] for h in history),
         "history": history,
+        "settings": settings,
+        "data_record": data,
     }

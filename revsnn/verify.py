@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_model
+from .data import DataError, test_samples
 from .errors import RevsnnError
 from .neurons import SpikingNeuron, reset_states
 
@@ -278,22 +279,23 @@ def _agreement_with(trace, base: Baseline) -> tuple[float, Optional[float]]:
     return float((pred == base.pred()).double().mean()), (same / total if total else None)
 
 
-def _test_inputs(payload: dict, config: dict, samples: int):
-    from .data import encode, load_digits
-
+def _test_inputs(payload: dict, config: dict, samples: int, data_dir: Optional[Path | str] = None):
+    """The first test samples of the data the model was trained on (revsnn.data.test_samples)."""
     train = payload.get("train", {})
     T = int(train.get("time_steps", config.get("train", {}).get("time_steps", 4)))
     encoding = train.get("encoding", "direct")
-    data = load_digits()
-    n = min(samples, len(data.y_test))
-    x = encode(data.x_test[:n], T, encoding, torch.Generator().manual_seed(1234)).double()
+    try:
+        x = test_samples(payload, samples, data_dir)[0].double()
+    except DataError as exc:
+        raise VerifyError(str(exc)) from exc
     return x, T, encoding
 
 
 def verify(checkpoint: Path | str, targets: Optional[tuple[str, ...]] = ("torch", "norse"), samples: int = 32,
            on_target: Optional[Callable[[TargetReport], None]] = None, lava_synapses: str = "conv",
-           file: Optional[Path | str] = None) -> VerifyReport:
-    """Verify the checkpoint's model on test samples of its data. With ``file``, run that very file (an
+           file: Optional[Path | str] = None, data_dir: Optional[Path | str] = None) -> VerifyReport:
+    """Verify the checkpoint's model on test samples of its data (``data_dir``: where that data set is now,
+    if not where the checkpoint recorded it). With ``file``, run that very file (an
     exported ``.nir``, ``.onnx`` or ``.net``) instead of a fresh export; ``targets`` None then means every
     target that runs that kind of file."""
     if samples < 1:
@@ -305,7 +307,7 @@ def verify(checkpoint: Path | str, targets: Optional[tuple[str, ...]] = ("torch"
         if not file.is_file():
             raise VerifyError(f"--file {file} does not exist.")
         _check_fingerprint(file, model, payload)
-    x, T, encoding = _test_inputs(payload, config, samples)
+    x, T, encoding = _test_inputs(payload, config, samples, data_dir)
     return verify_model(model, x, targets, encoding=encoding, on_target=on_target, lava_synapses=lava_synapses,
                         file=file, name=config.get("name", "?"))
 

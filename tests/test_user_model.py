@@ -73,7 +73,7 @@ def test_train_your_own_model_then_info(workdir, tmp_path_factory):
     result = runner.invoke(app, ["train", "--model", f"{MODULE}:build", "--out", str(out), "--epochs", "1",
                                  "--batch-size", "128", "--time-steps", "2"])
     assert result.exit_code == 0, result.output
-    assert f"{MODULE}:build: test accuracy" in result.output
+    assert f"{MODULE}:build on digits: test accuracy" in result.output
 
     # The checkpoint records the builder as plain strings and ints: it loads with weights_only=True.
     payload = torch.load(out / "model.pt", weights_only=True)

@@ -119,7 +119,14 @@ def _config(dim: int, depth: int, heads: int, input_shape, classes: int, pool_st
 _CIFAR_TRAIN = {"epochs": 300, "lr": 5e-4, "time_steps": 4, "batch_size": 64, "encoding": "direct"}
 _DIGITS_TRAIN = {"epochs": 20, "lr": 0.003, "time_steps": 4, "batch_size": 64, "encoding": "direct"}
 
+# RevSFormer-2-256 on 128x128 event frames (the seeds' DVS setting): LIF tau 1.5, 16 heads, max pooling in
+# all four tokenizer stages (128 -> 8, 64 tokens).
+_DVS_TRAIN = {"epochs": 96, "lr": 0.001, "time_steps": 16, "batch_size": 16, "encoding": "events"}
+_DVS_NEURON = {**LIF_SIGMOID, "tau": 1.5}
+
 CONFIGS: dict[str, dict[str, Any]] = {
+    "revsformer-2-256-dvs": {**_config(256, 2, 16, [2, 128, 128], 10, [0, 1, 2, 3], _DVS_TRAIN),
+                             "neuron": _DVS_NEURON},
     "revsformer-digits": _config(32, 2, 4, [1, 8, 8], 10, [3], _DIGITS_TRAIN),
     "revsformer-2-384": _config(384, 2, 12, [3, 32, 32], 10, [2, 3], _CIFAR_TRAIN),
     "revsformer-4-384": _config(384, 4, 12, [3, 32, 32], 10, [2, 3], _CIFAR_TRAIN),

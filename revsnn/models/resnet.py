@@ -43,6 +43,8 @@ class RevSResNet(nn.Module):
         coupling: str = "revnet",
         neuron: dict[str, Any] = IF_ATAN,
         recompute_boundaries: bool = False,
+        stem_stride: int = 1,
+        stem_pool: bool = False,
     ):
         super().__init__()
         if len(planes) != len(blocks) or not planes:
@@ -57,10 +59,13 @@ class RevSResNet(nn.Module):
         def wrap(m: nn.Module) -> nn.Module:
             return Recompute(m) if recompute_boundaries else m
 
-        self.stem = wrap(nn.Sequential(
-            TimeDistributed(nn.Conv2d(in_channels, 2 * planes[0], 3, padding=1, bias=False)),
-            TimeDistributed(nn.BatchNorm2d(2 * planes[0])),
-        ))
+        # The DVS stem of the seeds (RevSResNet24): a stride-2 convolution and a 3x3 stride-2 average pool
+        # bring 128x128 event frames to 32x32 before the reversible stages.
+        stem = [TimeDistributed(nn.Conv2d(in_channels, 2 * planes[0], 3, stride=stem_stride, padding=1, bias=False)),
+                TimeDistributed(nn.BatchNorm2d(2 * planes[0]))]
+        if stem_pool:
+            stem.append(TimeDistributed(nn.AvgPool2d(3, stride=2, padding=1)))
+        self.stem = wrap(nn.Sequential(*stem))
         self.stages = nn.ModuleList()
         self.downsamples = nn.ModuleList()
         for i, (p, n) in enumerate(zip(planes, blocks)):
@@ -106,10 +111,22 @@ def _cifar(planes, blocks, coupling: str, classes: int = 10) -> dict[str, Any]:
     }
 
 
+# RevSResNet24 on event frames (CIFAR10-DVS, DVS128 Gesture) as the seeds' DVS code builds it: LIF tau 1.5,
+# Sigmoid(4) surrogate, 2 x 16 / 32 / 48 channels, [1, 2, 2] blocks, the stride-2 stem with pooling.
+LIF_SIGMOID_DVS = {"type": "LIF", "tau": 1.5, "v_threshold": 1.0, "surrogate": {"type": "sigmoid", "alpha": 4.0}}
+DVS_TRAIN = {"epochs": 96, "lr": 0.001, "time_steps": 16, "batch_size": 16, "encoding": "events"}
+
+
+def _dvs(coupling: str) -> dict[str, Any]:
+    return {"input_shape": [2, 128, 128], "num_classes": 10, "planes": [16, 32, 48], "blocks": [1, 2, 2],
+            "coupling": coupling, "neuron": LIF_SIGMOID_DVS, "stem_stride": 2, "stem_pool": True, "train": DVS_TRAIN}
+
+
 CONFIGS: dict[str, dict[str, Any]] = {
     "revsresnet-digits": {"family": "revsresnet", **_digits("revnet")},
     "revsresnet21": {"family": "revsresnet", **_cifar([64, 128, 256, 448], [1, 1, 1, 1], "revnet")},
     "revsresnet37": {"family": "revsresnet", **_cifar([64, 128, 256, 448], [1, 2, 3, 2], "revnet")},
+    "revsresnet24-dvs": {"family": "revsresnet", **_dvs("revnet")},
     "pararevsnn-digits": {"family": "pararevsnn", **_digits("para")},
     "pararevsnn21": {"family": "pararevsnn", **_cifar([64, 128, 256, 448], [1, 1, 1, 1], "para")},
     "pararevsnn37": {"family": "pararevsnn", **_cifar([64, 128, 256, 448], [1, 2, 3, 2], "para")},
@@ -125,4 +142,6 @@ def build(config: dict[str, Any]) -> RevSResNet:
         coupling=config["coupling"],
         neuron=config["neuron"],
         recompute_boundaries=config.get("recompute_boundaries", False),
+        stem_stride=config.get("stem_stride", 1),
+        stem_pool=config.get("stem_pool", False),
     )
