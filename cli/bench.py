@@ -50,12 +50,14 @@ def memory(
                                                "hidden layers (reversible node); paper configs are measured "
                                                "as named."),
     time_steps: int = typer.Option(4, "--time-steps", help="Time steps T."),
-    batch_size: int = typer.Option(2, "--batch-size", help="Batch size (B1; CUDA also runs 2 x B1)."),
-    device: str = typer.Option("cpu", help="cpu (saved-tensor meter) or cuda (peak-memory difference)."),
+    batch_size: int = typer.Option(2, "--batch-size", help="Batch size B; memory per sample is the slope "
+                                                           "between B and 2B."),
+    device: str = typer.Option("cpu", help="cpu (the profiler's allocator events) or cuda (memory_allocated and "
+                                           "max_memory_allocated)."),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
     plot: Optional[Path] = typer.Option(None, help="Also draw memory against depth into this PNG file."),
 ) -> None:
-    """Activation memory per sample of each model: reversible, reversible with recomputed boundaries, plain twin, and the twin under torch.utils.checkpoint."""
+    """Memory per sample of a training step, by the allocator (retained when backward starts, and the peak), for each model: reversible, reversible with recomputed boundaries, plain twin, and the twin under torch.utils.checkpoint."""
     from revsnn.bench import DEFAULT_MEMORY_SWEEP, memory_rows
 
     _check_device(device)
@@ -88,17 +90,27 @@ def memory(
 
 
 def _memory_table(rows: list[dict]) -> None:
-    plain = {(r["model"], r["depth"]): r["bytes_per_sample"] for r in rows if r["variant"] == "plain"}
-    table = Table(title=f"Activation memory per sample ({rows[0]['method']}, T = {rows[0]['time_steps']}, "
-                        f"{rows[0]['device']})", header_style="bold")
-    for col in ("model", "depth", "variant", "KiB / sample", "plain / this"):
+    plain = {(r["model"], r["depth"]): r for r in rows if r["variant"] == "plain"}
+    b1, b2 = rows[0]["batch_sizes"]
+    table = Table(title=f"Memory per sample of a training step (allocator: {rows[0]['method']}; slope of batch "
+                        f"{b1} -> {b2}; T = {rows[0]['time_steps']}), KiB", header_style="bold")
+    for col in ("model", "depth", "variant", "retained", "peak", "plain / this retained", "plain / this peak",
+                "saved", "neuron state", "transient"):
         table.add_column(col, justify="left" if col in ("model", "variant") else "right",
                          no_wrap=col in ("model", "variant"))
+
+    def ratio(r, key):
+        p = plain.get((r["model"], r["depth"]))
+        return f"{p[key] / r[key]:.2f}x" if p is not None and r[key] > 0 else "-"
+
     for r in rows:
-        ratio = plain.get((r["model"], r["depth"]), float("nan")) / r["bytes_per_sample"]
-        table.add_row(r["model"], str(r["depth"]), r["variant"], f"{r['bytes_per_sample'] / 1024:,.1f}",
-                      f"{ratio:.2f}x")
+        table.add_row(r["model"], str(r["depth"]), r["variant"], f"{r['retained_per_sample'] / 1024:,.1f}",
+                      f"{r['peak_per_sample'] / 1024:,.1f}", ratio(r, "retained_per_sample"),
+                      ratio(r, "peak_per_sample"), f"{r['saved_per_sample'] / 1024:,.1f}",
+                      f"{r['neuron_state_per_sample'] / 1024:,.1f}", f"{r['transient_per_sample'] / 1024:,.1f}")
     console.print(table)
+    console.print("retained: alive when backward starts; peak: the most alive during forward + backward; saved, "
+                  "neuron state: the saved-tensor meter's breakdown of retained; transient: peak - retained.")
 
 
 def _memory_plot(rows: list[dict], path: Path) -> None:
@@ -109,21 +121,24 @@ def _memory_plot(rows: list[dict], path: Path) -> None:
 
     from revsnn.checkpoint import atomic_write
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    series: dict[tuple[str, str], list[tuple[int, float]]] = {}
-    for r in rows:
-        series.setdefault((r["model"], r["variant"]), []).append((r["depth"], r["bytes_per_sample"] / 2**20))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     styles = {"reversible": "-o", "reversible-recompute": "-s", "plain": "--^", "checkpoint": ":v"}
-    for (model, variant), points in series.items():
-        points.sort()
-        xs, ys = zip(*points)
-        ax.plot(xs, ys, styles.get(variant, "-"), label=f"{model} {variant}")
-    ax.set_xlabel("depth (weight layers)")
-    ax.set_ylabel("activation MiB per sample")
-    ax.set_yscale("log")
-    ax.set_title(f"Activation memory against depth (T = {rows[0]['time_steps']}, {rows[0]['device']})")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    for ax, key, title in ((axes[0], "peak_per_sample", "peak over forward + backward"),
+                           (axes[1], "retained_per_sample", "retained when backward starts")):
+        series: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        for r in rows:
+            series.setdefault((r["model"], r["variant"]), []).append((r["depth"], r[key] / 2**20))
+        for (model, variant), points in series.items():
+            points.sort()
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, styles.get(variant, "-"), label=f"{model} {variant}")
+        ax.set_xlabel("depth (weight layers)")
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("MiB per sample (allocator)")
+    axes[1].legend(fontsize=6, ncol=1)
+    fig.suptitle(f"Training-step memory against depth (T = {rows[0]['time_steps']}, {rows[0]['device']})")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
@@ -151,6 +166,39 @@ def node_memory(
     console.print(table)
     console.print("In a network the next layer keeps the node's output anyway; the last column counts only "
                   "what each node keeps beyond it.")
+
+
+@bench_app.command("peers")
+def peers(
+    model: str = typer.Option("revsresnet-digits", "--model", help="A ResNet of the zoo (revsresnet / pararevsnn)."),
+    time_steps: int = typer.Option(4, "--time-steps", help="Time steps T."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Batch size B (memory: slope between B and 2B)."),
+    repeats: int = typer.Option(5, help="Timed training steps per variant (median reported)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
+) -> None:
+    """One network, trained by revsnn (reversible, recomputed boundaries, plain) and by spikingjelly (BPTT, memopt) and snnTorch (BPTT): peak and retained memory per sample and step time, as ratios to revsnn reversible (CPU)."""
+    from revsnn.bench_peers import peer_rows
+
+    _check_models([model])
+    if min(time_steps, batch_size, repeats) < 1:
+        fail("--time-steps, --batch-size and --repeats must be at least 1.")
+    with console.status("measuring ...") as status:  # a PeerError is a RevsnnError: the app prints it
+        result = peer_rows(model, time_steps, batch_size, repeats,
+                           on_row=lambda r: status.update(f"measured {r['variant']}"))
+    if json_out:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{model} (depth {result['depth']}), T = {time_steps}, batch {batch_size} -> "
+                        f"{2 * batch_size}, CPU; ratios to revsnn reversible", header_style="bold")
+    for col in ("variant", "peak KiB", "retained KiB", "step ms", "peak x", "retained x", "time x"):
+        table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
+    for r in result["rows"]:
+        table.add_row(r["variant"], f"{r['peak_per_sample'] / 1024:,.1f}", f"{r['retained_per_sample'] / 1024:,.1f}",
+                      f"{1e3 * r['step_seconds']:.1f}", f"{r['peak_ratio']:.2f}", f"{r['retained_ratio']:.2f}",
+                      f"{r['step_time_ratio']:.2f}")
+    console.print(table)
+    for name, why in result["missing"].items():
+        console.print(f"{name}: {why}.", highlight=False)
 
 
 @bench_app.command("train-speed")

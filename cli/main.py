@@ -100,12 +100,13 @@ def check(
         result = run_selfcheck()
     console.print(f"Tiny reversible network: outputs equal the twin's: {result.outputs_equal}; "
                   f"max |gradient difference| {result.max_grad_diff:.1e}; {result.spikes} spikes.")
-    mem = Table(title="Activation memory retained for backward (float64, T=4, batch 2)", header_style="bold")
+    mem = Table(title="Bytes per sample alive when backward starts (allocator; float64, T=4, batch 2 -> 4)",
+                header_style="bold")
     mem.add_column("blocks", justify="right")
     mem.add_column("reversible (bytes)", justify="right")
     mem.add_column("plain twin (bytes)", justify="right")
     for row in result.memory:
-        mem.add_row(str(row.blocks), f"{row.reversible_bytes:,}", f"{row.plain_bytes:,}")
+        mem.add_row(str(row.blocks), f"{row.reversible_bytes:,.0f}", f"{row.plain_bytes:,.0f}")
     console.print(mem)
     ok = ok and result.ok
     if missing:

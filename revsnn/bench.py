@@ -14,8 +14,10 @@ Depth is counted in weight layers on the longest path (the papers' rule for ResN
 37); a sweep scales blocks per stage (ResNets), blocks (RevSFormer), blocks per level (T-RevSNN) or
 hidden layers (reversible node network).
 
-On CPU the figure is the meter's: bytes retained for backward per sample. On CUDA it is the per-image peak
-``(max_memory_allocated(B2) - max_memory_allocated(B1)) / (B2 - B1)`` of a full training step.
+Every figure is what the allocator holds during one training step (``revsnn.memory.memory_per_sample``),
+per sample as the slope between batch sizes B and 2B: ``retained`` (alive when backward starts) and
+``peak`` (over forward and backward; on CUDA the papers' ``max_memory_allocated`` difference), with the
+saved-tensor meter's breakdown beside them (``saved``, ``neuron_state``, ``other``, ``transient``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .memory import activation_bytes, cuda_bytes_per_sample
+from .memory import memory_per_sample
 from .models import build_model, get_config
 from .reversible import ReversibleSequence, plain_twin
 
@@ -136,29 +138,30 @@ def memory_rows(sweep: Iterable[tuple[str, Optional[list[int]]]], time_steps: in
     return rows
 
 
+MEMORY_KEYS = ("retained", "peak", "saved", "neuron_state", "other", "transient")
+
+
 def _measure(config: dict[str, Any], variant: str, time_steps: int, batch_size: int, device: str) -> dict:
     torch.manual_seed(0)
     model = _variant(config, variant).to(device).train()
-    shape = config["input_shape"]
-    if device.startswith("cuda"):
-        loss_fn = nn.CrossEntropyLoss()
+    shape, classes = config["input_shape"], config["num_classes"]
+    loss_fn = nn.CrossEntropyLoss()
 
-        def step(b: int) -> None:
-            x = torch.rand(time_steps, b, *shape, device=device)
-            y = torch.randint(0, config["num_classes"], (b,), device=device)
-            loss_fn(model(x), y).backward()
-            model.zero_grad(set_to_none=True)
+    def make_input(b: int) -> torch.Tensor:
+        return torch.rand(time_steps, b, *shape, device=device)
 
-        step(batch_size)  # warm-up: cuDNN workspaces and allocator pools
-        per_sample = cuda_bytes_per_sample(step, (batch_size, 2 * batch_size), device)
-        method = "cuda peak difference"
-    else:
-        x = torch.rand(time_steps, batch_size, *shape)
-        per_sample = activation_bytes(model, x, backward=False) / batch_size
-        method = "saved tensors"
-    return {"model": config["name"], "family": config["family"], "variant": variant, "depth": model_depth(config),
-            "time_steps": time_steps, "batch_size": batch_size, "bytes_per_sample": per_sample,
-            "device": device, "method": method}
+    def loss(out: torch.Tensor, b: int) -> torch.Tensor:
+        return loss_fn(out, torch.randint(0, classes, (b,), device=device))
+
+    if device.startswith("cuda"):  # warm-up: cuDNN workspaces and allocator pools
+        loss(model(make_input(batch_size)), batch_size).backward()
+    per = memory_per_sample(model, make_input, (batch_size, 2 * batch_size), loss)
+    row = {"model": config["name"], "family": config["family"], "variant": variant, "depth": model_depth(config),
+           "time_steps": time_steps, "batch_sizes": [batch_size, 2 * batch_size], "device": device,
+           "method": "cuda memory_allocated / max_memory_allocated" if device.startswith("cuda")
+           else "cpu profiler memory events"}
+    row.update({f"{k}_per_sample": per[k] for k in MEMORY_KEYS})
+    return row
 
 
 def train_step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> list[float]:

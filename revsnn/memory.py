@@ -7,11 +7,24 @@ count once) and storages of parameters and buffers are excluded: those exist whe
 is trained.
 
 Blind spots, by construction: tensors a Function keeps as ``ctx`` attributes, and module state such as
-neuron membranes, are not packed. The reversible Function saves its output with ``save_for_backward`` so
-that it is counted.
+neuron membranes, are not packed (the reversible sequence's output, kept as a ``ctx`` alias so that
+backward can free it early, is one of them): the meter is a breakdown, the allocator measures below are
+the figures of record.
 
 On a GPU, ``cuda_bytes_per_sample`` measures the papers' metric without weights and optimizer state:
 ``(max_memory_allocated(B2) - max_memory_allocated(B1)) / (B2 - B1)``.
+
+``step_memory`` and ``memory_per_sample`` measure what the allocator really holds during one training
+step (DESIGN §5, §8): the bytes alive when backward starts ("retained") and the peak over forward and
+backward, both counted from the start of the step (so the model's weights, and anything allocated
+before, are not in them), per sample as the slope between two batch sizes (which also removes the
+gradient buffers and everything else that does not scale with the batch). On the CPU the allocator's
+own report comes through the profiler's memory events (``torch.profiler`` with ``profile_memory``: each
+allocation and free with its size, in time order); on CUDA from ``memory_allocated`` and
+``max_memory_allocated``. The saved-tensor meter runs in the same step as a breakdown: ``saved``
+(tensors saved for backward), ``neuron_state`` (membranes held by neuron modules after the forward),
+``other`` (the rest of what is retained: the input, the output, ``ctx`` attributes) and ``transient``
+(peak minus retained: what backward and forward allocate on top).
 """
 
 from __future__ import annotations
@@ -23,7 +36,8 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ActivationMeter", "activation_bytes", "activation_bytes_per_sample", "cuda_bytes_per_sample"]
+__all__ = ["ActivationMeter", "activation_bytes", "activation_bytes_per_sample", "cuda_bytes_per_sample",
+           "step_memory", "memory_per_sample", "neuron_state_bytes"]
 
 
 def _storage_key(t: Tensor) -> tuple[str, int]:
@@ -133,3 +147,124 @@ def activation_bytes_per_sample(model: nn.Module, x: Tensor, batch_dim: int = 1,
                                 loss_fn: Optional[Callable[[Tensor], Tensor]] = None) -> float:
     """Activation bytes retained for backward per sample of ``x`` (time-first input: batch on dim 1)."""
     return activation_bytes(model, x, loss_fn=loss_fn) / x.shape[batch_dim]
+
+
+# --------------------------------------------------------------------------------------------------------
+# What the allocator holds during a training step.
+
+
+def neuron_state_bytes(model: nn.Module) -> int:
+    """Bytes of the membranes that ``model``'s neuron modules hold now (unique storages)."""
+    from .neurons import SpikingNeuron  # neurons imports nothing from here; local to keep this module light
+
+    storages: dict[tuple[str, int], int] = {}
+    for m in model.modules():
+        v = getattr(m, "v", None) if isinstance(m, SpikingNeuron) else None
+        if isinstance(v, Tensor):
+            storages[_storage_key(v)] = v.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+def _walk(nodes):
+    for n in nodes:
+        yield n
+        yield from _walk(n.children)
+
+
+_FORWARD_MARK = "revsnn::forward"
+
+
+def _cpu_allocations(prof) -> tuple[list[tuple[int, int]], int]:
+    """(time, signed size) of every CPU allocation and free the profiler saw, in time order, and the end
+    time of the forward mark. Frees of blocks allocated before profiling are not reported, by design of
+    the profiler (it cannot know their size), so the running sum counts only what the step allocated."""
+    events, forward_end = [], None
+    for n in _walk(prof.profiler.kineto_results.experimental_event_tree()):
+        fields = n.extra_fields
+        if type(fields).__name__ == "_ExtraFields_Allocation":
+            if str(fields.device).startswith("cpu"):
+                events.append((n.start_time_ns, int(fields.alloc_size)))
+        elif n.name == _FORWARD_MARK:
+            forward_end = n.end_time_ns
+    if forward_end is None:
+        raise RuntimeError("the profiler recorded no forward mark; is another profiler running?")
+    events.sort()
+    return events, forward_end
+
+
+def step_memory(model: nn.Module, make_input: Callable[[], Tensor],
+                loss_fn: Optional[Callable[[Tensor], Tensor]] = None) -> dict[str, int]:
+    """One training step (``loss_fn(model(make_input())).backward()``), measured by the allocator.
+
+    Returns bytes counted from the start of the step: ``retained`` (alive when backward starts),
+    ``peak`` (the maximum over forward and backward), and the meter's ``saved`` and ``neuron_state``
+    at the end of the forward. The input is made inside the step, so it counts, as on a GPU.
+    Gradients are set to None first, so each call allocates them afresh (batch-independent).
+    """
+    from .neurons import reset_states
+
+    loss_fn = loss_fn or (lambda out: out.float().sum())
+    model.zero_grad(set_to_none=True)
+    reset_states(model)  # free the previous step's membranes before counting starts
+    gc.collect()
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    result: dict[str, int] = {}
+
+    def forward() -> Tensor:
+        x = make_input()
+        with ActivationMeter(exclude=model) as meter:
+            out = model(x)
+        loss = loss_fn(out)
+        del x, out
+        result["saved"] = meter.nbytes
+        result["neuron_state"] = neuron_state_bytes(model)
+        return loss
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        loss = forward()
+        torch.cuda.synchronize(device)
+        result["retained"] = torch.cuda.memory_allocated(device) - base
+        loss.backward()
+        del loss
+        torch.cuda.synchronize(device)
+        result["peak"] = torch.cuda.max_memory_allocated(device) - base
+        return result
+
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with record_function(_FORWARD_MARK):
+            loss = forward()
+        loss.backward()
+        del loss
+    events, forward_end = _cpu_allocations(prof)
+    alive = peak = retained = 0
+    for t, size in events:
+        alive += size
+        peak = max(peak, alive)
+        if t <= forward_end:
+            retained = alive
+    result["retained"], result["peak"] = retained, peak
+    return result
+
+
+def memory_per_sample(model: nn.Module, make_input: Callable[[int], Tensor], batch_sizes: tuple[int, int],
+                      loss_fn: Optional[Callable[[Tensor, int], Tensor]] = None) -> dict[str, float]:
+    """Per-sample ``retained``, ``peak``, ``saved``, ``neuron_state``, ``other`` and ``transient`` bytes:
+    the slope of ``step_memory`` between two batch sizes. ``make_input(b)`` builds a batch of ``b``;
+    ``loss_fn(out, b)`` its loss (default: the sum of the output)."""
+    b1, b2 = batch_sizes
+    if b2 <= b1:
+        raise ValueError("batch_sizes must be increasing, e.g. (2, 4).")
+    steps = []
+    for b in (b1, b2):
+        fn = None if loss_fn is None else (lambda out, b=b: loss_fn(out, b))
+        steps.append(step_memory(model, lambda b=b: make_input(b), fn))
+    per = {k: (steps[1][k] - steps[0][k]) / (b2 - b1) for k in steps[0]}
+    per["other"] = per["retained"] - per["saved"] - per["neuron_state"]
+    per["transient"] = per["peak"] - per["retained"]
+    return per

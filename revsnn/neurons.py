@@ -38,6 +38,7 @@ __all__ = [
     "lif_step",
     "if_step",
     "threshold_step",
+    "multistep",
     "SpikingNeuron",
     "LIF",
     "IF",
@@ -155,6 +156,70 @@ def threshold_step(u: Tensor, v_threshold: float = 0.5, surrogate: Surrogate = R
 
 
 # --------------------------------------------------------------------------------------------------------
+# The fused multi-step neuron: one autograd Function over all T steps.
+
+
+class _FusedLIF(torch.autograd.Function):
+    """LIF (``tau``) or IF (``tau=None``) over a whole sequence ``[T, ...]`` in one autograd node.
+
+    Why our own instead of step-by-step autograd: that records ~6 nodes per step and saves two floats per
+    neuron and step (``h - theta`` for the surrogate and ``1 - s`` for the reset); this saves one, the
+    membrane ``h`` before reset (the spike is ``h > theta``, so it is not stored), and computes the
+    backward in one pass over time. The forward uses the very same expressions as ``lif_step`` /
+    ``if_step``, so outputs are bit-identical; gradients follow the chain rule of those expressions.
+    """
+
+    @staticmethod
+    def forward(ctx, x_seq: Tensor, v0: Tensor, tau: Optional[float], v_threshold: float, v_reset: float,
+                surrogate: Surrogate, detach_reset: bool):
+        h_seq = torch.empty_like(x_seq)
+        s_seq = torch.empty_like(x_seq)
+        v = v0
+        for t in range(x_seq.shape[0]):
+            x = x_seq[t]
+            h = v + x if tau is None else v + (x - (v - v_reset)) / tau
+            s = (h - v_threshold > 0).to(x.dtype)
+            v = h * (1.0 - s) + v_reset * s
+            h_seq[t] = h
+            s_seq[t] = s
+        ctx.save_for_backward(h_seq)
+        ctx.constants = (tau, v_threshold, v_reset, surrogate, detach_reset)
+        return s_seq, v
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, ds_seq: Optional[Tensor], dv_last: Optional[Tensor]):
+        (h_seq,) = ctx.saved_tensors
+        tau, v_threshold, v_reset, surrogate, detach_reset = ctx.constants
+        dx_seq = torch.empty_like(h_seq)
+        dv = torch.zeros_like(h_seq[0]) if dv_last is None else dv_last
+        for t in reversed(range(h_seq.shape[0])):
+            h = h_seq[t]
+            u = h - v_threshold
+            s = (u > 0).to(h.dtype)
+            sg = surrogate.grad(u)
+            dh = dv * (1.0 - s)
+            if not detach_reset:  # v = h (1 - s) + v_reset s with s = spike(h - theta)
+                dh = dh + dv * (v_reset - h) * sg
+            if ds_seq is not None:
+                dh = dh + ds_seq[t] * sg
+            if tau is None:
+                dx_seq[t] = dh
+                dv = dh
+            else:
+                dq = dh / tau          # h = v + q, q = (x - (v - v_reset)) / tau
+                dx_seq[t] = dq
+                dv = dh - dq
+        return dx_seq, dv, None, None, None, None, None
+
+
+def multistep(x_seq: Tensor, v0: Tensor, tau: Optional[float], v_threshold: float = 1.0, v_reset: float = 0.0,
+              surrogate: Surrogate = ATan(), detach_reset: bool = True) -> tuple[Tensor, Tensor]:
+    """All T steps of a LIF (``tau``) or IF (``tau=None``) neuron at once: ``(spikes [T, ...], v_T)``."""
+    return _FusedLIF.apply(x_seq, v0, tau, v_threshold, v_reset, surrogate, detach_reset)
+
+
+# --------------------------------------------------------------------------------------------------------
 # Multi-step modules.
 
 
@@ -180,11 +245,24 @@ class SpikingNeuron(nn.Module):
     def step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
 
+    # LIF and IF run all T steps in one autograd Function (``multistep``) unless this is False; the
+    # step-by-step path is the reference it is tested against.
+    fused = True
+
+    def _fused_tau(self) -> tuple[bool, Optional[float]]:
+        """(whether this neuron has a fused multi-step form, its tau or None for IF)."""
+        return False, None
+
     def forward(self, x_seq: Tensor) -> Tensor:
         if x_seq.dim() < 2:
             raise ValueError(f"{type(self).__name__} expects a time-first tensor [T, B, ...], got shape "
                              f"{tuple(x_seq.shape)}.")
         v = torch.zeros_like(x_seq[0]) if self.v is None else self.v
+        has_fused, tau = self._fused_tau()
+        if self.fused and has_fused and x_seq.shape[0] > 0:
+            s_seq, v = multistep(x_seq, v, tau, self.v_threshold, self.v_reset, self.surrogate, self.detach_reset)
+            self.v = v.detach()
+            return s_seq
         spikes = []
         for x in x_seq:
             s, v, _ = self.step(x, v)
@@ -214,6 +292,9 @@ class LIF(SpikingNeuron):
     def step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return lif_step(x, v, self.tau, self.v_threshold, self.v_reset, self.surrogate, self.detach_reset)
 
+    def _fused_tau(self) -> tuple[bool, Optional[float]]:
+        return type(self).step is LIF.step, self.tau  # a subclass with its own step runs step by step
+
     def extra_repr(self) -> str:
         return f"tau={self.tau}, v_threshold={self.v_threshold}, v_reset={self.v_reset}, surrogate={self.surrogate}"
 
@@ -234,6 +315,9 @@ class IF(SpikingNeuron):
 
     def step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return if_step(x, v, self.v_threshold, self.v_reset, self.surrogate, self.detach_reset)
+
+    def _fused_tau(self) -> tuple[bool, Optional[float]]:
+        return type(self).step is IF.step, None
 
     def extra_repr(self) -> str:
         return f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, surrogate={self.surrogate}"

@@ -13,13 +13,15 @@ The parallel coupling is the RevNet coupling applied to the swapped halves ``(X2
 backward below.
 
 ``ReversibleSequence`` runs its couplings through ``_ReversibleFn`` when gradients are needed: forward runs
-every block under ``no_grad`` and saves only the sequence output (with ``save_for_backward``, so memory
-hooks see it). Backward walks the blocks from last to first; for each it recomputes ``G`` then ``F`` under
+every block under ``no_grad`` and keeps only the sequence output (a ``ctx`` alias, released as soon as
+the last block's input is reconstructed; the allocator measures see it, the saved-tensor meter does not). Backward walks the blocks from last to first; for each it recomputes ``G`` then ``F`` under
 grad from the reconstructed inputs, which serves both reconstruction and the local backward. Around each
 recompute it restores what the forward saw and leaves behind what the forward left behind:
 
 - RNG state (CPU, and CUDA for the input's device), so dropout draws the same mask;
-- neuron membranes at entry, and at exit afterwards;
+- neuron membranes at entry (the known initial state: at rest after a model's reset); the forward
+  leaves the neurons in that state too rather than keeping each block's final membranes, which would
+  grow with depth (``keep_state=True`` keeps them, as the plain twin does, for chunked input);
 - every buffer (BatchNorm running statistics, ``num_batches_tracked``), which the recompute would
   otherwise update a second time (the original RevSNN code does).
 
@@ -117,15 +119,40 @@ def _rng_state(device: torch.device, preserve_rng: bool):
     return torch.get_rng_state(), cuda
 
 
-def _evaluate_no_grad(fn: nn.Module, x: Tensor, preserve_rng: bool) -> tuple[Tensor, _Evaluation]:
+def _evaluate_no_grad(fn: nn.Module, x: Tensor, preserve_rng: bool,
+                      keep_state: bool = True) -> tuple[Tensor, _Evaluation]:
+    """Run ``fn`` under no_grad, recording what a recompute needs. With ``keep_state=False`` the neurons
+    of ``fn`` are put back into their entry state (at rest, after a model's reset) instead of keeping
+    their final membranes: one membrane per neuron and block would otherwise stay alive until the next
+    forward, memory that grows with depth. The recompute starts from the entry state either way."""
     entry = get_states(fn)
     cpu_rng, cuda_rng = _rng_state(x.device, preserve_rng)
     out = fn(x)
-    return out, _Evaluation(entry, get_states(fn), cpu_rng, cuda_rng)
+    if keep_state:
+        return out, _Evaluation(entry, get_states(fn), cpu_rng, cuda_rng)
+    set_states(fn, entry)
+    return out, _Evaluation(entry, entry, cpu_rng, cuda_rng)
 
 
-def _evaluate_again(fn: nn.Module, x: Tensor, ev: _Evaluation) -> tuple[Tensor, Callable[[], None]]:
-    """Re-run ``fn`` under grad exactly as the forward ran it.
+def param_aliases(fn: nn.Module) -> tuple[list[Tensor], dict[str, Tensor]]:
+    """``fn``'s trainable parameters and, by name, a detached alias of each (same storage, a new leaf).
+
+    The recompute runs on the aliases (``torch.func.functional_call``) and the local backward takes its
+    gradients with respect to them. Taking them with respect to the parameters themselves would fire
+    every ``param.register_hook`` once inside backward and again when the Function's returned gradient
+    reaches the parameter: a scaling hook would scale twice. Shared (tied) parameters appear once.
+    """
+    params, aliases = [], {}
+    for name, p in fn.named_parameters():
+        if p.requires_grad:
+            params.append(p)
+            aliases[name] = p.detach().requires_grad_(True)
+    return params, aliases
+
+
+def _evaluate_again(fn: nn.Module, x: Tensor, ev: _Evaluation,
+                    aliases: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Callable[[], None]]:
+    """Re-run ``fn`` under grad exactly as the forward ran it (on the parameter ``aliases`` if given).
 
     Returns the output and a function that puts ``fn``'s state back as the forward left it. Call it only
     after the local backward: BatchNorm's backward reads the running-statistics tensors the recompute
@@ -140,7 +167,7 @@ def _evaluate_again(fn: nn.Module, x: Tensor, ev: _Evaluation) -> tuple[Tensor, 
             torch.cuda.set_rng_state(ev.cuda_rng[1], ev.cuda_rng[0])
         set_states(fn, ev.entry_states)
         with torch.enable_grad():
-            out = fn(x)
+            out = fn(x) if aliases is None else torch.func.functional_call(fn, aliases, (x,), strict=False)
 
     def restore() -> None:
         set_states(fn, ev.exit_states)
@@ -180,10 +207,10 @@ def _local_backward(fn: nn.Module, inp: Tensor, ev: _Evaluation, grad_out: Tenso
     Returns ``(fn's output, detached; gradient with respect to inp)``; parameter gradients go to
     ``accumulate``.
     """
-    params = [p for p in fn.parameters() if p.requires_grad]
+    params, aliases = param_aliases(fn)
     leaf = inp.detach().requires_grad_(True)
-    out, restore = _evaluate_again(fn, leaf, ev)
-    g_in, g_params = _grads(out, leaf, params, grad_out)
+    out, restore = _evaluate_again(fn, leaf, ev, aliases)
+    g_in, g_params = _grads(out, leaf, list(aliases.values()), grad_out)
     restore()
     accumulate(params, g_params)
     return out.detach(), g_in
@@ -225,18 +252,52 @@ class _ReversibleFn(torch.autograd.Function):
                 y, ctx.evaluations = _forward_parallel(seq, x)
             else:
                 y, ctx.evaluations = _forward_serial(seq, x)
-        ctx.save_for_backward(y)
+        # The output is kept as a detached alias (same storage, no grad_fn, so no reference cycle) rather
+        # than with save_for_backward: autograd would hold a saved tensor until backward returns, but the
+        # output is only needed to reconstruct the last block's input, and freeing it then keeps the
+        # backward's peak the same at every depth. The alias shares the version counter, so an in-place
+        # change of the output between forward and backward is still caught.
+        ctx.y = y.detach()
+        ctx.y_version = y._version
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy: Tensor):
         seq: ReversibleSequence = ctx.seq
-        (y,) = ctx.saved_tensors
+        if ctx.y is None:
+            raise RuntimeError("Trying to backward through a reversible sequence a second time; its output "
+                               "was freed after the first backward (retain_graph is not supported).")
+        if ctx.y._version != ctx.y_version:
+            raise RuntimeError("The output of a reversible sequence was modified in place before backward; "
+                               "its backward reconstructs the blocks' inputs from it. Use an out-of-place op.")
         accumulate = ParamGrads(list(seq.parameters()))
         backward = _backward_parallel if seq.parallel_schedule else _backward_serial
-        dx = backward(seq, ctx.evaluations, y.detach(), dy, accumulate)
+        evaluations = ctx.evaluations
+        owned = _Owned(ctx.y)
+        if not _keeps_graph():
+            ctx.y = None  # no reference left here: freed once the last block is undone
+        dx = backward(seq, evaluations, owned, dy, accumulate)
         return (dx, None, *accumulate.grads)
+
+
+def _keeps_graph() -> bool:
+    """Whether the running backward was asked to keep the graph (``retain_graph=True``, e.g. gradcheck):
+    then the sequence output must survive it. The query is private to torch (no public one exists);
+    where it is missing, assume the graph is kept, which only costs memory."""
+    query = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if query is None else bool(query())
+
+
+class _Owned:
+    """Hands a tensor over to a callee that drops it as soon as it can (``take`` leaves no reference)."""
+
+    def __init__(self, t: Tensor):
+        self._t = t
+
+    def take(self) -> Tensor:
+        t, self._t = self._t, None
+        return t
 
 
 def _forward_serial(seq: "ReversibleSequence", x: Tensor):
@@ -244,10 +305,10 @@ def _forward_serial(seq: "ReversibleSequence", x: Tensor):
     evaluations = []
     for block in seq.blocks:
         a, b = block._order(x1, x2)
-        f, ev_f = _evaluate_no_grad(block.F, b, seq.preserve_rng)
+        f, ev_f = _evaluate_no_grad(block.F, b, seq.preserve_rng, seq.keep_state)
         y1 = a + f
         del f
-        g, ev_g = _evaluate_no_grad(block.G, y1, seq.preserve_rng)
+        g, ev_g = _evaluate_no_grad(block.G, y1, seq.preserve_rng, seq.keep_state)
         y2 = b + g
         del g, a, b
         evaluations.append((ev_f, ev_g))
@@ -255,18 +316,27 @@ def _forward_serial(seq: "ReversibleSequence", x: Tensor):
     return torch.cat((x1, x2), dim=seq.split_dim), evaluations
 
 
-def _backward_serial(seq: "ReversibleSequence", evaluations, y: Tensor, dy: Tensor, accumulate) -> Tensor:
-    y1, y2 = seq.split(y)
+def _backward_serial(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: Tensor, accumulate) -> Tensor:
+    # Every name is dropped (del) as soon as it is dead, so that at each block exactly the same tensors
+    # are alive whatever the depth: the block's outputs (the first block's alias the sequence output,
+    # released once reconstructed), their gradients and one recompute graph.
+    y1, y2 = seq.split(y.take())
     dy1, dy2 = seq.split(dy)
     for block, (ev_f, ev_g) in zip(reversed(seq.blocks), reversed(evaluations)):
         # (a, b) -> y1 = a + F(b), y2 = b + G(y1)
         g, dy1_from_g = _local_backward(block.G, y1, ev_g, dy2, accumulate)
         b = y2 - g
-        dy1_total = dy1 + dy1_from_g
-        f, db_from_f = _local_backward(block.F, b, ev_f, dy1_total, accumulate)
+        del g, y2
+        dy1 = dy1 + dy1_from_g
+        del dy1_from_g
+        f, db_from_f = _local_backward(block.F, b, ev_f, dy1, accumulate)
         a = y1 - f
+        del f, y1
+        dy2 = dy2 + db_from_f
+        del db_from_f
         y1, y2 = block._order(a, b)
-        dy1, dy2 = block._order(dy1_total, dy2 + db_from_f)
+        dy1, dy2 = block._order(dy1, dy2)
+        del a, b
     return torch.cat((dy1, dy2), dim=seq.split_dim)
 
 
@@ -283,14 +353,14 @@ def _forward_parallel(seq: "ReversibleSequence", x: Tensor):
     x1, x2 = seq.split(x)
     ev_f = [None] * len(blocks)
     ev_g = [None] * len(blocks)
-    f, ev_f[0] = _evaluate_no_grad(blocks[0].F, x1, seq.preserve_rng)
+    f, ev_f[0] = _evaluate_no_grad(blocks[0].F, x1, seq.preserve_rng, seq.keep_state)
     y1 = x2 + f
     for k, block in enumerate(blocks):
         with streams.on_side():
-            g, ev_g[k] = _evaluate_no_grad(block.G, y1, seq.preserve_rng)
+            g, ev_g[k] = _evaluate_no_grad(block.G, y1, seq.preserve_rng, seq.keep_state)
         f_next = None
         if k + 1 < len(blocks):
-            f_next, ev_f[k + 1] = _evaluate_no_grad(blocks[k + 1].F, y1, seq.preserve_rng)
+            f_next, ev_f[k + 1] = _evaluate_no_grad(blocks[k + 1].F, y1, seq.preserve_rng, seq.keep_state)
         streams.join(g)
         y2 = x1 + g
         x1, x2 = y1, y2
@@ -299,30 +369,46 @@ def _forward_parallel(seq: "ReversibleSequence", x: Tensor):
     return torch.cat((x1, x2), dim=seq.split_dim), list(zip(ev_f, ev_g))
 
 
-def _backward_parallel(seq: "ReversibleSequence", evaluations, y: Tensor, dy: Tensor, accumulate) -> Tensor:
-    streams = _Streams(y.device, seq.use_streams)
+def _backward_parallel(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: Tensor, accumulate) -> Tensor:
+    streams = _Streams(dy.device, seq.use_streams)
     blocks = list(seq.blocks)
-    y1, y2 = seq.split(y)
+    y1, y2 = seq.split(y.take())
     dy1, dy2 = seq.split(dy)
     k = len(blocks) - 1
     g, dy1_from_g = _local_backward(blocks[k].G, y1, evaluations[k][1], dy2, accumulate)
     x1 = y2 - g                 # block k's X1: the input of F_k and of G_{k-1}
+    del g, y2
     dy1_total = dy1 + dy1_from_g
+    del dy1, dy1_from_g
+    # Dead names are dropped at once, as in _backward_serial. Without CUDA streams nothing runs side by
+    # side, so G_{k-1} runs after F_k, once block k's dead tensors are freed: the peak is then the serial
+    # schedule's. With streams both recomputes are alive together, one state pair more (the price of
+    # the concurrency). The order changes no number: each recompute restores its own RNG state.
+    concurrent = streams.cuda
     while True:
         g_prev = dprev = None
-        with streams.on_side():
-            if k > 0:
+        if concurrent and k > 0:
+            with streams.on_side():
                 g_prev, dprev = _local_backward(blocks[k - 1].G, x1, evaluations[k - 1][1], dy1_total, accumulate)
         f, dx1_from_f = _local_backward(blocks[k].F, x1, evaluations[k][0], dy1_total, accumulate)
         streams.join(g_prev, dprev)
         x2 = y1 - f
-        dx1, dx2 = dy2 + dx1_from_f, dy1_total
+        del f, y1
+        dx1 = dy2 + dx1_from_f
+        del dy2, dx1_from_f
+        if not concurrent and k > 0:
+            g_prev, dprev = _local_backward(blocks[k - 1].G, x1, evaluations[k - 1][1], dy1_total, accumulate)
+        dx2 = dy1_total
+        del dy1_total
         if k == 0:
             return torch.cat((dx1, dx2), dim=seq.split_dim)
         # Block k-1's outputs are block k's inputs.
         y1, y2, dy1, dy2 = x1, x2, dx1, dx2
+        del x1, x2, dx1, dx2
         x1 = y2 - g_prev
+        del y2, g_prev
         dy1_total = dy1 + dprev
+        del dy1, dprev
         k -= 1
 
 
@@ -334,6 +420,11 @@ class ReversibleModule(nn.Module):
     """
 
     reversible: bool = True
+    # Whether the neurons inside keep their final membranes after a reversible training forward, as the
+    # plain twin's do. Off by default: models reset every neuron at the start of each forward, so
+    # nothing reads those membranes, and keeping them costs one membrane per neuron, growing with depth.
+    # Turn it on to feed one long sequence in chunks through the reversible module itself.
+    keep_state: bool = False
 
     def use_reversible(self, x: Tensor) -> bool:
         """Whether this call should run the reversible Function: in reversible mode, and only when a
@@ -411,7 +502,7 @@ class _RecomputeFn(torch.autograd.Function):
     def forward(ctx, x: Tensor, owner: "Recompute", *params: Tensor) -> Tensor:
         ctx.owner = owner
         with torch.no_grad():
-            out, ctx.evaluation = _evaluate_no_grad(owner.module, x, owner.preserve_rng)
+            out, ctx.evaluation = _evaluate_no_grad(owner.module, x, owner.preserve_rng, owner.keep_state)
         ctx.save_for_backward(x)
         return out
 

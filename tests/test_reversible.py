@@ -113,9 +113,20 @@ def test_neuron_state_restored_and_repeatable():
     x, w = inputs(4)
     first = run(rev, x, w)
     run(twin, x, w)
-    # The recompute left every membrane exactly where the forward left it, like the twin's.
-    for v_r, v_p in zip(get_states(rev), get_states(twin)):
+    # By default the reversible forward keeps no per-block membrane: its neurons end at rest.
+    assert all(v is None for v in get_states(rev))
+    # With keep_state the recompute leaves every membrane exactly where the forward left it, like the twin's.
+    kept = copy.deepcopy(rev)
+    kept.keep_state = True
+    run(kept, x, w)
+    for v_r, v_p in zip(get_states(kept), get_states(twin)):
         assert v_r is not None and torch.equal(v_r, v_p)
+    # ... so a long input fed in two chunks continues from the first chunk's membranes, as the twin does.
+    for m in (kept, twin):
+        reset_states(m)
+    outs = [[m(part) for part in x.chunk(2)] for m in (kept, twin)]
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
     reset_states(rev)
     assert all(v is None for v in get_states(rev))
     for p in rev.parameters():

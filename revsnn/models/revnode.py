@@ -385,6 +385,11 @@ def _retained(node: nn.Module, x: Tensor, consumer: Optional[nn.Module]) -> tupl
     return meter.nbytes, out.numel() * out.element_size()
 
 
+def _step_by_step(neuron: SpikingNeuron) -> SpikingNeuron:
+    neuron.fused = False
+    return neuron
+
+
 def node_memory_comparison(
     shape: tuple[int, ...] = (32, 256),
     time_steps: Iterable[int] = (1, 4, 16, 64),
@@ -414,7 +419,9 @@ def node_memory_comparison(
         makers = {
             "reversible": lambda: RevLIFNode(tau, v_threshold, surrogate, reversible=True),
             "bptt_twin": lambda: RevLIFNode(tau, v_threshold, surrogate, reversible=False),
-            "lif": lambda: LIF(tau, v_threshold, surrogate=surrogate),
+            # step-by-step autograd, as BPTT runs in the peer libraries; revsnn's own fused LIF keeps one
+            # float per neuron and step instead of two
+            "lif": lambda: _step_by_step(LIF(tau, v_threshold, surrogate=surrogate)),
         }
         for name, make in makers.items():
             alone, _ = _retained(make(), x.clone().requires_grad_(True), None)
