@@ -314,10 +314,8 @@ def verify(checkpoint: Path | str, targets: Optional[tuple[str, ...]] = ("torch"
 
 def _check_fingerprint(file: Path, model: nn.Module, payload: dict) -> None:
     """The file must have been exported from this checkpoint, and be unchanged since (see exporters/fingerprint)."""
-    try:
-        from revsnn.exporters import fingerprint
-    except ImportError:   # noqa: the fingerprint module is optional in this build
-        return
+    from revsnn.exporters import fingerprint
+
     fingerprint.check_file(file, fingerprint.checkpoint_fingerprint(model, payload))
 
 
