@@ -48,28 +48,18 @@ def export_lava(checkpoint: Path | str, out: Path | str, synapses: str = "conv",
     """Quantise ``checkpoint`` for Loihi 2, relay it into a netx chain and write ``out`` (with the
     checkpoint's fingerprint); returns the chain and the quantised populations. Raises a
     ``RevsnnError`` on bad input (a direct-coded model, a graph Loihi cannot express, a bad path)."""
-    from revsnn.checkpoint import load_model
-    from revsnn.exporters.collapse import collapse
-    from revsnn.exporters.fingerprint import checkpoint_fingerprint
     from revsnn.exporters.loihi import quantize, require_spike_input
     from revsnn.exporters.loihi_chain import build_chain
     from revsnn.exporters.loihi_resources import require_fits
     from revsnn.exporters.netx_file import write_netx
 
-    if Path(checkpoint).suffix == ".nir":   # a graph from any tool, converted to steps at dt
-        source = load_source(checkpoint, dt)
-        chain = build_chain(quantize(source.graph), synapses)
-        require_fits(chain)   # a neuron no Loihi 2 core can hold: one sentence naming the layer and the limit
-        write_netx(chain, out, fingerprint=source.fingerprint)
-        return chain, None
-    model, payload = load_model(checkpoint)
-    train = payload.get("train", {})
-    require_spike_input(train.get("encoding", "direct"), model.config.get("name", "this model"))
-    time_steps = int(train.get("time_steps", model.config.get("train", {}).get("time_steps", 4)))
-    quantized = quantize(collapse(model, time_steps).graph)
+    source = load_source(checkpoint, dt)   # a checkpoint collapsed at its T, or a .nir in steps at dt
+    if not source.foreign:                 # a foreign graph's input is the user's to make spikes
+        require_spike_input(source.encoding, source.name)
+    quantized = quantize(source.graph)
     chain = build_chain(quantized, synapses)
-    require_fits(chain)
-    write_netx(chain, out, fingerprint=checkpoint_fingerprint(model, payload, time_steps))
+    require_fits(chain)   # a neuron no Loihi 2 core can hold: one sentence naming the layer and the limit
+    write_netx(chain, out, fingerprint=source.fingerprint)
     return chain, quantized
 
 

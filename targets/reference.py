@@ -325,15 +325,8 @@ TARGET_INFO = {"torch": "the in-memory graph in the reference executor (CPU, flo
 
 def record_run(executor: "ReferenceExecutor", x: torch.Tensor):
     """``(outputs [T, B, ...], spikes, potentials)`` of every neuron node, on the CPU."""
-    executor.reset()
-    outs, spikes, potentials = [], {n: [] for n in executor.neurons}, {n: [] for n in executor.neurons}
-    for x_t in x:
-        outs.append(executor.step(x_t))
-        for n in executor.neurons:
-            spikes[n].append(executor.spikes[n])
-            potentials[n].append(executor.potentials[n])
-    return (torch.stack(outs).cpu(), {n: torch.stack(v).cpu() for n, v in spikes.items()},
-            {n: torch.stack(v).cpu() for n, v in potentials.items()})
+    outputs, spikes, potentials = run_steps(executor, x, record=True, potentials=True)
+    return outputs.cpu(), {n: v.cpu() for n, v in spikes.items()}, {n: v.cpu() for n, v in potentials.items()}
 
 
 class _TorchTarget:
