@@ -19,6 +19,7 @@ import revsnn
 from revsnn.cli.bench import bench_app
 from revsnn.cli.common import RevsnnGroup, console, err, fail
 from revsnn.cli.export import export_app
+from revsnn.cli.finetune import finetune_command
 from revsnn.cli.report import report_command, resources_table
 
 app = typer.Typer(
@@ -32,6 +33,7 @@ app = typer.Typer(
 app.add_typer(bench_app, name="bench")
 app.add_typer(export_app, name="export")
 app.command("report")(report_command)
+app.command("finetune")(finetune_command)
 
 # Distribution names of what the toolchain runs on, in the order a user thinks of them.
 _PACKAGES = ["torch", "numpy", "nir", "nirtorch", "norse", "onnx", "onnxruntime", "lava-nc", "lava-dl", "h5py",
@@ -194,7 +196,9 @@ class _ProgressReporter:
     def end_epoch(self, record: dict) -> None:
         self.progress.remove_task(self.task)
         self.progress.console.print(f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  train {record['train_accuracy']:.1%}"
-                      f"  test {record['test_accuracy']:.1%}  ({record['seconds']:.1f} s)", highlight=False)
+                      f"  test {record['test_accuracy']:.1%}"
+                      + (f"  quantised {record['quantized_test_accuracy']:.1%}" if "quantized_test_accuracy" in record
+                         else "") + f"  ({record['seconds']:.1f} s)", highlight=False)
 
 
 @app.command()
@@ -249,6 +253,9 @@ def train(
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (CUDA only)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue from DIR/model.pt after an interruption."),
+    loihi_aware: bool = typer.Option(False, "--loihi-aware", help="Train with the forward Loihi 2 runs: the "
+                                     "exporter's fixed-point network, straight-through gradients (rate or event "
+                                     "input); see `revsnn finetune` to adapt a float checkpoint instead."),
 ) -> None:
     """Train a model of the zoo, or your own (--model MODULE:FUNCTION), on the embedded digits (no download) or a data set you have on disk.
 
@@ -268,6 +275,8 @@ def train(
                         grad_clip=grad_clip, amp=amp)
     reporter = _ProgressReporter()
     try:
+        if loihi_aware:
+            from revsnn.finetune import train_loihi_aware as run_training
         metrics = run_training(opts, reporter)
     except KeyboardInterrupt:
         fail(f"interrupted; the last finished epoch is in {out / 'model.pt'}: add --resume to go on.", 130)

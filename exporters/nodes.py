@@ -12,7 +12,7 @@ import nir
 import numpy as np
 from nir import NIRNode
 
-__all__ = ["MaxPool2d", "SpikingAttention", "LoihiNeuron", "CUSTOM_NODES", "NEURON_TYPES"]
+__all__ = ["MaxPool2d", "SpikingAttention", "LoihiNeuron", "loihi_update", "CUSTOM_NODES", "NEURON_TYPES"]
 
 
 @dataclass(eq=False)
@@ -87,6 +87,31 @@ class LoihiNeuron(NIRNode):
         self.shape = np.asarray(self.shape, dtype=np.int64)
         self.input_type = {"input": self.shape}
         self.output_type = {"output": self.shape}
+
+
+STATE_LIMIT = 1 << 23   # 24-bit signed state
+
+
+def _decay(x, keep: int):
+    """``sign(x keep) (|x keep| >> 12)``: Loihi's decay, a shift that rounds toward zero (int64 tensors)."""
+    y = x * keep
+    return y.sign() * (y.abs() >> 12)
+
+
+def loihi_update(u, v, a, keep_u: int, keep_v: int, bias, th: int):
+    """One step of ``LoihiNeuron`` in int64 tensors, the one copy of that arithmetic: the reference executor
+    and the Loihi-aware training forward (``revsnn/finetune.py``) both call it, so they cannot drift apart.
+
+    ``a``: the synaptic sum (integer mantissas); ``bias``: the bias mantissa already shifted (``bias << 6``);
+    ``th``: ``v_th_mant << 6``; ``keep_*``: ``4096 - decay``. Returns ``(u, v, s)`` with ``v`` before the
+    reset (the caller resets ``v = 0 where s``)."""
+    import torch
+
+    u = _decay(u, keep_u) + (a << 6)
+    u = torch.where(u > STATE_LIMIT, u - 2 * STATE_LIMIT, u)      # 24-bit wrap-around, as lava models it
+    u = torch.where(u <= -STATE_LIMIT, u + 2 * STATE_LIMIT, u)
+    v = (_decay(v, keep_v) + u + bias).clamp(-(STATE_LIMIT - 1), STATE_LIMIT - 1)
+    return u, v, v > th
 
 
 CUSTOM_NODES = (MaxPool2d, SpikingAttention, LoihiNeuron)

@@ -310,10 +310,11 @@ def _load_data(opts: TrainOptions, s: dict[str, Any], data) -> Any:
         raise TrainError(str(exc)) from exc
 
 
-def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) -> dict:
+def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None, loihi=None) -> dict:
     """Train ``opts.model`` and return the metrics written to ``DIR/metrics.json``.
 
-    ``data``: an ``ImageData`` or ``DataSplits`` to use instead of reading ``opts.data``.
+    ``data``: an ``ImageData`` or ``DataSplits`` to use instead of reading ``opts.data``. ``loihi``: a function
+    that wraps the built model in the Loihi-aware forward (``revsnn/finetune.py``, which passes it).
     """
     from .data import DataError, make_loader, to_input
 
@@ -364,6 +365,7 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) ->
 
     torch.manual_seed(s["seed"])
     model = build_model(config).to(device)
+    runner = model if loihi is None else loihi(model)   # the forward that training runs (issue 15)
     optimizer = _optimizer(model, s)
     generator = torch.Generator().manual_seed(s["seed"])
     ema = None
@@ -403,7 +405,7 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) ->
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(s["label_smoothing"]))
     pin = device.type == "cuda"
     for epoch in range(start_epoch, s["epochs"]):
-        model.train()
+        runner.train()
         batches = _batches(len(splits.train), s["batch_size"], generator)
         # The loader's own generator only seeds its workers; the order is the one drawn above.
         loader = make_loader(splits.train, batches, opts.workers, pin, seed=s["seed"] * 1000 + epoch)
@@ -424,7 +426,7 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) ->
                     x = lam * x + (1 - lam) * x[:, perm]
                     mix = (lam, y[perm])
                 with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                    logits = model(x)
+                    logits = runner(x)
                     loss = loss_fn(logits, y) if mix is None else \
                         mix[0] * loss_fn(logits, y) + (1 - mix[0]) * loss_fn(logits, mix[1])
                 if not torch.isfinite(loss):
@@ -452,13 +454,14 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) ->
         except DataError as exc:  # a damaged file found while reading a batch
             raise TrainError(str(exc)) from exc
         deployed = ema.module if ema is not None else model
+        quantized = runner.evaluate(splits, s) if loihi is not None else {}   # the quantised test accuracy
         try:
             test_acc = evaluate(deployed, splits, time_steps=s["time_steps"], encoding=s["encoding"], device=device,
                                 workers=opts.workers)
         except DataError as exc:
             raise TrainError(str(exc)) from exc
         record = {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": total_correct / seen,
-                  "test_accuracy": test_acc, "seconds": time.perf_counter() - t0}
+                  "test_accuracy": test_acc, **quantized, "seconds": time.perf_counter() - t0}
         history.append(record)
         deployed.config = config
         extra = {"raw_state_dict": model.state_dict(), "ema": ema.state_dict()} if ema is not None else {}

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as tf
 
 from revsnn.exporters.graph import STATELESS_LINEAR, DelayFifo, GraphError, _ints, linear_fn, schedule
-from revsnn.exporters.nodes import NEURON_TYPES, LoihiNeuron, MaxPool2d, SpikingAttention
+from revsnn.exporters.nodes import NEURON_TYPES, LoihiNeuron, MaxPool2d, SpikingAttention, loihi_update
 
 from .stepping import run_steps
 
@@ -238,23 +238,14 @@ class ReferenceExecutor:
         keep_u, keep_v = 4096 - int(node.i_decay), 4096 - int(node.v_decay)
         bias = torch.as_tensor(np.asarray(node.bias), dtype=torch.int64, device=dev) << 6
         th = int(node.v_th_mant) << 6
-        limit = 1 << 23
         scale = 64.0 * float(node.scale)
-
-        def decay(x: torch.Tensor, keep: int) -> torch.Tensor:
-            y = x * keep
-            return torch.sign(y) * (y.abs() >> 12)
 
         def loihi(a: torch.Tensor) -> torch.Tensor:
             a = torch.round(a).to(torch.int64)
             u, v = self.state.get(name + "/u"), self.state.get(name)
             u = torch.zeros_like(a) if u is None else u
             v = torch.zeros_like(a) if v is None else v
-            u = decay(u, keep_u) + (a << 6)
-            u = torch.where(u > limit, u - 2 * limit, u)      # 24-bit wrap-around, as lava models it
-            u = torch.where(u <= -limit, u + 2 * limit, u)
-            v = (decay(v, keep_v) + u + bias).clamp(-(limit - 1), limit - 1)
-            s = v > th
+            u, v, s = loihi_update(u, v, a, keep_u, keep_v, bias, th)
             self.loihi_spikes[name] = s.to(self.dtype)
             self.potentials[name] = v.to(self.dtype) / scale
             self.state[name + "/u"] = u

@@ -1,0 +1,45 @@
+"""``revsnn finetune CKPT --for loihi --epochs N --out DIR``: adapt a float checkpoint to Loihi 2's fixed point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from revsnn.cli.common import console
+
+
+def finetune_command(
+    checkpoint: Path = typer.Argument(..., help="model.pt written by `revsnn train` (rate-coded or event input)."),
+    target: str = typer.Option("loihi", "--for", help="The hardware whose arithmetic the forward follows: loihi."),
+    epochs: int = typer.Option(3, "--epochs", help="Epochs of fine-tuning."),
+    out: Path = typer.Option(..., "--out", help="Directory for the fine-tuned model.pt and metrics.json."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [default: a tenth of the checkpoint's]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size [default: the checkpoint's]."),
+    seed: int = typer.Option(0, "--seed", help="Seed of data order and rate coding."),
+) -> None:
+    """Fine-tune a float checkpoint with the forward Loihi 2 runs: the weights, biases and thresholds on the integer grid with the exporter's own per-layer scales, decays in 1/4096, 24-bit state, BatchNorm folded; gradients go straight through the rounding.
+
+    Writes DIR/model.pt and DIR/metrics.json as `train` does; prints test accuracy (float and quantised) and how often the quantised network (what Lava runs, bit for bit) agrees with the float model, before and after.
+    """
+    from revsnn.cli.main import _ProgressReporter
+    from revsnn.finetune import finetune
+
+    reporter = _ProgressReporter()
+    try:
+        metrics = finetune(checkpoint, target, epochs, out, lr=lr, batch_size=batch_size, seed=seed, reporter=reporter)
+    finally:
+        reporter.progress.stop()
+    loihi = metrics["loihi"]
+    table = Table(title=f"{metrics['model']}: Loihi-aware fine-tuning, {loihi['after']['samples']} test samples")
+    for col in ("", "accuracy float", "accuracy quantised", "prediction agreement", "spike agreement"):
+        table.add_column(col, justify="right" if col else "left")
+    for label, key in (("before (float checkpoint)", "before"), (f"after {metrics['epochs']} epochs", "after")):
+        r = loihi[key]
+        table.add_row(label, f"{r['float_accuracy']:.1%}", f"{r['quantized_accuracy']:.1%}",
+                      f"{r['prediction_agreement']:.1%}", f"{(r['spike_agreement'] or 0.0):.1%}")
+    console.print(table)
+    console.print(f"Wrote {out / 'model.pt'} and {out / 'metrics.json'}; export it with `revsnn export lava`.",
+                  highlight=False)
