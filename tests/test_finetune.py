@@ -1,0 +1,133 @@
+"""Loihi-aware training (issue 15): the training forward is the quantised reference, exactly; gradients reach
+every parameter, and the reversible backward (recompute) gives the plain twin's gradients."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from revsnn.checkpoint import load_model, save_checkpoint
+from revsnn.data import ImageData, encode, load_digits
+from revsnn.exporters.collapse import collapse
+from revsnn.exporters.loihi import quantize
+from revsnn.finetune import FinetuneError, LoihiAware, finetune
+from revsnn.models import build_model, get_config
+from revsnn.reversible import ReversibleModule
+from revsnn.targets.reference import ReferenceExecutor
+
+T = 4
+
+
+def _samples(n: int = 24, seed: int = 0) -> torch.Tensor:
+    digits = load_digits()
+    return encode(digits.x_test[:n], T, "rate", torch.Generator().manual_seed(seed)).double()
+
+
+def _model(name: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = build_model(get_config(name)).double()
+    # Random BatchNorm statistics and a larger gain, so that the populations fire (and the grid matters).
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(1.0, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("name", ["scnn-digits", "revsresnet-digits", "pararevsnn-digits"])
+def test_loihi_aware_forward_is_the_quantised_reference(name):
+    """Spikes of every population and the per-step readout equal the quantised reference executor's, bit for
+    bit, on rate-coded test digits; the logits are its mean over time."""
+    model = _model(name)
+    x = _samples()
+    runner = LoihiAware(model, T).eval()
+    with torch.no_grad():
+        logits = runner(x)
+    q = quantize(collapse(model, T).graph)
+    steps, spikes = ReferenceExecutor(q.graph).run(x, record=True)
+    assert torch.equal(runner.last_readout, steps)
+    assert torch.equal(logits, steps.mean(0))
+    ours = runner.last_spikes
+    assert set(ours) == set(spikes) - {"readout"} and len(ours) >= 2
+    fired = 0.0
+    for pop, s in ours.items():
+        assert torch.equal(s.reshape(spikes[pop].shape), spikes[pop]), pop
+        fired += float(s.sum())
+    assert fired > 0
+    # The float model is a different network: the grid changes at least some spikes or logits.
+    float_logits = model.eval()(x)
+    assert not torch.equal(float_logits, logits)
+
+
+def test_gradients_reach_every_parameter_and_reversible_equals_twin():
+    """Straight-through backward: every trained parameter gets a finite, non-zero gradient, and the reversible
+    model (which recomputes the quantised forward in backward) gets exactly its plain-autograd twin's."""
+    x = _samples(16, seed=1)
+    y = torch.arange(16) % 10
+    grads = []
+    for reversible in (True, False):
+        model = _model("revsresnet-digits")
+        for m in model.modules():
+            if isinstance(m, ReversibleModule):
+                m.reversible = reversible
+        runner = LoihiAware(model, T).train()
+        loss = torch.nn.functional.cross_entropy(runner(x), y)
+        loss.backward()
+        runner.release()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    rev, twin = grads
+    assert set(rev) == set(twin)
+    for n in twin:
+        torch.testing.assert_close(rev[n], twin[n], rtol=1e-9, atol=1e-12)
+    convs = [n for n in twin if n.endswith("weight")]
+    assert convs and all(torch.isfinite(twin[n]).all() and twin[n].abs().sum() > 0 for n in convs)
+
+
+def test_finetune_writes_a_checkpoint_whose_export_is_its_forward(tmp_path):
+    """`finetune` on a small slice of digits: DIR/model.pt and metrics.json (before / after figures), BatchNorm
+    statistics untouched (they are folded), and the saved model's Loihi-aware forward equals the quantised
+    reference of its export."""
+    digits = load_digits()
+    data = ImageData("digits", digits.x_train[:64], digits.y_train[:64], digits.x_test[:32], digits.y_test[:32])
+    model = _model("scnn-digits").float()
+    model.config = get_config("scnn-digits")
+    src = tmp_path / "float" / "model.pt"
+    src.parent.mkdir()
+    save_checkpoint(src, model, train={"time_steps": T, "encoding": "rate", "batch_size": 32, "lr": 0.003},
+                    data={"name": "digits"})
+    out = tmp_path / "tuned"
+    metrics = finetune(src, "loihi", 1, out, data=data)
+    assert (out / "model.pt").is_file()
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["loihi"]["after"]["samples"] == 32
+    for key in ("float_accuracy", "quantized_accuracy", "prediction_agreement", "spike_agreement"):
+        assert 0.0 <= written["loihi"]["before"][key] <= 1.0
+    assert "quantized_test_accuracy" in metrics["history"][-1]
+    tuned, _ = load_model(out / "model.pt")
+    before = dict(model.named_buffers())
+    for n, b in tuned.named_buffers():
+        if n.endswith("running_mean") or n.endswith("running_var"):
+            assert torch.equal(b, before[n].to(b.dtype)), n
+    assert any(not torch.equal(p, dict(model.named_parameters())[n].to(p.dtype)) for n, p in tuned.named_parameters())
+    tuned = tuned.double()
+    x = _samples(8)
+    runner = LoihiAware(tuned, T).eval()
+    with torch.no_grad():
+        logits = runner(x)
+    steps, _ = ReferenceExecutor(quantize(collapse(tuned, T).graph).graph).run(x, record=True)
+    assert torch.equal(logits, steps.mean(0))
+
+
+def test_finetune_refuses_direct_input(tmp_path):
+    model = _model("scnn-digits").float()
+    model.config = get_config("scnn-digits")
+    src = tmp_path / "model.pt"
+    save_checkpoint(src, model, train={"time_steps": T, "encoding": "direct"}, data={"name": "digits"})
+    with pytest.raises(FinetuneError, match="rate"):
+        finetune(src, "loihi", 1, tmp_path / "out")
+    with pytest.raises(FinetuneError, match="--for"):
+        finetune(src, "spinnaker", 1, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
