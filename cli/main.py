@@ -553,6 +553,9 @@ def demo(
         reporter.progress.stop()
     console.print(_verify_table(result.report))
     _print_lava_note(result.report)
+    if "lava" in result.report.targets:   # issue 15: how to close the quantisation gap the note shows
+        console.print(f"To train the model on this grid (what Lava runs is then what was trained): revsnn finetune "
+                      f"{out / 'model.pt'} --for loihi --epochs 3 --out {out / 'loihi'}", highlight=False)
     console.print(f"Files in {out}/: " + ", ".join(result.files), highlight=False)
     if not result.ok:
         fail("a target disagrees with its reference; see the table above.", 1)

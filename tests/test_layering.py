@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Where the training core, the exporters and the targets meet (README, "Layout"). Nothing else may.
 # revsnn/__init__.py: the public revsnn.collapse, which imports the exporter lazily (only when called)
 MEETING_PLACES = {"revsnn/verify.py", "revsnn/pipeline.py", "revsnn/bench_infer.py", "revsnn/__init__.py",
-                  "revsnn/report.py"}   # revsnn report: verify, activity on every target, Loihi resources
+                  "revsnn/report.py",   # revsnn report: verify, activity on every target, Loihi resources
+                  "revsnn/finetune.py"}  # Loihi-aware training: asks the quantiser for the grid of every forward
 # folder -> the package its files belong to (pyproject's package-dir mapping)
 PACKAGES = {"revsnn": "revsnn", "exporters": "revsnn.exporters", "targets": "revsnn.targets", "cli": "revsnn.cli"}
 
