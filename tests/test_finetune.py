@@ -131,3 +131,22 @@ def test_finetune_refuses_direct_input(tmp_path):
     with pytest.raises(FinetuneError, match="--for"):
         finetune(src, "spinnaker", 1, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_finetune_bad_input_is_one_sentence(tmp_path):
+    from typer.testing import CliRunner
+
+    from revsnn.cli.main import app
+
+    model = _model("scnn-digits").float()
+    model.config = get_config("scnn-digits")
+    src = tmp_path / "model.pt"
+    save_checkpoint(src, model, train={"time_steps": T, "encoding": "direct"}, data={"name": "digits"})
+    for args, words in ((["finetune", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")], "does not exist"),
+                        (["finetune", str(src), "--out", str(tmp_path / "o")], "rate"),
+                        (["finetune", str(src), "--for", "spinnaker", "--out", str(tmp_path / "o")], "--for"),
+                        (["finetune", str(src), "--epochs", "0", "--out", str(tmp_path / "o")], "--epochs")):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert words in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
