@@ -150,3 +150,21 @@ def test_cli_finetune_bad_input_is_one_sentence(tmp_path):
         assert result.exit_code == 2, result.output
         assert words in result.output and "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_train_loihi_aware_from_scratch(tmp_path):
+    """`train --loihi-aware`: the trainer's forward is the Loihi-aware one (quantised accuracy recorded every
+    epoch); direct input is refused before anything is written."""
+    from revsnn.finetune import train_loihi_aware
+    from revsnn.train import TrainOptions
+
+    digits = load_digits()
+    data = ImageData("digits", digits.x_train[:64], digits.y_train[:64], digits.x_test[:32], digits.y_test[:32])
+    with pytest.raises(FinetuneError, match="rate"):
+        train_loihi_aware(TrainOptions(model="scnn-digits", out=tmp_path / "direct", epochs=1, encoding="direct"),
+                          data=data)
+    assert not (tmp_path / "direct").exists()
+    metrics = train_loihi_aware(TrainOptions(model="scnn-digits", out=tmp_path / "q", epochs=1, encoding="rate",
+                                             batch_size=32), data=data)
+    record = metrics["history"][-1]
+    assert 0.0 <= record["quantized_test_accuracy"] <= 1.0 and (tmp_path / "q" / "model.pt").is_file()
