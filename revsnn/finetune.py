@@ -364,10 +364,11 @@ def finetune(checkpoint: Path | str, target: str = "loihi", epochs: int = 3, out
     from .checkpoint import load_model
 
     float_model, _ = load_model(checkpoint)
-    if data is None:
-        from .train import _load_data, resolve_options
+    from .train import _load_data, resolve_options
 
-        data = _load_data(opts, resolve_options(opts), None)
+    resolved = resolve_options(opts)   # every option (and --out) checked before anything runs
+    if data is None:
+        data = _load_data(opts, resolved, None)
     before = loihi_report(float_model, settings["time_steps"], encoding, data, samples)
     metrics = train(opts, reporter, data, loihi=_factory(int(settings["time_steps"]), payload["state_dict"]))
     tuned, _ = load_model(out / "model.pt")
