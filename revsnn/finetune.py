@@ -311,6 +311,11 @@ def train_loihi_aware(opts, reporter=None, data=None) -> dict:
 
     s = resolve_options(opts)
     _require_spikes(s["encoding"], opts.model)
+    if s["mixup"] > 0:   # a blend of two spike trains is not spikes: Loihi could not receive it
+        raise FinetuneError("--loihi-aware trains on the spikes Loihi receives; mixup blends them into real values, "
+                            "so drop --mixup (or the preset's).")
+    if s["ema"] is not None:   # the average is a copy of the model that the Loihi-aware forward does not drive
+        raise FinetuneError("--loihi-aware does not keep an EMA of the weights; drop --ema (or the preset's).")
     metrics = train(opts, reporter, data, loihi=_factory(s["time_steps"]))
     return metrics
 
