@@ -30,7 +30,7 @@ surrogate; the readout passes its gradient to the model's float logits unchanged
 
 **Memory.** The reversible blocks still run their custom Function: the float activations are not kept and
 are recomputed in backward, the quantised forward with them. What is kept are the populations' spike
-trains (0/1), because a Loihi population's integer input is a function of its sources' spikes (which reach
+trains (0/1, one byte each), because a Loihi population's integer input is a function of its sources' spikes (which reach
 it through the stream sums) and not of the float stream the blocks reconstruct.
 """
 
@@ -121,7 +121,7 @@ class _Plan:
             if src not in self.spikes:
                 raise FinetuneError(f"population {name!r} reads {src!r} before it ran; the model's forward does "
                                     "not follow its collapsed graph.")
-            a = self.spikes[src] @ w.T
+            a = self.spikes[src].to(torch.float64) @ w.T   # exact: 0/1 times integers
             total = a if total is None else total + a
         return total
 
@@ -213,7 +213,7 @@ class LoihiAware(nn.Module):
                 T, B = xs.shape[:2]
                 flat = xs.reshape(T, B, -1)
                 s = _LoihiNeuronFn.apply(flat, plan.drive(name).reshape(T, B, -1), pop)
-                plan.spikes[name] = s.detach()
+                plan.spikes[name] = s.detach().to(torch.bool)   # kept until backward: 1 byte a spike
                 outs.append(s.reshape(xs.shape).to(x_seq.dtype))
             if not outs:
                 raise FinetuneError(f"{path} runs in the forward but has no population in the collapsed graph.")
@@ -266,7 +266,8 @@ class LoihiAware(nn.Module):
 
     @property
     def last_spikes(self) -> dict[str, Tensor]:
-        return {} if self._plan is None else {k: v for k, v in self._plan.spikes.items() if k != "input"}
+        return {} if self._plan is None else {k: v.to(torch.float64) for k, v in self._plan.spikes.items()
+                                              if k != "input"}
 
     @property
     def last_readout(self) -> Optional[Tensor]:
