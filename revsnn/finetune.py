@@ -11,8 +11,9 @@ and the neurons step with ``exporters/nodes.loihi_update``, the same function th
 executor steps with (24-bit state, shifts rounding toward zero, strict threshold, hard reset). Nothing of
 that arithmetic is written twice, so the trained model and the exported ``.net`` cannot drift apart: the
 fine-tuned checkpoint's Loihi-aware forward *is* ``quantize(collapse(checkpoint))`` run by the reference
-executor (a test checks it, spikes and readout, exactly). The moving-grid alternative of putting the grid
-arithmetic into the training core would have duplicated the path folding, which only the exporter has.
+executor (a test checks it, spikes and readout, exactly). Why a meeting place rather than moving the grid
+arithmetic into the training core: the scales depend on the folded paths (BatchNorm, pooling, the sums of a
+reversible stream), which only the exporter's collapse computes; the core would have had to fold them again.
 
 **Forward.** The model runs its own ``forward`` (so reversible blocks, streams and heads work as written),
 with every neuron population replaced by Loihi's integer neuron: the population's synaptic input is the
