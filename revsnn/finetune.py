@@ -188,12 +188,18 @@ class _StraightThrough(torch.autograd.Function):
 class LoihiAware(nn.Module):
     """Wraps a model: its forward is the Loihi 2 fixed-point network the exporter makes of it (module
     docstring). ``model`` keeps its float parameters (what the optimizer trains and the checkpoint stores);
-    BatchNorm and dropout stay in eval mode, as the exporter folds them."""
+    dropout stays in eval mode (the exporter drops it), and so does BatchNorm with ``fold_batchnorm`` (the
+    exporter folds its running statistics, so the gradient sees what the forward computes).
 
-    def __init__(self, model: nn.Module, time_steps: int):
+    ``fold_batchnorm=False`` (training from scratch) lets BatchNorm train on batch statistics and update its
+    running ones, which every forward folds: a fresh model's statistics (mean 0, variance 1) would fold into
+    layers so weak that the quantised network never fires and nothing learns."""
+
+    def __init__(self, model: nn.Module, time_steps: int, fold_batchnorm: bool = True):
         super().__init__()
         self.model = model
         self.time_steps = int(time_steps)
+        self.fold_batchnorm = fold_batchnorm
         self._plan: Optional[_Plan] = None
         for path, m in model.named_modules():
             if isinstance(m, SpikingNeuron):
@@ -223,8 +229,10 @@ class LoihiAware(nn.Module):
 
     def train(self, mode: bool = True) -> "LoihiAware":
         super().train(mode)
-        for m in self.model.modules():   # the exporter folds BatchNorm's running statistics, drops dropout
-            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d)):
+        frozen = (nn.Dropout, nn.Dropout1d, nn.Dropout2d) + \
+            ((nn.modules.batchnorm._BatchNorm,) if self.fold_batchnorm else ())
+        for m in self.model.modules():
+            if isinstance(m, frozen):
                 m.eval()
         return self
 
@@ -299,11 +307,11 @@ class LoihiAware(nn.Module):
 # Entry points.
 
 
-def _factory(time_steps: int, state_dict: Optional[dict] = None):
+def _factory(time_steps: int, state_dict: Optional[dict] = None, fold_batchnorm: bool = True):
     def make(model: nn.Module) -> LoihiAware:
         if state_dict is not None:
             model.load_state_dict(state_dict)
-        return LoihiAware(model, time_steps)
+        return LoihiAware(model, time_steps, fold_batchnorm)
     return make
 
 
@@ -318,7 +326,7 @@ def train_loihi_aware(opts, reporter=None, data=None) -> dict:
                             "so drop --mixup (or the preset's).")
     if s["ema"] is not None:   # the average is a copy of the model that the Loihi-aware forward does not drive
         raise FinetuneError("--loihi-aware does not keep an EMA of the weights; drop --ema (or the preset's).")
-    metrics = train(opts, reporter, data, loihi=_factory(s["time_steps"]))
+    metrics = train(opts, reporter, data, loihi=_factory(s["time_steps"], fold_batchnorm=False))
     return metrics
 
 

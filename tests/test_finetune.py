@@ -168,3 +168,7 @@ def test_train_loihi_aware_from_scratch(tmp_path):
                                              batch_size=32), data=data)
     record = metrics["history"][-1]
     assert 0.0 <= record["quantized_test_accuracy"] <= 1.0 and (tmp_path / "q" / "model.pt").is_file()
+    # From scratch BatchNorm learns its statistics (a fresh model's would fold into layers that never fire).
+    trained, _ = load_model(tmp_path / "q" / "model.pt")
+    assert any(n.endswith("running_var") and not torch.allclose(b, torch.ones_like(b))
+               for n, b in trained.named_buffers())
