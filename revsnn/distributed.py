@@ -39,7 +39,7 @@ from .errors import RevsnnError
 __all__ = ["DistContext", "DistributedError", "context_from_env", "setup", "teardown", "is_main_process",
            "shard_batches", "local_weight", "rank_generator", "seed_rank", "wrap_model", "convert_sync_bn",
            "GlooSyncBatchNorm", "all_sum", "broadcast_object", "barrier", "launch", "kill_hook", "KILL_ENV",
-           "ddp_settings"]
+           "ddp_settings", "train_on_processes"]
 
 # The test hook for an interrupted run: "RANK:EPOCH:STEP" makes that rank SIGKILL itself when it reaches that
 # step (1-based epoch, 0-based step) before the optimizer steps. Deterministic, unlike a timed kill.
@@ -403,3 +403,28 @@ def _drain(queue) -> list:
     while not queue.empty():
         out.append(queue.get())
     return out
+
+
+def train_on_processes(opts, nproc: int, reporter_factory: Optional[Callable[[], Any]] = None) -> dict:
+    """``revsnn train --nproc N``: train ``opts`` on ``nproc`` processes of this machine (what torchrun
+    --standalone --nproc-per-node N does) and return the metrics. ``reporter_factory`` (a picklable class
+    or function) makes rank 0's progress reporter."""
+    from .train import resolve_options
+
+    if os.environ.get("WORLD_SIZE") not in (None, "", "1"):
+        raise DistributedError("--nproc starts its own processes; under torchrun leave it out (torchrun's "
+                               "--nproc-per-node sets the count).")
+    resolve_options(opts)  # bad options fail here, in one sentence, before any process starts
+    return launch(nproc, _train_rank, opts, reporter_factory)[0]
+
+
+def _train_rank(opts, reporter_factory) -> dict:
+    from .train import train
+
+    reporter = reporter_factory() if reporter_factory is not None and context_from_env().main else None
+    try:
+        return train(opts, reporter)
+    finally:
+        stop = getattr(getattr(reporter, "progress", None), "stop", None)
+        if stop is not None:
+            stop()
