@@ -54,6 +54,16 @@ DDPMODELS = textwrap.dedent('''
 ''')
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The one-process references in one thread, as each spawned rank runs on a 2-core machine: the models are
+    tiny, and a second thread only waits on the first."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def user_module(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ddpmodels")
@@ -187,3 +197,18 @@ def test_bad_distributed_set_ups_fail_in_one_sentence(tmp_path, monkeypatch):
         train(options("scnn-digits", tmp_path / "x"), data=tiny())
     with pytest.raises(TrainError, match="--precision must be one of"):
         train(options("scnn-digits", tmp_path / "x", precision="fp8"), data=tiny())
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+def test_every_parameter_gradient_accumulates_once_per_step(model, user_module):
+    """DDP's hooks sit where autograd accumulates a parameter's gradient: each reversible Function must
+    deliver every parameter's gradient there once per backward (never inside its own recompute)."""
+    config = get_config(model) if ":" not in model else builder_config(model, (1, 8, 8), 10)
+    torch.manual_seed(0)
+    net = build_model(config).train()
+    calls = {}
+    for name, p in net.named_parameters():
+        p.register_post_accumulate_grad_hook(lambda p, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
+    x = torch.rand(config.get("time_steps") or 2, 4, 1, 8, 8)
+    net(x).sum().backward()
+    assert calls == {name: 1 for name, _ in net.named_parameters()}
