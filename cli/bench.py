@@ -404,6 +404,8 @@ def distributed(
     batch_size: int = typer.Option(64, "--batch-size", help="Global batch, split among the processes."),
     steps: int = typer.Option(10, help="Timed training steps."),
     depths: str = typer.Option("1,2,4", help="Depth scales for the per-rank memory (as `bench memory`)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads of every process [default: the "
+                                          "cores shared out among the processes]."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON instead of tables."),
 ) -> None:
     """DDP on this machine: samples per second with 1 and N processes (gloo, CPU) in one run, and each rank's activation memory per sample against depth."""
@@ -412,10 +414,12 @@ def distributed(
     counts = parse_ints(processes, "--processes")
     depth_list = parse_ints(depths, "--depths")
     _check_models([model])
+    if threads is not None and threads < 1:
+        fail(f"--threads must be at least 1, got {threads}.")
     if steps < 1 or any(batch_size < n for n in counts):
         fail("--steps must be at least 1 and --batch-size at least the largest process count.")
     with console.status("timing with " + ", ".join(map(str, counts)) + " processes ..."):
-        result = distributed_rows(model, counts, batch_size, steps=steps, depths=depth_list)
+        result = distributed_rows(model, counts, batch_size, steps=steps, depths=depth_list, threads=threads)
     if json_out:
         print(json.dumps(result, indent=2))
         return

@@ -157,7 +157,7 @@ def precision_rows(models: Iterable[str] = PRECISION_MODELS, precision: str = "b
 
 
 def _rank_bench(model_name: str, batch: int, time_steps: int, steps: int, depths: list[int],
-                memory_batch: int) -> dict[str, Any]:
+                memory_batch: int, threads: Optional[int]) -> dict[str, Any]:
     """One rank's measurement (run under ``revsnn.distributed.launch``)."""
     import torch.distributed as dist
 
@@ -166,6 +166,8 @@ def _rank_bench(model_name: str, batch: int, time_steps: int, steps: int, depths
     from .memory import memory_per_sample
 
     ctx, device = D.setup("cpu")
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         config = get_config(model_name)
         t = config.get("time_steps") or time_steps
@@ -196,9 +198,13 @@ def _rank_bench(model_name: str, batch: int, time_steps: int, steps: int, depths
             torch.manual_seed(0)
             m = build_model(_with_depth(config, depth)).to(device).train()
             wrapped = D.wrap_model(m, ctx, device)
-            per = memory_per_sample(
-                wrapped, lambda b: torch.rand(t, b, *config["input_shape"]), (memory_batch, 2 * memory_batch),
-                lambda out, b: nn.functional.cross_entropy(out, torch.zeros(b, dtype=torch.long)))
+            make = lambda b: torch.rand(t, b, *config["input_shape"])  # noqa: E731
+            loss = lambda out, b: nn.functional.cross_entropy(out, torch.zeros(b, dtype=torch.long))  # noqa: E731
+            # Two warm-up steps: DDP rebuilds its gradient buckets (parameter-sized, so growing with depth)
+            # at the start of the second step; measured, that allocation would pass for activation memory.
+            for _ in range(2):
+                loss(wrapped(make(memory_batch)), memory_batch).backward()
+            per = memory_per_sample(wrapped, make, (memory_batch, 2 * memory_batch), loss)
             memory.append({"depth": depth, "retained_per_sample": per["retained"], "peak_per_sample": per["peak"]})
             del wrapped, m
         return {"rank": ctx.rank, "world": ctx.world, "seconds": seconds, "memory": memory,
@@ -210,14 +216,15 @@ def _rank_bench(model_name: str, batch: int, time_steps: int, steps: int, depths
 
 def distributed_rows(model: str = "revsresnet-digits", processes: Iterable[int] = (1, 2), batch: int = 64,
                      time_steps: int = 4, steps: int = 10, depths: Iterable[int] = (1, 2, 4),
-                     memory_batch: int = 2) -> dict[str, Any]:
+                     memory_batch: int = 2, threads: Optional[int] = None) -> dict[str, Any]:
     """Samples per second at each process count (the same global batch, split among the ranks) and the
-    per-rank activation memory per sample at each depth, from one call."""
+    per-rank activation memory per sample at each depth, from one call. ``threads``: intra-op threads of
+    every process (default: the cores shared out among the processes)."""
     from .distributed import launch
 
     runs = []
     for n in processes:
-        results = launch(n, _rank_bench, model, batch, time_steps, steps, list(depths), memory_batch)
+        results = launch(n, _rank_bench, model, batch, time_steps, steps, list(depths), memory_batch, threads)
         seconds = max(r["seconds"] for r in results)
         runs.append({"processes": n, "samples_per_second": batch * steps / seconds, "seconds": seconds,
                      "threads_per_process": results[0]["threads"], "memory": [r["memory"] for r in results]})
