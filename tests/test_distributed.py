@@ -212,3 +212,17 @@ def test_every_parameter_gradient_accumulates_once_per_step(model, user_module):
     x = torch.rand(config.get("time_steps") or 2, 4, 1, 8, 8)
     net(x).sum().backward()
     assert calls == {name: 1 for name, _ in net.named_parameters()}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nproc", "0"], "--nproc must be at least 1"),
+    (["--precision", "fp8"], "--precision must be one of fp32, bf16, fp16, fp64"),
+])
+def test_cli_bad_distributed_options(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from revsnn.cli.main import app
+
+    result = CliRunner().invoke(app, ["train", "--model", "scnn-digits", "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
