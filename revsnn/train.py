@@ -5,8 +5,9 @@ states) and ``DIR/metrics.json``, both atomically; ``resume=True`` continues fro
 so a kill loses at most the epoch in progress, and a resumed run ends with the same weights as an
 uninterrupted one. The same seed gives the same weights.
 
-The loop is plain single-process PyTorch; parameter gradients of the reversible blocks arrive through
-autograd, so wrapping the model in DistributedDataParallel needs no change to the model.
+The loop is plain PyTorch; under torchrun (or ``--nproc``) every process runs it and ``revsnn.distributed``
+supplies the process group, DDP, the global-batch shards and rank 0's writing. Parameter gradients of the
+reversible blocks arrive through autograd, so DDP needs no change to the models.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ def resolve_options(opts: TrainOptions) -> dict[str, Any]:
         notes.append(f"preset {opts.preset}: " + ", ".join(p for p in parts if not p.startswith("learning rate per")))
     if settings["optimizer"] == "lamb":
         notes.append("LAMB is not part of torch; training with AdamW at the same learning rate and weight decay.")
-    if settings["amp"] and not opts.device.startswith("cuda"):
+    if settings["amp"] and not opts.device.startswith("cuda") and opts.precision is None:
         notes.append("mixed precision needs a GPU; training in float32 on the CPU.")
 
     from .data import ENCODINGS, EVENT_ENCODINGS
