@@ -324,6 +324,9 @@ def train_loihi_aware(opts, reporter=None, data=None) -> dict:
     if s["mixup"] > 0:   # a blend of two spike trains is not spikes: Loihi could not receive it
         raise FinetuneError("--loihi-aware trains on the spikes Loihi receives; mixup blends them into real values, "
                             "so drop --mixup (or the preset's).")
+    if s.get("precision") in ("bf16", "fp16"):   # the exact readout would be rounded to half precision
+        raise FinetuneError("--loihi-aware computes Loihi's integers exactly; train in fp32 or fp64, not "
+                            f"{s['precision']}.")
     if s["ema"] is not None:   # the average is a copy of the model that the Loihi-aware forward does not drive
         raise FinetuneError("--loihi-aware does not keep an EMA of the weights; drop --ema (or the preset's).")
     metrics = train(opts, reporter, data, loihi=_factory(s["time_steps"], fold_batchnorm=False))
