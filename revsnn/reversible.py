@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from .neurons import get_states, set_states
+from .spikepack import spikes_as_bits
 
 __all__ = [
     "ReversibleModule",
@@ -151,7 +152,8 @@ def param_aliases(fn: nn.Module) -> tuple[list[Tensor], dict[str, Tensor]]:
 
 
 def _evaluate_again(fn: nn.Module, x: Tensor, ev: _Evaluation,
-                    aliases: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Callable[[], None]]:
+                    aliases: Optional[dict[str, Tensor]] = None,
+                    pack_spikes: bool = True, saved: Optional[set] = None) -> tuple[Tensor, Callable[[], None]]:
     """Re-run ``fn`` under grad exactly as the forward ran it (on the parameter ``aliases`` if given).
 
     Returns the output and a function that puts ``fn``'s state back as the forward left it. Call it only
@@ -166,7 +168,9 @@ def _evaluate_again(fn: nn.Module, x: Tensor, ev: _Evaluation,
         if ev.cuda_rng is not None:
             torch.cuda.set_rng_state(ev.cuda_rng[1], ev.cuda_rng[0])
         set_states(fn, ev.entry_states)
-        with torch.enable_grad():
+        # The recomputed graph is the backward's working set, its peak: spikes it saves (a convolution's
+        # input) are kept as bits there (revsnn.spikepack), 32 times fewer bytes in float32.
+        with torch.enable_grad(), spikes_as_bits(pack_spikes, saved):
             out = fn(x) if aliases is None else torch.func.functional_call(fn, aliases, (x,), strict=False)
 
     def restore() -> None:
@@ -201,19 +205,35 @@ class ParamGrads:
             self.grads[i] = g if self.grads[i] is None else self.grads[i] + g
 
 
-def _local_backward(fn: nn.Module, inp: Tensor, ev: _Evaluation, grad_out: Tensor, accumulate) -> tuple[Tensor, Tensor]:
+def _local_backward(fn: nn.Module, inp: Tensor, ev: _Evaluation, grad_out: Tensor, accumulate,
+                    residual: Optional["_Owned"] = None) -> tuple[Tensor, Tensor]:
     """Recompute ``fn(inp)`` under grad, backpropagate ``grad_out`` through it, restore ``fn``'s state.
 
     Returns ``(fn's output, detached; gradient with respect to inp)``; parameter gradients go to
-    ``accumulate``.
+    ``accumulate``. With ``residual`` (a coupling's other stream ``r``, handed over) it returns
+    ``r - fn(inp)`` instead, the reconstructed input, computed right after the recompute: then ``r`` is
+    dropped and the output's storage freed before the local backward runs, unless the backward reads the
+    output (some op saved it), so two fewer stream tensors are alive at the backward's peak.
     """
     params, aliases = param_aliases(fn)
     leaf = inp.detach().requires_grad_(True)
-    out, restore = _evaluate_again(fn, leaf, ev, aliases)
+    saved: set = set()
+    out, restore = _evaluate_again(fn, leaf, ev, aliases, saved=saved)
+    if residual is not None:
+        result = residual.take() - out.detach()
+        storage = out.untyped_storage()
+        base = out if out._base is None else out._base
+        # A custom Function (a nested reversible sequence) may keep its output as a ctx attribute, which
+        # the saved-tensor hooks do not see: its outputs are never freed here.
+        own = not isinstance(base.grad_fn, torch.autograd.function.BackwardCFunction)
+        if own and storage.data_ptr() not in saved and storage.data_ptr() != leaf.untyped_storage().data_ptr():
+            # autograd.grad needs the output only as the graph's root (its shape and grad_fn), not its
+            # values: free its bytes and keep the tensor (the way torch's FSDP frees parameters).
+            storage.resize_(0)
     g_in, g_params = _grads(out, leaf, list(aliases.values()), grad_out)
     restore()
     accumulate(params, g_params)
-    return out.detach(), g_in
+    return (out.detach() if residual is None else result), g_in
 
 
 class _Streams:
@@ -322,17 +342,30 @@ def _backward_serial(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: Te
     # released once reconstructed), their gradients and one recompute graph.
     y1, y2 = seq.split(y.take())
     dy1, dy2 = seq.split(dy)
+    # The stream gradients are accumulated in place, into tensors of our own: autograd keeps ``dy``
+    # alive (and may share it) for the whole backward, so it is never written. dy1 is copied out at once
+    # and dy2 replaced after the first block's F; from then on every block holds the same tensors, so
+    # the first block's peak is the others' (flat in depth).
+    dy1 = dy1.clone()
+    own_dy2 = False
     for block, (ev_f, ev_g) in zip(reversed(seq.blocks), reversed(evaluations)):
-        # (a, b) -> y1 = a + F(b), y2 = b + G(y1)
-        g, dy1_from_g = _local_backward(block.G, y1, ev_g, dy2, accumulate)
-        b = y2 - g
-        del g, y2
-        dy1 = dy1 + dy1_from_g
+        # (a, b) -> y1 = a + F(b), y2 = b + G(y1). Each stream is handed over to the recompute that
+        # reconstructs from it (b = y2 - G(y1), a = y1 - F(b)), which drops it before its backward; the
+        # output's two halves share one storage, freed once both are handed over.
+        rest = _Owned(y2)
+        del y2
+        b, dy1_from_g = _local_backward(block.G, y1, ev_g, dy2, accumulate, rest)
+        dy1 += dy1_from_g
         del dy1_from_g
-        f, db_from_f = _local_backward(block.F, b, ev_f, dy1, accumulate)
-        a = y1 - f
-        del f, y1
-        dy2 = dy2 + db_from_f
+        rest = _Owned(y1)
+        del y1
+        a, db_from_f = _local_backward(block.F, b, ev_f, dy1, accumulate, rest)
+        del rest
+        if own_dy2:
+            dy2 += db_from_f
+        else:
+            dy2 = dy2 + db_from_f
+            own_dy2 = True
         del db_from_f
         y1, y2 = block._order(a, b)
         dy1, dy2 = block._order(dy1, dy2)
