@@ -206,7 +206,7 @@ class ParamGrads:
 
 
 def _local_backward(fn: nn.Module, inp: Tensor, ev: _Evaluation, grad_out: Tensor, accumulate,
-                    residual: Optional["_Owned"] = None) -> tuple[Tensor, Tensor]:
+                    residual: Optional["_Owned"] = None, pack: bool = True) -> tuple[Tensor, Tensor]:
     """Recompute ``fn(inp)`` under grad, backpropagate ``grad_out`` through it, restore ``fn``'s state.
 
     Returns ``(fn's output, detached; gradient with respect to inp)``; parameter gradients go to
@@ -218,7 +218,7 @@ def _local_backward(fn: nn.Module, inp: Tensor, ev: _Evaluation, grad_out: Tenso
     params, aliases = param_aliases(fn)
     leaf = inp.detach().requires_grad_(True)
     saved: set = set()
-    out, restore = _evaluate_again(fn, leaf, ev, aliases, saved=saved)
+    out, restore = _evaluate_again(fn, leaf, ev, aliases, pack_spikes=pack, saved=saved)
     if residual is not None:
         result = residual.take() - out.detach()
         storage = out.untyped_storage()
@@ -354,12 +354,12 @@ def _backward_serial(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: Te
         # output's two halves share one storage, freed once both are handed over.
         rest = _Owned(y2)
         del y2
-        b, dy1_from_g = _local_backward(block.G, y1, ev_g, dy2, accumulate, rest)
+        b, dy1_from_g = _local_backward(block.G, y1, ev_g, dy2, accumulate, rest, seq.pack_spikes)
         dy1 += dy1_from_g
         del dy1_from_g
         rest = _Owned(y1)
         del y1
-        a, db_from_f = _local_backward(block.F, b, ev_f, dy1, accumulate, rest)
+        a, db_from_f = _local_backward(block.F, b, ev_f, dy1, accumulate, rest, seq.pack_spikes)
         del rest
         if own_dy2:
             dy2 += db_from_f
@@ -408,7 +408,7 @@ def _backward_parallel(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: 
     y1, y2 = seq.split(y.take())
     dy1, dy2 = seq.split(dy)
     k = len(blocks) - 1
-    g, dy1_from_g = _local_backward(blocks[k].G, y1, evaluations[k][1], dy2, accumulate)
+    g, dy1_from_g = _local_backward(blocks[k].G, y1, evaluations[k][1], dy2, accumulate, pack=seq.pack_spikes)
     x1 = y2 - g                 # block k's X1: the input of F_k and of G_{k-1}
     del g, y2
     dy1_total = dy1 + dy1_from_g
@@ -422,15 +422,17 @@ def _backward_parallel(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: 
         g_prev = dprev = None
         if concurrent and k > 0:
             with streams.on_side():
-                g_prev, dprev = _local_backward(blocks[k - 1].G, x1, evaluations[k - 1][1], dy1_total, accumulate)
-        f, dx1_from_f = _local_backward(blocks[k].F, x1, evaluations[k][0], dy1_total, accumulate)
+                g_prev, dprev = _local_backward(blocks[k - 1].G, x1, evaluations[k - 1][1], dy1_total, accumulate,
+                                                 pack=seq.pack_spikes)
+        f, dx1_from_f = _local_backward(blocks[k].F, x1, evaluations[k][0], dy1_total, accumulate, pack=seq.pack_spikes)
         streams.join(g_prev, dprev)
         x2 = y1 - f
         del f, y1
         dx1 = dy2 + dx1_from_f
         del dy2, dx1_from_f
         if not concurrent and k > 0:
-            g_prev, dprev = _local_backward(blocks[k - 1].G, x1, evaluations[k - 1][1], dy1_total, accumulate)
+            g_prev, dprev = _local_backward(blocks[k - 1].G, x1, evaluations[k - 1][1], dy1_total, accumulate,
+                                                 pack=seq.pack_spikes)
         dx2 = dy1_total
         del dy1_total
         if k == 0:
@@ -458,6 +460,9 @@ class ReversibleModule(nn.Module):
     # nothing reads those membranes, and keeping them costs one membrane per neuron, growing with depth.
     # Turn it on to feed one long sequence in chunks through the reversible module itself.
     keep_state: bool = False
+    # Whether the recompute in backward keeps the spikes it saves as bits (revsnn.spikepack); off only to
+    # measure what that saves.
+    pack_spikes: bool = True
 
     def use_reversible(self, x: Tensor) -> bool:
         """Whether this call should run the reversible Function: in reversible mode, and only when a
@@ -545,7 +550,7 @@ class _RecomputeFn(torch.autograd.Function):
         owner: Recompute = ctx.owner
         (x,) = ctx.saved_tensors
         accumulate = ParamGrads(list(owner.parameters()))
-        _, dx = _local_backward(owner.module, x, ctx.evaluation, dout, accumulate)
+        _, dx = _local_backward(owner.module, x, ctx.evaluation, dout, accumulate, pack=owner.pack_spikes)
         return (dx, None, *accumulate.grads)
 
 
