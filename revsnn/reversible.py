@@ -405,44 +405,64 @@ def _forward_parallel(seq: "ReversibleSequence", x: Tensor):
 def _backward_parallel(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: Tensor, accumulate) -> Tensor:
     streams = _Streams(dy.device, seq.use_streams)
     blocks = list(seq.blocks)
+    pack = seq.pack_spikes
     y1, y2 = seq.split(y.take())
     dy1, dy2 = seq.split(dy)
+    # As in _backward_serial: stream gradients in tensors of our own, accumulated in place (autograd's dy
+    # is never written), and each stream handed over to the recompute that reconstructs from it.
+    dy1 = dy1.clone()
+    own_dy2 = False
     k = len(blocks) - 1
-    g, dy1_from_g = _local_backward(blocks[k].G, y1, evaluations[k][1], dy2, accumulate, pack=seq.pack_spikes)
-    x1 = y2 - g                 # block k's X1: the input of F_k and of G_{k-1}
-    del g, y2
-    dy1_total = dy1 + dy1_from_g
+    rest = _Owned(y2)
+    del y2
+    x1, dy1_from_g = _local_backward(blocks[k].G, y1, evaluations[k][1], dy2, accumulate, rest, pack)
+    dy1 += dy1_from_g           # x1: block k's X1, the input of F_k and of G_{k-1}
+    dy1_total = dy1
     del dy1, dy1_from_g
-    # Dead names are dropped at once, as in _backward_serial. Without CUDA streams nothing runs side by
-    # side, so G_{k-1} runs after F_k, once block k's dead tensors are freed: the peak is then the serial
-    # schedule's. With streams both recomputes are alive together, one state pair more (the price of
-    # the concurrency). The order changes no number: each recompute restores its own RNG state.
+    # Dead names are dropped at once. Without CUDA streams nothing runs side by side, so G_{k-1} runs
+    # after F_k, once block k's dead tensors are freed, and reconstructs from F_k's result: the peak is
+    # then the serial schedule's. With streams both recomputes are alive together, one state pair more
+    # (the price of the concurrency). The order changes no number: each recompute restores its own RNG.
     concurrent = streams.cuda
     while True:
-        g_prev = dprev = None
+        g_prev = dprev = x1_prev = None
         if concurrent and k > 0:
             with streams.on_side():
-                g_prev, dprev = _local_backward(blocks[k - 1].G, x1, evaluations[k - 1][1], dy1_total, accumulate,
-                                                 pack=seq.pack_spikes)
-        f, dx1_from_f = _local_backward(blocks[k].F, x1, evaluations[k][0], dy1_total, accumulate, pack=seq.pack_spikes)
+                g_prev, dprev = _local_backward(blocks[k - 1].G, x1, evaluations[k - 1][1], dy1_total,
+                                                accumulate, pack=pack)
+        rest = _Owned(y1)
+        del y1
+        x2, dx1_from_f = _local_backward(blocks[k].F, x1, evaluations[k][0], dy1_total, accumulate, rest, pack)
+        del rest
         streams.join(g_prev, dprev)
-        x2 = y1 - f
-        del f, y1
-        dx1 = dy2 + dx1_from_f
+        if own_dy2:
+            dy2 += dx1_from_f
+            dx1 = dy2
+        else:
+            dx1 = dy2 + dx1_from_f
+            own_dy2 = True
         del dy2, dx1_from_f
         if not concurrent and k > 0:
-            g_prev, dprev = _local_backward(blocks[k - 1].G, x1, evaluations[k - 1][1], dy1_total, accumulate,
-                                                 pack=seq.pack_spikes)
+            rest = _Owned(x2)
+            del x2
+            x1_prev, dprev = _local_backward(blocks[k - 1].G, x1, evaluations[k - 1][1], dy1_total,
+                                             accumulate, rest, pack)
+            del rest
         dx2 = dy1_total
         del dy1_total
         if k == 0:
             return torch.cat((dx1, dx2), dim=seq.split_dim)
-        # Block k-1's outputs are block k's inputs.
-        y1, y2, dy1, dy2 = x1, x2, dx1, dx2
-        del x1, x2, dx1, dx2
-        x1 = y2 - g_prev
-        del y2, g_prev
-        dy1_total = dy1 + dprev
+        # Block k-1's outputs are block k's inputs: (y1, y2) = (x1, x2), (dy1, dy2) = (dx1, dx2).
+        y1, dy1, dy2 = x1, dx1, dx2
+        del x1, dx1, dx2
+        if x1_prev is not None:
+            x1 = x1_prev             # = y2 - G_{k-1}(y1), reconstructed inside the recompute
+        else:
+            x1 = x2 - g_prev
+            del x2, g_prev
+        del x1_prev
+        dy1 += dprev
+        dy1_total = dy1
         del dy1, dprev
         k -= 1
 
