@@ -25,11 +25,28 @@ class RevsnnGroup(TyperGroup):
     express, a bad option the library checks) ends as its one sentence on stderr and exit code 2, never a
     traceback. Anything else is a bug and keeps its traceback."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _escape_help(self)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except RevsnnError as exc:
             fail(str(exc))
+
+
+def _escape_help(command) -> None:
+    """Help texts are plain sentences, but typer renders them as rich markup, where "[default: the model's]"
+    reads as a tag and vanishes. Escaping the brackets once here, over every command of every sub-app, keeps
+    the sentences as written (rich's own escape, so only what rich would read as a tag changes)."""
+    from rich.markup import escape
+
+    for param in getattr(command, "params", []):
+        if getattr(param, "help", None):
+            param.help = escape(param.help)
+    for sub in getattr(command, "commands", {}).values():
+        _escape_help(sub)
 
 
 def parse_list(text: str, option: str) -> list[str]:
