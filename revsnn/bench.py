@@ -4,11 +4,12 @@ Memory variants of one model, all with identical parameters:
 
 - ``reversible``: the model as trained (reversible blocks keep only their sequence outputs);
 - ``reversible-recompute``: also recompute the non-reversible stem, downsample layers and head in
-  backward (ResNet families), keeping only their inputs;
+  backward (ResNet families) or the tokenizer, stage by stage (RevSFormer), keeping only their inputs;
 - ``plain``: the plain-autograd twin;
 - ``checkpoint``: the twin with ``torch.utils.checkpoint`` around every coupling block, what a user would
-  otherwise reach for (it keeps each block's input, and it updates BatchNorm statistics and neuron
-  state twice, which is why the reversible Function does its own recompute).
+  otherwise reach for (it keeps each block's input; its recompute starts the block's neurons at rest,
+  but it updates BatchNorm statistics twice, which is why the reversible Function does its own
+  recompute).
 
 Depth is counted in weight layers on the longest path (the papers' rule for ResNets: RevSResNet37 ->
 37); a sweep scales blocks per stage (ResNets), blocks (RevSFormer), blocks per level (T-RevSNN) or
@@ -32,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .memory import memory_per_sample
 from .models import build_model, get_config
+from .neurons import reset_states
 from .reversible import ReversibleSequence, plain_twin
 
 __all__ = ["VARIANTS", "variants_of", "model_depth", "memory_rows", "train_step_seconds", "speed_rows", "DEFAULT_MEMORY_SWEEP"]
@@ -45,7 +47,14 @@ class _Checkpointed(nn.Module):
         self.block = block
 
     def forward(self, x1, x2):
-        return checkpoint(self.block, x1, x2, use_reentrant=False)
+        return checkpoint(self._run, x1, x2, use_reentrant=False)
+
+    def _run(self, x1, x2):
+        # The recompute in backward must start the block's neurons at rest, as the forward did (models
+        # reset them at the start of each forward); torch's checkpoint would otherwise replay it from the
+        # membranes the forward left behind.
+        reset_states(self.block)
+        return self.block(x1, x2)
 
 
 def _variant(config: dict[str, Any], variant: str) -> nn.Module:
@@ -107,15 +116,15 @@ DEFAULT_MEMORY_SWEEP: list[tuple[str, Optional[list[int]]]] = [
 
 
 def variants_of(family: str) -> tuple[str, ...]:
-    """The variants that exist for a family: boundary recompute is a ResNet option, and the checkpoint
-    variant wraps coupling blocks, which T-RevSNN columns and the reversible node do not have. The plain
-    SCNN baseline has nothing reversible: only ``plain``."""
+    """The variants that exist for a family: boundary recompute exists for the ResNets and RevSFormer, and
+    the checkpoint variant wraps coupling blocks, which T-RevSNN columns and the reversible node do not
+    have. The plain SCNN baseline has nothing reversible: only ``plain``."""
     if family == "scnn":
         return ("plain",)
     if family in ("revsresnet", "pararevsnn"):
         return VARIANTS
     if family == "revsformer":
-        return ("reversible", "plain", "checkpoint")
+        return ("reversible", "reversible-recompute", "plain", "checkpoint")
     return ("reversible", "plain")
 
 

@@ -243,13 +243,31 @@ def step_memory(model: nn.Module, make_input: Callable[[], Tensor],
         del loss
     events, forward_end = _cpu_allocations(prof)
     alive = peak = retained = 0
+    trace = []
     for t, size in events:
         alive += size
         peak = max(peak, alive)
+        trace.append(alive)
         if t <= forward_end:
             retained = alive
     result["retained"], result["peak"] = retained, peak
+    _TRACES[id(result)] = trace  # for memory_per_sample's aligned peak; not part of the returned figures
     return result
+
+
+_TRACES: dict[int, list[int]] = {}
+
+
+def _aligned_peak(t1: list[int], t2: list[int], b1: int, b2: int) -> Optional[float]:
+    """The peak of the per-sample bytes over the step: the same program at two batch sizes makes the same
+    allocations in the same order, so bytes alive after the i-th event differ only by what scales with
+    the batch; their slope's maximum over i is the peak per sample. The slope of the two peaks can be
+    off by whatever does not scale with the batch (weight gradients, the optimizer's buffers): at a small
+    batch they move the moment of the peak, so it is compared at two different moments. None when the
+    two event sequences do not line up (a different number of allocations)."""
+    if len(t1) != len(t2) or not t1:
+        return None
+    return max((a2 - a1) / (b2 - b1) for a1, a2 in zip(t1, t2))
 
 
 def memory_per_sample(model: nn.Module, make_input: Callable[[int], Tensor], batch_sizes: tuple[int, int],
@@ -264,7 +282,12 @@ def memory_per_sample(model: nn.Module, make_input: Callable[[int], Tensor], bat
     for b in (b1, b2):
         fn = None if loss_fn is None else (lambda out, b=b: loss_fn(out, b))
         steps.append(step_memory(model, lambda b=b: make_input(b), fn))
+    traces = [_TRACES.pop(id(s), None) for s in steps]
     per = {k: (steps[1][k] - steps[0][k]) / (b2 - b1) for k in steps[0]}
+    if traces[0] is not None and traces[1] is not None:
+        aligned = _aligned_peak(traces[0], traces[1], b1, b2)
+        if aligned is not None:
+            per["peak"] = aligned
     per["other"] = per["retained"] - per["saved"] - per["neuron_state"]
     per["transient"] = per["peak"] - per["retained"]
     return per

@@ -63,7 +63,10 @@ class ATan:
     alpha: float = 2.0
 
     def grad(self, x: Tensor) -> Tensor:
-        return self.alpha / (2.0 * (1.0 + (math.pi * self.alpha * x / 2.0) ** 2))
+        # In place on one temporary: the fused neuron's backward calls this per step, and every extra
+        # temporary is a step-sized allocation at the backward's peak.
+        g = x * (math.pi * self.alpha / 2.0)
+        return g.square_().add_(1.0).reciprocal_().mul_(self.alpha / 2.0)
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class Sigmoid:
 
     def grad(self, x: Tensor) -> Tensor:
         s = torch.sigmoid(self.alpha * x)
-        return self.alpha * s * (1.0 - s)
+        return torch.sub(1.0, s).mul_(s).mul_(self.alpha)  # two temporaries, not four (see ATan)
 
 
 @dataclass(frozen=True)
@@ -163,59 +166,82 @@ class _FusedLIF(torch.autograd.Function):
     """LIF (``tau``) or IF (``tau=None``) over a whole sequence ``[T, ...]`` in one autograd node.
 
     Why our own instead of step-by-step autograd: that records ~6 nodes per step and saves two floats per
-    neuron and step (``h - theta`` for the surrogate and ``1 - s`` for the reset); this saves one, the
-    membrane ``h`` before reset (the spike is ``h > theta``, so it is not stored), and computes the
-    backward in one pass over time. The forward uses the very same expressions as ``lif_step`` /
-    ``if_step``, so outputs are bit-identical; gradients follow the chain rule of those expressions.
+    neuron and step (``h - theta`` for the surrogate and ``1 - s`` for the reset); this saves only its
+    input ``x_seq`` (and ``v0`` when one was given) and recomputes the membranes ``h`` in backward, one
+    cheap elementwise pass over time before the backward pass. Saving the input rather than ``h`` costs
+    the same bytes where the input is used by nothing else, and nothing where it is kept anyway: inside a
+    reversible block the first neuron's input is the block's input, which the recompute holds regardless,
+    and the same storage is counted once (issue 18: the reversible peak). Under ``no_grad`` nothing is
+    saved and no ``h`` sequence is allocated at all. The forward uses the very same expressions as
+    ``lif_step`` / ``if_step``, so outputs are bit-identical; gradients follow the chain rule of those
+    expressions.
     """
 
     @staticmethod
-    def forward(ctx, x_seq: Tensor, v0: Tensor, tau: Optional[float], v_threshold: float, v_reset: float,
-                surrogate: Surrogate, detach_reset: bool):
-        h_seq = torch.empty_like(x_seq)
+    def _charge(x: Tensor, v: Tensor, tau: Optional[float], v_reset: float) -> Tensor:
+        return v + x if tau is None else v + (x - (v - v_reset)) / tau
+
+    @staticmethod
+    def forward(ctx, x_seq: Tensor, v0: Optional[Tensor], tau: Optional[float], v_threshold: float,
+                v_reset: float, surrogate: Surrogate, detach_reset: bool):
         s_seq = torch.empty_like(x_seq)
-        v = v0
+        v = torch.zeros_like(x_seq[0]) if v0 is None else v0
         for t in range(x_seq.shape[0]):
-            x = x_seq[t]
-            h = v + x if tau is None else v + (x - (v - v_reset)) / tau
-            s = (h - v_threshold > 0).to(x.dtype)
+            h = _FusedLIF._charge(x_seq[t], v, tau, v_reset)
+            s = (h - v_threshold > 0).to(x_seq.dtype)
             v = h * (1.0 - s) + v_reset * s
-            h_seq[t] = h
             s_seq[t] = s
-        ctx.save_for_backward(h_seq)
+        if any(ctx.needs_input_grad[:2]):  # nothing to keep under no_grad
+            ctx.save_for_backward(x_seq, v0)
         ctx.constants = (tau, v_threshold, v_reset, surrogate, detach_reset)
         return s_seq, v
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, ds_seq: Optional[Tensor], dv_last: Optional[Tensor]):
-        (h_seq,) = ctx.saved_tensors
+        x_seq, v0 = ctx.saved_tensors
         tau, v_threshold, v_reset, surrogate, detach_reset = ctx.constants
-        dx_seq = torch.empty_like(h_seq)
-        dv = torch.zeros_like(h_seq[0]) if dv_last is None else dv_last
-        for t in reversed(range(h_seq.shape[0])):
-            h = h_seq[t]
+        # The membranes before reset, recomputed with the forward's expressions (bit-identical), into
+        # the buffer that then receives the input gradient: step t's h is read before its gradient is
+        # written, so one sequence-sized buffer serves both (the backward's peak is one sequence less).
+        buf = torch.empty_like(x_seq)
+        v = torch.zeros_like(x_seq[0]) if v0 is None else v0
+        for t in range(x_seq.shape[0]):
+            h = _FusedLIF._charge(x_seq[t], v, tau, v_reset)
+            s = (h - v_threshold > 0).to(h.dtype)
+            v = h * (1.0 - s) + v_reset * s
+            buf[t] = h
+        del x_seq, v, h, s
+        dv = dv_last
+        for t in reversed(range(buf.shape[0])):
+            h = buf[t]
             u = h - v_threshold
-            s = (u > 0).to(h.dtype)
+            fired = u > 0
             sg = surrogate.grad(u)
-            dh = dv * (1.0 - s)
-            if not detach_reset:  # v = h (1 - s) + v_reset s with s = spike(h - theta)
-                dh = dh + dv * (v_reset - h) * sg
+            # v = h (1 - s) + v_reset s: the membrane path passes where no spike reset it
+            dh = torch.zeros_like(h) if dv is None else dv.masked_fill(fired, 0.0)
+            if not detach_reset and dv is not None:  # ... and the reset's own gradient through s
+                dh += dv * (v_reset - h) * sg
             if ds_seq is not None:
-                dh = dh + ds_seq[t] * sg
+                dh += sg.mul_(ds_seq[t])
+            del u, fired, sg
             if tau is None:
-                dx_seq[t] = dh
+                buf[t] = dh
                 dv = dh
             else:
                 dq = dh / tau          # h = v + q, q = (x - (v - v_reset)) / tau
-                dx_seq[t] = dq
-                dv = dh - dq
-        return dx_seq, dv, None, None, None, None, None
+                buf[t] = dq
+                dv = dh.sub_(dq)
+                del dq
+            del dh
+        dx_seq = buf
+        return dx_seq, (dv if v0 is not None else None), None, None, None, None, None
 
 
-def multistep(x_seq: Tensor, v0: Tensor, tau: Optional[float], v_threshold: float = 1.0, v_reset: float = 0.0,
-              surrogate: Surrogate = ATan(), detach_reset: bool = True) -> tuple[Tensor, Tensor]:
-    """All T steps of a LIF (``tau``) or IF (``tau=None``) neuron at once: ``(spikes [T, ...], v_T)``."""
+def multistep(x_seq: Tensor, v0: Optional[Tensor], tau: Optional[float], v_threshold: float = 1.0,
+              v_reset: float = 0.0, surrogate: Surrogate = ATan(), detach_reset: bool = True) -> tuple[Tensor, Tensor]:
+    """All T steps of a LIF (``tau``) or IF (``tau=None``) neuron at once: ``(spikes [T, ...], v_T)``.
+    ``v0=None`` starts at rest (0) without allocating or saving a zero membrane."""
     return _FusedLIF.apply(x_seq, v0, tau, v_threshold, v_reset, surrogate, detach_reset)
 
 
@@ -257,12 +283,12 @@ class SpikingNeuron(nn.Module):
         if x_seq.dim() < 2:
             raise ValueError(f"{type(self).__name__} expects a time-first tensor [T, B, ...], got shape "
                              f"{tuple(x_seq.shape)}.")
-        v = torch.zeros_like(x_seq[0]) if self.v is None else self.v
         has_fused, tau = self._fused_tau()
         if self.fused and has_fused and x_seq.shape[0] > 0:
-            s_seq, v = multistep(x_seq, v, tau, self.v_threshold, self.v_reset, self.surrogate, self.detach_reset)
+            s_seq, v = multistep(x_seq, self.v, tau, self.v_threshold, self.v_reset, self.surrogate, self.detach_reset)
             self.v = v.detach()
             return s_seq
+        v = torch.zeros_like(x_seq[0]) if self.v is None else self.v
         spikes = []
         for x in x_seq:
             s, v, _ = self.step(x, v)

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from .neurons import get_states, set_states
+from .spikepack import spikes_as_bits
 
 __all__ = [
     "ReversibleModule",
@@ -169,7 +170,8 @@ def param_aliases(fn: nn.Module) -> tuple[list[Tensor], dict[str, Tensor]]:
 
 
 def _evaluate_again(fn: nn.Module, x: Tensor, ev: _Evaluation,
-                    aliases: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Callable[[], None]]:
+                    aliases: Optional[dict[str, Tensor]] = None,
+                    pack_spikes: bool = True, saved: Optional[set] = None) -> tuple[Tensor, Callable[[], None]]:
     """Re-run ``fn`` under grad exactly as the forward ran it (on the parameter ``aliases`` if given).
 
     Returns the output and a function that puts ``fn``'s state back as the forward left it. Call it only
@@ -185,7 +187,9 @@ def _evaluate_again(fn: nn.Module, x: Tensor, ev: _Evaluation,
             torch.cuda.set_rng_state(ev.cuda_rng[1], ev.cuda_rng[0])
         set_states(fn, ev.entry_states)
         cast = contextlib.nullcontext() if ev.autocast is None else torch.autocast(ev.autocast[0], ev.autocast[1])
-        with torch.enable_grad(), cast:
+        # The recomputed graph is the backward's working set, its peak: spikes it saves (a convolution's
+        # input) are kept as bits there (revsnn.spikepack), 32 times fewer bytes in float32.
+        with torch.enable_grad(), cast, spikes_as_bits(pack_spikes, saved):
             out = fn(x) if aliases is None else torch.func.functional_call(fn, aliases, (x,), strict=False)
 
     def restore() -> None:
@@ -220,19 +224,35 @@ class ParamGrads:
             self.grads[i] = g if self.grads[i] is None else self.grads[i] + g
 
 
-def _local_backward(fn: nn.Module, inp: Tensor, ev: _Evaluation, grad_out: Tensor, accumulate) -> tuple[Tensor, Tensor]:
+def _local_backward(fn: nn.Module, inp: Tensor, ev: _Evaluation, grad_out: Tensor, accumulate,
+                    residual: Optional["_Owned"] = None, pack: bool = True) -> tuple[Tensor, Tensor]:
     """Recompute ``fn(inp)`` under grad, backpropagate ``grad_out`` through it, restore ``fn``'s state.
 
     Returns ``(fn's output, detached; gradient with respect to inp)``; parameter gradients go to
-    ``accumulate``.
+    ``accumulate``. With ``residual`` (a coupling's other stream ``r``, handed over) it returns
+    ``r - fn(inp)`` instead, the reconstructed input, computed right after the recompute: then ``r`` is
+    dropped and the output's storage freed before the local backward runs, unless the backward reads the
+    output (some op saved it), so two fewer stream tensors are alive at the backward's peak.
     """
     params, aliases = param_aliases(fn)
     leaf = inp.detach().requires_grad_(True)
-    out, restore = _evaluate_again(fn, leaf, ev, aliases)
+    saved: set = set()
+    out, restore = _evaluate_again(fn, leaf, ev, aliases, pack_spikes=pack, saved=saved)
+    if residual is not None:
+        result = residual.take() - out.detach()
+        storage = out.untyped_storage()
+        base = out if out._base is None else out._base
+        # A custom Function (a nested reversible sequence) may keep its output as a ctx attribute, which
+        # the saved-tensor hooks do not see: its outputs are never freed here.
+        own = not isinstance(base.grad_fn, torch.autograd.function.BackwardCFunction)
+        if own and storage.data_ptr() not in saved and storage.data_ptr() != leaf.untyped_storage().data_ptr():
+            # autograd.grad needs the output only as the graph's root (its shape and grad_fn), not its
+            # values: free its bytes and keep the tensor (the way torch's FSDP frees parameters).
+            storage.resize_(0)
     g_in, g_params = _grads(out, leaf, list(aliases.values()), grad_out)
     restore()
     accumulate(params, g_params)
-    return out.detach(), g_in
+    return (out.detach() if residual is None else result), g_in
 
 
 class _Streams:
@@ -341,17 +361,30 @@ def _backward_serial(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: Te
     # released once reconstructed), their gradients and one recompute graph.
     y1, y2 = seq.split(y.take())
     dy1, dy2 = seq.split(dy)
+    # The stream gradients are accumulated in place, into tensors of our own: autograd keeps ``dy``
+    # alive (and may share it) for the whole backward, so it is never written. dy1 is copied out at once
+    # and dy2 replaced after the first block's F; from then on every block holds the same tensors, so
+    # the first block's peak is the others' (flat in depth).
+    dy1 = dy1.clone()
+    own_dy2 = False
     for block, (ev_f, ev_g) in zip(reversed(seq.blocks), reversed(evaluations)):
-        # (a, b) -> y1 = a + F(b), y2 = b + G(y1)
-        g, dy1_from_g = _local_backward(block.G, y1, ev_g, dy2, accumulate)
-        b = y2 - g
-        del g, y2
-        dy1 = dy1 + dy1_from_g
+        # (a, b) -> y1 = a + F(b), y2 = b + G(y1). Each stream is handed over to the recompute that
+        # reconstructs from it (b = y2 - G(y1), a = y1 - F(b)), which drops it before its backward; the
+        # output's two halves share one storage, freed once both are handed over.
+        rest = _Owned(y2)
+        del y2
+        b, dy1_from_g = _local_backward(block.G, y1, ev_g, dy2, accumulate, rest, seq.pack_spikes)
+        dy1 += dy1_from_g
         del dy1_from_g
-        f, db_from_f = _local_backward(block.F, b, ev_f, dy1, accumulate)
-        a = y1 - f
-        del f, y1
-        dy2 = dy2 + db_from_f
+        rest = _Owned(y1)
+        del y1
+        a, db_from_f = _local_backward(block.F, b, ev_f, dy1, accumulate, rest, seq.pack_spikes)
+        del rest
+        if own_dy2:
+            dy2 += db_from_f
+        else:
+            dy2 = dy2 + db_from_f
+            own_dy2 = True
         del db_from_f
         y1, y2 = block._order(a, b)
         dy1, dy2 = block._order(dy1, dy2)
@@ -391,42 +424,64 @@ def _forward_parallel(seq: "ReversibleSequence", x: Tensor):
 def _backward_parallel(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: Tensor, accumulate) -> Tensor:
     streams = _Streams(dy.device, seq.use_streams)
     blocks = list(seq.blocks)
+    pack = seq.pack_spikes
     y1, y2 = seq.split(y.take())
     dy1, dy2 = seq.split(dy)
+    # As in _backward_serial: stream gradients in tensors of our own, accumulated in place (autograd's dy
+    # is never written), and each stream handed over to the recompute that reconstructs from it.
+    dy1 = dy1.clone()
+    own_dy2 = False
     k = len(blocks) - 1
-    g, dy1_from_g = _local_backward(blocks[k].G, y1, evaluations[k][1], dy2, accumulate)
-    x1 = y2 - g                 # block k's X1: the input of F_k and of G_{k-1}
-    del g, y2
-    dy1_total = dy1 + dy1_from_g
+    rest = _Owned(y2)
+    del y2
+    x1, dy1_from_g = _local_backward(blocks[k].G, y1, evaluations[k][1], dy2, accumulate, rest, pack)
+    dy1 += dy1_from_g           # x1: block k's X1, the input of F_k and of G_{k-1}
+    dy1_total = dy1
     del dy1, dy1_from_g
-    # Dead names are dropped at once, as in _backward_serial. Without CUDA streams nothing runs side by
-    # side, so G_{k-1} runs after F_k, once block k's dead tensors are freed: the peak is then the serial
-    # schedule's. With streams both recomputes are alive together, one state pair more (the price of
-    # the concurrency). The order changes no number: each recompute restores its own RNG state.
+    # Dead names are dropped at once. Without CUDA streams nothing runs side by side, so G_{k-1} runs
+    # after F_k, once block k's dead tensors are freed, and reconstructs from F_k's result: the peak is
+    # then the serial schedule's. With streams both recomputes are alive together, one state pair more
+    # (the price of the concurrency). The order changes no number: each recompute restores its own RNG.
     concurrent = streams.cuda
     while True:
-        g_prev = dprev = None
+        g_prev = dprev = x1_prev = None
         if concurrent and k > 0:
             with streams.on_side():
-                g_prev, dprev = _local_backward(blocks[k - 1].G, x1, evaluations[k - 1][1], dy1_total, accumulate)
-        f, dx1_from_f = _local_backward(blocks[k].F, x1, evaluations[k][0], dy1_total, accumulate)
+                g_prev, dprev = _local_backward(blocks[k - 1].G, x1, evaluations[k - 1][1], dy1_total,
+                                                accumulate, pack=pack)
+        rest = _Owned(y1)
+        del y1
+        x2, dx1_from_f = _local_backward(blocks[k].F, x1, evaluations[k][0], dy1_total, accumulate, rest, pack)
+        del rest
         streams.join(g_prev, dprev)
-        x2 = y1 - f
-        del f, y1
-        dx1 = dy2 + dx1_from_f
+        if own_dy2:
+            dy2 += dx1_from_f
+            dx1 = dy2
+        else:
+            dx1 = dy2 + dx1_from_f
+            own_dy2 = True
         del dy2, dx1_from_f
         if not concurrent and k > 0:
-            g_prev, dprev = _local_backward(blocks[k - 1].G, x1, evaluations[k - 1][1], dy1_total, accumulate)
+            rest = _Owned(x2)
+            del x2
+            x1_prev, dprev = _local_backward(blocks[k - 1].G, x1, evaluations[k - 1][1], dy1_total,
+                                             accumulate, rest, pack)
+            del rest
         dx2 = dy1_total
         del dy1_total
         if k == 0:
             return torch.cat((dx1, dx2), dim=seq.split_dim)
-        # Block k-1's outputs are block k's inputs.
-        y1, y2, dy1, dy2 = x1, x2, dx1, dx2
-        del x1, x2, dx1, dx2
-        x1 = y2 - g_prev
-        del y2, g_prev
-        dy1_total = dy1 + dprev
+        # Block k-1's outputs are block k's inputs: (y1, y2) = (x1, x2), (dy1, dy2) = (dx1, dx2).
+        y1, dy1, dy2 = x1, dx1, dx2
+        del x1, dx1, dx2
+        if x1_prev is not None:
+            x1 = x1_prev             # = y2 - G_{k-1}(y1), reconstructed inside the recompute
+        else:
+            x1 = x2 - g_prev
+            del x2, g_prev
+        del x1_prev
+        dy1 += dprev
+        dy1_total = dy1
         del dy1, dprev
         k -= 1
 
@@ -444,6 +499,9 @@ class ReversibleModule(nn.Module):
     # nothing reads those membranes, and keeping them costs one membrane per neuron, growing with depth.
     # Turn it on to feed one long sequence in chunks through the reversible module itself.
     keep_state: bool = False
+    # Whether the recompute in backward keeps the spikes it saves as bits (revsnn.spikepack); off only to
+    # measure what that saves.
+    pack_spikes: bool = True
 
     def use_reversible(self, x: Tensor) -> bool:
         """Whether this call should run the reversible Function: in reversible mode, and only when a
@@ -532,7 +590,7 @@ class _RecomputeFn(torch.autograd.Function):
         owner: Recompute = ctx.owner
         (x,) = ctx.saved_tensors
         accumulate = ParamGrads(list(owner.parameters()))
-        _, dx = _local_backward(owner.module, x, ctx.evaluation, dout, accumulate)
+        _, dx = _local_backward(owner.module, x, ctx.evaluation, dout, accumulate, pack=owner.pack_spikes)
         return (dx, None, *accumulate.grads)
 
 

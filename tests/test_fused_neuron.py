@@ -59,6 +59,6 @@ def test_fused_keeps_one_float_per_neuron_and_step():
     fused, steps = _pair(LIF(2.0))
     b_fused = activation_bytes(fused, x)
     b_steps = activation_bytes(steps, x)
-    assert b_fused == x.numel() * 4          # the membrane before reset, nothing else
+    assert b_fused == x.numel() * 4          # its input (the caller's x itself), nothing else
     # step by step: h - theta for the surrogate and 1 - s for the reset, every step but the last's reset
     assert b_steps == (2 * 8 - 1) * x[0].numel() * 4

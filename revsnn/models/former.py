@@ -22,8 +22,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..layers import TimeDistributed
-from ..neurons import make_neuron, reset_states
-from ..reversible import RevNetCoupling, ReversibleSequence
+from ..neurons import SpikingNeuron, make_neuron, reset_states
+from ..reversible import Recompute, RevNetCoupling, ReversibleSequence
 
 __all__ = ["RevSFormer", "SpikingSelfAttention", "SpikingMLP", "CONFIGS", "build"]
 
@@ -81,6 +81,7 @@ class RevSFormer(nn.Module):
         pool_stages: tuple[int, ...] = (2, 3),
         neuron: dict[str, Any] = LIF_SIGMOID,
         scale: float = 0.125,
+        recompute_boundaries: bool = False,
     ):
         super().__init__()
         if dim % 8:
@@ -96,7 +97,20 @@ class RevSFormer(nn.Module):
                 tok.append(TimeDistributed(nn.MaxPool2d(3, stride=2, padding=1)))
             tok += [TimeDistributed(nn.Conv2d(widths[stage], widths[stage + 1], 3, padding=1, bias=False)),
                     TimeDistributed(nn.BatchNorm2d(widths[stage + 1]))]
-        self.tokenizer = nn.Sequential(*tok)
+        if recompute_boundaries:
+            # The tokenizer runs at full resolution (32x32 at CIFAR size), where most of a RevSFormer's
+            # activations are. Recompute keeps only its input (the image) and, inside, each stage keeps
+            # only its own input while the outer recompute runs, so backward holds one stage's graph at a
+            # time: the same layers in the same order (state_dict keys differ from the plain layout).
+            stages, start = [], 0
+            for i, m in enumerate(tok):
+                if i > 0 and isinstance(m, SpikingNeuron):
+                    stages.append(Recompute(nn.Sequential(*tok[start:i])))
+                    start = i
+            stages.append(Recompute(nn.Sequential(*tok[start:])))
+            self.tokenizer = Recompute(nn.Sequential(*stages))
+        else:
+            self.tokenizer = nn.Sequential(*tok)
         self.blocks = ReversibleSequence(
             [RevNetCoupling(SpikingSelfAttention(dim, heads, neuron, scale), SpikingMLP(dim, mlp_ratio, neuron))
              for _ in range(depth)], split_dim=2)
@@ -144,4 +158,5 @@ def build(config: dict[str, Any]) -> RevSFormer:
         pool_stages=tuple(config["pool_stages"]),
         neuron=config["neuron"],
         scale=config["scale"],
+        recompute_boundaries=config.get("recompute_boundaries", False),
     )
