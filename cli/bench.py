@@ -39,6 +39,9 @@ def _check_plot_path(plot: Optional[Path]) -> None:
             fail(f"--plot must name a .png file, got {plot}.")
         if not plot.parent.is_dir():
             fail(f"--plot {plot}: the directory {plot.parent} does not exist.")
+        from revsnn.fileio import check_writable_dir
+
+        check_writable_dir(plot.parent, "--plot")  # before the measurement, not after it
 
 
 @bench_app.command("memory")
@@ -119,7 +122,7 @@ def _memory_plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from revsnn.checkpoint import atomic_write
+    from revsnn.fileio import atomic_write, png_bytes
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     styles = {"reversible": "-o", "reversible-recompute": "-s", "plain": "--^", "checkpoint": ":v"}
@@ -140,7 +143,7 @@ def _memory_plot(rows: list[dict], path: Path) -> None:
     axes[1].legend(fontsize=6, ncol=1)
     fig.suptitle(f"Training-step memory against depth (T = {rows[0]['time_steps']}, {rows[0]['device']})")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    atomic_write(path, png_bytes(fig, dpi=120))  # drawn in memory, then written whole
     plt.close(fig)
 
 

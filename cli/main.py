@@ -249,6 +249,8 @@ def train(
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (CUDA only)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue from DIR/model.pt after an interruption."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in DIR (without it, or "
+                                   "--resume, an existing DIR/model.pt is refused)."),
 ) -> None:
     """Train a model of the zoo, or your own (--model MODULE:FUNCTION), on the embedded digits (no download) or a data set you have on disk.
 
@@ -265,7 +267,7 @@ def train(
                         optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
                         milestones=parse_ints(milestones, "--milestones") if milestones else None,
                         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, mixup=mixup, ema=ema,
-                        grad_clip=grad_clip, amp=amp)
+                        grad_clip=grad_clip, amp=amp, overwrite=overwrite)
     reporter = _ProgressReporter()
     try:
         metrics = run_training(opts, reporter)
@@ -320,6 +322,10 @@ def _run_verify(checkpoint: Path, targets: Optional[list[str]], samples: int, pl
     if plot is not None and not plot.is_dir():
         if plot.exists() or not plot.parent.is_dir():
             fail(f"--plot {plot} must be a directory (its parent must exist).")
+    if plot is not None:
+        from revsnn.fileio import check_writable_dir
+
+        check_writable_dir(plot if plot.is_dir() else plot.parent, "--plot")  # before the targets run
     with console.status("running every target step by step ...") as status:
         progress = lambda t: status.update(f"{t.name} done; running the next target ...")  # noqa: E731
         if foreign is not None:   # a .nir file from any tool

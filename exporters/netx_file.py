@@ -22,13 +22,14 @@ from __future__ import annotations
 
 from revsnn.errors import RevsnnError
 
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from revsnn.fileio import atomic_write
 
 from .loihi_chain import ChainLayer, LoihiChain, Member
 
@@ -57,42 +58,39 @@ def write_netx(chain: LoihiChain, path: str | Path, *, fingerprint: str | None =
         raise NetxFileError(f"the output directory {path.parent} does not exist; create it or choose another path.")
     if path.is_dir():
         raise NetxFileError(f"{path} is a directory; give a file name such as {path / 'model.net'}.")
-    fd, tmp = tempfile.mkstemp(prefix=".revsnn-", suffix=".net.tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            layers = f.create_group("layer")
-            index = 0
+    # Built in memory and copied with plain I/O (revsnn.fileio): h5py writing to a full disk itself segfaults,
+    # and a temp file made outside the write helper escaped its error handling on a read-only destination.
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        layers = f.create_group("layer")
+        index = 0
 
-            def group(kind: str):
-                nonlocal index
-                g = layers.create_group(str(index))
-                g["type"] = _str(kind)
-                index += 1
-                return g
+        def group(kind: str):
+            nonlocal index
+            g = layers.create_group(str(index))
+            g["type"] = _str(kind)
+            index += 1
+            return g
 
-            group("input")["shape"] = np.array(chain.input_shape, dtype=np.int64)
-            prev = chain.input_shape
-            for layer in chain.layers:
-                if layer.kind == "dense" and len(prev) == 3:
-                    group("flatten")["shape"] = np.array([int(np.prod(prev)), 1, 1], dtype=np.int64)
-                g = group(layer.kind)
-                _write_layer(g, layer, prev)
-                prev = layer.shape
-            meta = f.create_group("revsnn")
-            meta.attrs["format"] = FORMAT
-            meta.attrs["metadata"] = json.dumps(_jsonable(chain.metadata))
-            meta.attrs["members"] = json.dumps([[_member_json(m) for m in layer.members] for layer in chain.layers])
-            if fingerprint is not None:
-                from .fingerprint import DIGEST_KEY, FINGERPRINT_KEY, netx_digest
+        group("input")["shape"] = np.array(chain.input_shape, dtype=np.int64)
+        prev = chain.input_shape
+        for layer in chain.layers:
+            if layer.kind == "dense" and len(prev) == 3:
+                group("flatten")["shape"] = np.array([int(np.prod(prev)), 1, 1], dtype=np.int64)
+            g = group(layer.kind)
+            _write_layer(g, layer, prev)
+            prev = layer.shape
+        meta = f.create_group("revsnn")
+        meta.attrs["format"] = FORMAT
+        meta.attrs["metadata"] = json.dumps(_jsonable(chain.metadata))
+        meta.attrs["members"] = json.dumps([[_member_json(m) for m in layer.members] for layer in chain.layers])
+        if fingerprint is not None:
+            from .fingerprint import DIGEST_KEY, FINGERPRINT_KEY, netx_digest
 
-                f.flush()
-                meta.attrs[FINGERPRINT_KEY] = str(fingerprint)
-                meta.attrs[DIGEST_KEY] = netx_digest(f)  # read from the file being written: what check_file reads
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            f.flush()
+            meta.attrs[FINGERPRINT_KEY] = str(fingerprint)
+            meta.attrs[DIGEST_KEY] = netx_digest(f)  # read from the file being written: what check_file reads
+    atomic_write(path, buffer.getbuffer())
     return path
 
 

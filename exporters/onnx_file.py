@@ -50,7 +50,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import revsnn
-from revsnn.checkpoint import atomic_write
+from revsnn.fileio import atomic_write
 from revsnn.exporters.graph import DelayFifo, GraphError, node_shape, schedule
 from revsnn.exporters.nodes import MaxPool2d, SpikingAttention
 
@@ -540,14 +540,11 @@ def write_onnx(graph: Union[nir.NIRGraph, onnx.ModelProto], path: Union[str, Pat
         del model.metadata_props[:]
         helper.set_model_props(model, props)
 
-    def write(tmp: Path) -> None:
-        onnx.save(model, str(tmp))
+    def check(tmp: Path) -> None:
         onnx.checker.check_model(str(tmp), full_check=True)
 
     try:
-        atomic_write(path, write)
-    except OSError as exc:
-        raise ONNXFileError(f"cannot write {path}: {exc}") from exc
+        atomic_write(path, model.SerializeToString(), check=check)  # bytes in memory, then plain I/O
     except onnx.checker.ValidationError as exc:
         raise ONNXFileError(f"cannot write {path}: the model fails onnx.checker ({str(exc).splitlines()[0]}); "
                             "nothing was written.") from exc

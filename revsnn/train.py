@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json
+from .limits import check_train_start
 from .data import ENCODINGS, ImageData, encode, load_digits
 from .models import USER_FAMILY, build_model, builder_config, get_config
 
@@ -69,6 +70,7 @@ class TrainOptions:
     ema: Optional[float] = None
     grad_clip: Optional[float] = None
     amp: Optional[bool] = None
+    overwrite: bool = False               # replace an existing run at ``out`` (else refused)
 
 
 # What a run uses where neither the command line, the preset nor the model says otherwise (the trainer's
@@ -320,6 +322,7 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) ->
     reporter = reporter or _Silent()
     note = getattr(reporter, "note", None) or (lambda text: None)
     s = resolve_options(opts)
+    check_train_start(opts, s)  # seed, memory, overwrite, --resume's checkpoint and conflicts, writable --out
     out = Path(opts.out)
     ckpt_path, metrics_path = out / "model.pt", out / "metrics.json"
     device = torch.device(opts.device)
@@ -348,7 +351,7 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) ->
         if not ckpt_path.is_file():
             raise TrainError(f"--resume: there is no {ckpt_path} to resume from; run without --resume first.")
         try:
-            resume_state = load_checkpoint(ckpt_path)
+            resume_state = load_checkpoint(ckpt_path, resume=True)
         except CheckpointError as exc:
             raise TrainError(f"--resume: {exc}") from exc
         if resume_state["config"].get("name") != opts.model:
@@ -360,7 +363,6 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) ->
                              "a new --out.")
         kept = {k: v for k, v in resume_state["train"].items() if k in s and k not in ("epochs", "notes", "config")}
         s = {**s, **kept, "epochs": s["epochs"] if opts.epochs is not None else resume_state["train"]["epochs"]}
-    out.mkdir(exist_ok=True)
 
     torch.manual_seed(s["seed"])
     model = build_model(config).to(device)
