@@ -74,6 +74,9 @@ def memory(
         names = parse_list(models, "--models")
         _check_models(names)
         sweep = [(name, scales if name.endswith("-digits") else None) for name in names]
+    from revsnn.limits import check_bench_memory
+
+    check_bench_memory(sweep, time_steps, batch_size, device)  # a LimitError (one sentence) before measuring
 
     rows = []
     with console.status("measuring ...") as status:
@@ -155,7 +158,11 @@ def node_memory(
     """Activation memory of one neuron node under BPTT: the reversible node (RevLIF) against its plain twin and a standard LIF, on a [T, 32, 256] float32 input."""
     from revsnn.models.revnode import node_memory_comparison
 
-    result = node_memory_comparison(time_steps=parse_ints(time_steps, "--time-steps"))
+    from revsnn.limits import check_node_memory
+
+    steps = parse_ints(time_steps, "--time-steps")
+    check_node_memory(steps)
+    result = node_memory_comparison(time_steps=steps)
     if json_out:
         print(json.dumps(result, indent=2))
         return
@@ -296,7 +303,11 @@ def lava(
 
     target = LavaTarget.load(file)
     shape = tuple(target.chain.input_shape)  # (C, H, W), or (N,) when the first layer is dense
-    if shape in ((1, 8, 8), (64,)):
+    from revsnn.limits import check_lava_bench
+
+    digits = shape in ((1, 8, 8), (64,))
+    check_lava_bench(samples, time_steps, shape, len(load_digits().y_test) if digits else None)
+    if digits:
         data = load_digits()
         x = encode(data.x_test[:samples], time_steps, "rate", torch.Generator().manual_seed(0))
     else:  # a network for other data (event frames, CIFAR): random spikes at 10% of the steps

@@ -412,8 +412,10 @@ def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir, .onnx 
 
     A checkpoint of your own model (`train --model MODULE:FUNCTION`) is rebuilt by importing MODULE, so its code runs: only read checkpoints whose code you trust.
     """
-    if not file.is_file():
+    if not file.exists():
         fail(f"{file} does not exist.")
+    if not file.is_file():  # a directory, a FIFO or a device: nothing to summarise, and reading could block
+        fail(f"{file} is not a regular file; pass a .pt, .nir, .onnx or .net file.")
     if file.suffix == ".pt":
         from revsnn.checkpoint import load_model, summarize_checkpoint
 

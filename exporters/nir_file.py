@@ -214,6 +214,8 @@ def read_nir(path: str | Path) -> nir.NIRGraph:
         raise NIRFileError(f"{path} does not exist; pass the .nir file written by `revsnn export`.")
     if path.is_dir():
         raise NIRFileError(f"{path} is a directory; pass the .nir file inside it.")
+    if not path.is_file():
+        raise NIRFileError(f"{path} is not a regular file; pass the .nir file written by `revsnn export`.")
     try:
         _inspect_hdf5(path)
     except NIRFileError:
@@ -229,6 +231,11 @@ def read_nir(path: str | Path) -> nir.NIRGraph:
                            "export`.") from exc
     if not isinstance(graph, nir.NIRGraph):
         raise NIRFileError(f"{path} holds a single {type(graph).__name__} node, not a graph; export a graph.")
+    try:  # values, not only structure: a NaN or inf parameter would run (and summarise) as if it were fine
+        _check_nodes(graph)
+    except NIRFileError as exc:
+        raise NIRFileError(f"{path}: {exc}".replace("retrain or repair the checkpoint before exporting",
+                                                    "export the file again from a sound model")) from exc
     return graph
 
 

@@ -199,3 +199,61 @@ def require_run_memory(model, time_steps: int, batch: int, what: str, fix: str, 
     every step, float64 as the reference executor keeps them) cannot be held."""
     shape = list(model.config["input_shape"])
     require_memory(int(time_steps) * int(batch) * activation_elements(model, shape) * bytes_per, what, fix, device)
+
+
+# --------------------------------------------------------------------------------------------------------
+# benchmarks: checked before the first measurement
+
+
+def check_bench_memory(sweep, time_steps: int, batch_size: int, device: str = "cpu") -> None:
+    """``bench memory``: each (model, depth) measured at batch 2B over T steps needs at least its weights,
+    gradients and optimizer-free copies (float32) and one step's activations for every step (the plain twin
+    keeps them all). Depths are extrapolated from depth 1 and 2, so a depth of 100000 is refused without
+    building it."""
+    from .bench import _with_depth
+    from .models import build_model, get_config
+
+    for name, scales in sweep:
+        base = get_config(name)
+        if scales and base["family"] != "scnn":
+            deepest = max(scales)
+            sizes = []
+            for s in (1, 2):
+                m = build_model(_with_depth(base, s))
+                sizes.append((sum(p.numel() for p in m.parameters()),
+                              activation_elements(m, list(base["input_shape"]))))
+            (p1, a1), (p2, a2) = sizes
+            params = p1 + (deepest - 1) * max(0, p2 - p1)
+            acts = a1 + (deepest - 1) * max(0, a2 - a1)
+            label = f"{name} at depth scale {deepest:,}"
+        else:
+            m = build_model(base)
+            params = sum(p.numel() for p in m.parameters())
+            acts = activation_elements(m, list(base["input_shape"]))
+            label = name
+        needed = 4 * (3 * params + int(time_steps) * 2 * int(batch_size) * acts)
+        require_memory(needed, f"bench memory of {label} with T = {time_steps:,} and batch {2 * batch_size:,}",
+                       "lower --depths, --time-steps or --batch-size", device)
+
+
+def check_node_memory(time_steps) -> None:
+    """``bench node-memory``: three nodes on a [T, 32, 256] float32 input, each keeping a few floats a neuron
+    and step for backward."""
+    for T in time_steps:
+        require_tensor([T, 32, 256], f"bench node-memory at T = {T:,}", "lower --time-steps", bytes_per=4 * 8)
+
+
+def check_lava_bench(samples: int, time_steps: int, shape, test_digits: int | None) -> None:
+    """``bench lava``: the digits have ``test_digits`` test samples (no more can run); the input
+    [T, samples, ...] must fit, float64."""
+    if test_digits is not None and samples > test_digits:
+        raise LimitError(f"--samples {samples:,} is more than the {test_digits} test digits this network runs on; "
+                         f"give at most {test_digits}.")
+    require_tensor([time_steps, samples, *shape], f"bench lava with {samples:,} samples x {time_steps:,} steps",
+                   "lower --samples or --time-steps", bytes_per=8 * 2)
+
+
+def check_infer_bench(model, time_steps: int, batch_size: int) -> None:
+    """``bench infer``: a T-step run at the batch size, every layer's output at every step (float32)."""
+    require_run_memory(model, time_steps, batch_size, f"bench infer of {model.config.get('name')} at batch "
+                       f"{batch_size:,} and T = {time_steps:,}", "lower --batch-size", bytes_per=4)
