@@ -540,6 +540,10 @@ def write_onnx(graph: Union[nir.NIRGraph, onnx.ModelProto], path: Union[str, Pat
     path = Path(path)
     if mode not in ("step", "unrolled"):
         raise ONNXFileError(f"unknown ONNX export mode {mode!r}; use mode='step' or mode='unrolled'.")
+    # The opsets the writer is tested with (the CLI's --opset range): below 13 Unsqueeze and ReduceMean take
+    # their axes as attributes, and onnx.checker rejects the unrolled graph.
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or not 13 <= int(opset) <= 21:
+        raise ONNXFileError(f"opset must be between 13 and 21, got {opset!r}.")
     if mode == "unrolled":
         time_steps = _check_time_steps(time_steps)
     elif time_steps is not None:

@@ -239,5 +239,10 @@ def foreign_inputs(graph, samples: int, time_steps: int, rate: float = 0.2, seed
         raise RevsnnError(f"--rate must be a probability in [0, 1], got {rate}.")
     if samples < 1 or time_steps < 1:
         raise RevsnnError("--samples and --time-steps must be at least 1.")
+    from revsnn.limits import require_tensor
+
+    # the spikes themselves, float64, and as many again for what the targets record (a lower bound)
+    require_tensor([time_steps, samples, *shape], f"--time-steps {time_steps:,} with --samples {samples:,}",
+                   "lower --time-steps or --samples", bytes_per=16)
     g = torch.Generator().manual_seed(int(seed))
     return (torch.rand(int(time_steps), int(samples), *shape, generator=g) < rate).double()

@@ -299,7 +299,8 @@ def test_huge_options_are_refused_with_an_estimate(base, tmp_path):
                  ["bench", "lava", base["net"], "--time-steps", big],
                  ["bench", "infer", "--batch-size", big, "--repeats", "1"],
                  ["export", "onnx", base["ckpt"], "--out", tmp_path / "m.onnx", "--mode", "unrolled",
-                  "--time-steps", big]):
+                  "--time-steps", big],
+                 ["verify", base["nir"], "--time-steps", big, "--targets", "torch"]):
         sentence = refused(args, watch=tmp_path)
         assert "needs at least" in sentence or "would be about" in sentence, sentence
     refused(["train", "--model", "revsresnet-digits", "--out", out, "--seed", str(10**23)], watch=tmp_path,
