@@ -62,14 +62,24 @@ def save_checkpoint(path: Path | str, model: nn.Module, **extra: Any) -> None:
                "state_dict": model.state_dict(), **extra}
     buffer = io.BytesIO()
     torch.save(payload, buffer)
+    created = False
     if not path.parent.exists() and path.parent.parent.is_dir():
         from revsnn.fileio import WriteError, os_error_sentence
 
         try:
             path.parent.mkdir()
+            created = True
         except OSError as exc:
             raise WriteError(os_error_sentence(exc, path.parent, "create")) from exc
-    _atomic_write(path, buffer.getbuffer())
+    try:
+        _atomic_write(path, buffer.getbuffer())
+    except BaseException:
+        if created:  # the folder was made for this file alone: a failed write takes it away again
+            try:
+                path.parent.rmdir()
+            except OSError:
+                pass
+        raise
 
 
 def _bad(path: Path, what: str, fix: str = "re-create it with `revsnn train`") -> CheckpointError:

@@ -30,6 +30,7 @@ import secrets
 import signal
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -39,6 +40,7 @@ __all__ = ["WriteError", "TEMP_SUFFIX", "atomic_write", "os_error_sentence", "re
            "check_writable_dir", "check_free_space", "user_mode"]
 
 TEMP_SUFFIX = ".revsnn-tmp"
+_LEGACY_RE = re.compile(r"^\.(?P<name>.+?)\.?[A-Za-z0-9_]{8}(\.net)?\.tmp$")
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX) + "$")
 
 # Temp files this process is writing now; the SIGTERM handler removes them.
@@ -104,9 +106,21 @@ def remove_stale_temps(path: Union[str, Path]) -> list[Path]:
         entries = list(os.scandir(path.parent))
     except OSError:
         return removed
+    now = time.time()
     for entry in entries:
         m = _TEMP_RE.match(entry.name)
-        if m is None or m.group("name") != path.name or _pid_alive(int(m.group("pid"))):
+        if m is None:
+            # revsnn before this module named its temp files after mkstemp (no PID): one of those is removed
+            # once it has not changed for an hour, when no writer can still be using it.
+            legacy = _LEGACY_RE.match(entry.name)
+            if legacy is None or legacy.group("name") not in (path.name, "revsnn-" if path.suffix == ".net" else None):
+                continue
+            try:
+                if now - entry.stat().st_mtime < 3600:
+                    continue
+            except OSError:
+                continue
+        elif m.group("name") != path.name or _pid_alive(int(m.group("pid"))):
             continue
         try:
             os.unlink(entry.path)

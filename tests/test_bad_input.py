@@ -465,3 +465,17 @@ def test_read_only_destination(base, small_fs, tmp_path):
                  ["demo", "--out", small_fs / "demo", "--no-lava", "--epochs", "1"]):
         refused(args, watch=small_fs, contains="read-only")
     assert list(small_fs.iterdir()) == []
+
+
+def test_stale_temps_of_earlier_versions_are_removed(tmp_path):
+    from revsnn.fileio import atomic_write
+
+    old = [tmp_path / ".m.nir.abcd1234.tmp", tmp_path / ".revsnn-ab_d1234.net.tmp"]
+    fresh = tmp_path / ".m.nir.zzzz9999.tmp"   # could still be an old writer's: left alone
+    for p in old + [fresh]:
+        p.write_bytes(b"partial")
+    for p in old:
+        os.utime(p, (time.time() - 7200, time.time() - 7200))
+    atomic_write(tmp_path / "m.nir", b"nir")
+    atomic_write(tmp_path / "m.net", b"net")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, "m.nir", "m.net"])
