@@ -462,7 +462,7 @@ def test_read_only_destination(base, small_fs, tmp_path):
                  ["train", "--model", "revsresnet-digits", "--out", small_fs / "run", "--epochs", "1"],
                  ["verify", base["ckpt"], "--targets", "torch", "--samples", "2", "--plot", small_fs],
                  ["bench", "memory", "--models", "revsresnet-digits", "--depths", "1", "--plot", small_fs / "m.png"],
-                 ["demo", "--out", small_fs / "demo", "--no-lava", "--epochs", "1"]):
+                 ["demo", "--out", small_fs / "demo", "--model", "scnn-digits", "--no-lava", "--epochs", "1"]):
         refused(args, watch=small_fs, contains="read-only")
     assert list(small_fs.iterdir()) == []
 
