@@ -45,6 +45,10 @@ class RevsnnGroup(TyperGroup):
     express, a bad option the library checks) ends as its one sentence on stderr and exit code 2, never a
     traceback. Anything else is a bug and keeps its traceback."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _escape_help(self)
+
     def make_context(self, info_name, args, parent=None, **extra):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
@@ -68,6 +72,19 @@ class RevsnnGroup(TyperGroup):
             from revsnn.fileio import os_error_sentence
 
             fail(os_error_sentence(exc, exc.filename or "the output"))
+
+
+def _escape_help(command) -> None:
+    """Help texts are plain sentences, but typer renders them as rich markup, where "[default: the model's]"
+    reads as a tag and vanishes. Escaping the brackets once here, over every command of every sub-app, keeps
+    the sentences as written (rich's own escape, so only what rich would read as a tag changes)."""
+    from rich.markup import escape
+
+    for param in getattr(command, "params", []):
+        if getattr(param, "help", None):
+            param.help = escape(param.help)
+    for sub in getattr(command, "commands", {}).values():
+        _escape_help(sub)
 
 
 def parse_list(text: str, option: str) -> list[str]:

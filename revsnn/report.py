@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_write, load_model
-from .data import encode, load_digits
+from .data import DataError, test_samples
 from .errors import RevsnnError
 
 __all__ = ["ReportError", "Costs", "model_costs", "write_report", "REPORT_TARGETS"]
@@ -80,9 +80,12 @@ def _settings(payload: dict, model) -> tuple[int, str]:
 
 
 def model_costs(checkpoint: Path | str, samples: int = 16, targets: tuple[str, ...] = REPORT_TARGETS,
-                lava_synapses: str = "dense", on_step: Optional[Callable[[str], None]] = None) -> Costs:
+                lava_synapses: str = "dense", on_step: Optional[Callable[[str], None]] = None,
+                traces: Optional[dict[str, Any]] = None) -> Costs:
     """Count spikes, synaptic operations and MACs per inference on every requested target that exposes spikes,
-    and the Loihi 2 resources when the model deploys there (see the module docstring)."""
+    and the Loihi 2 resources when the model deploys there (see the module docstring). ``traces``: the
+    targets' runs that ``verify`` already made on these samples (``VerifyReport.traces``); a target found
+    there is not run again."""
     from revsnn.exporters.activity import count_activity
     from revsnn.exporters.collapse import collapse
     from revsnn.targets.reference import ReferenceExecutor
@@ -93,11 +96,13 @@ def model_costs(checkpoint: Path | str, samples: int = 16, targets: tuple[str, .
     model, payload = load_model(checkpoint)
     config = model.config
     T, encoding = _settings(payload, model)
-    data = load_digits()
-    n = min(samples, len(data.y_test))
-    # The same samples and draw as verify, so that its table and these counts describe the same run.
-    x = encode(data.x_test[:n], T, encoding, torch.Generator().manual_seed(1234)).double()
-    y = data.y_test[:n]
+    # The same samples of the model's own data and the same draw as verify (revsnn.data.test_samples), so
+    # that its table and these counts describe the same run.
+    try:
+        x, y = test_samples(payload, samples)
+    except DataError as exc:
+        raise ReportError(str(exc)) from exc
+    x, n = x.double(), int(x.shape[1])
     say("collapsing the model and running the reference executor")
     collapsed = collapse(model.double().eval(), T)
     graph = collapsed.graph
@@ -120,11 +125,14 @@ def model_costs(checkpoint: Path | str, samples: int = 16, targets: tuple[str, .
         for name in targets:
             if name not in SPIKE_TARGETS:
                 continue
-            say(f"running {name} and counting its spikes")
+            say(f"counting {name}'s spikes")
             try:
-                target = get_target(name)
-                options = {"time_steps": T}
-                t_spikes = target.run(target.export(graph, Path(tmp), **options), x, **options).spikes
+                if traces and name in traces:
+                    t_spikes = traces[name].spikes
+                else:
+                    target = get_target(name)
+                    options = {"time_steps": T}
+                    t_spikes = target.run(target.export(graph, Path(tmp), **options), x, **options).spikes
             except RevsnnError as exc:   # a target this graph cannot go to (RevSFormer on norse): say so
                 details[f"{name}_skipped"] = str(exc)
                 continue
@@ -132,8 +140,9 @@ def model_costs(checkpoint: Path | str, samples: int = 16, targets: tuple[str, .
                                         fan_outs=fan_outs)
         res, note, equal = None, _loihi_refusal(graph, encoding, config.get("name", "this model")), None
         if "lava" in targets:
+            lava = (traces or {}).get("lava")
             res, note, equal = _loihi_costs(graph, x, encoding, config.get("name", "this model"), lava_synapses,
-                                            Path(tmp), acts, say)
+                                            Path(tmp), acts, say, lava.layer_spikes if lava is not None else None)
     history = payload.get("history") or []
     return Costs(config.get("name", "?"), config.get("family", "?"), encoding, T, n,
                  history[-1]["test_accuracy"] if history else None, sample_accuracy, acts, res, note, equal, details)
@@ -151,7 +160,8 @@ def _loihi_refusal(graph, encoding: str, name: str) -> str:
     return "not computed: lava was not among the targets."
 
 
-def _loihi_costs(graph, x, encoding: str, name: str, synapses: str, folder: Path, acts: dict, say):
+def _loihi_costs(graph, x, encoding: str, name: str, synapses: str, folder: Path, acts: dict, say,
+                 layer_spikes: Optional[list] = None):
     from revsnn.exporters.activity import count_activity
     from revsnn.exporters.loihi import LoihiExportError, quantize, require_spike_input
     from revsnn.exporters.loihi_chain import build_chain
@@ -176,13 +186,14 @@ def _loihi_costs(graph, x, encoding: str, name: str, synapses: str, folder: Path
     acts["chain"] = count_activity(chain_graph, c_spikes, x, encoding, label="Loihi chain with relays (reference)",
                                    fan_outs=chain_fan)
     _mark_relays(acts["chain"], chain, c_spikes, chain_fan)
-    say("running Lava's fixed-point simulation")
-    from revsnn.targets.lava import LavaTarget
+    if layer_spikes is None:   # verify did not run Lava on this chain: run it here
+        say("running Lava's fixed-point simulation")
+        from revsnn.targets.lava import LavaTarget
 
-    path = write_netx(chain, folder / "model.net")
-    target = LavaTarget.load(path)
-    target.run(x, record=True)
-    lava_spikes = {f"layer{k}": s for k, s in enumerate(target.layer_spikes)}
+        target = LavaTarget.load(write_netx(chain, folder / "model.net"))
+        target.run(x, record=True)
+        layer_spikes = target.layer_spikes
+    lava_spikes = {f"layer{k}": s for k, s in enumerate(layer_spikes)}
     acts["lava"] = count_activity(chain_graph, lava_spikes, x, encoding, label="lava (Loihi 2 simulation, its spikes)",
                                   fan_outs=chain_fan)
     _mark_relays(acts["lava"], chain, lava_spikes, chain_fan)
@@ -381,7 +392,7 @@ def write_report(checkpoint: Path | str, out: Path | str, samples: int = 16,
     config = model.config
     say("running verify on every target")
     report = verify(checkpoint, tuple(targets), samples, lava_synapses=lava_synapses)
-    costs = model_costs(checkpoint, samples, tuple(targets), lava_synapses, on_step=say)
+    costs = model_costs(checkpoint, samples, tuple(targets), lava_synapses, on_step=say, traces=report.traces)
     say("measuring activation memory against depth")
     mem_rows, mem_note = _memory(config, costs.time_steps, memory_depths)
 

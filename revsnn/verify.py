@@ -88,6 +88,9 @@ class VerifyReport:
     targets: dict[str, TargetReport]
     reference_raster: Optional[torch.Tensor] = field(default=None, repr=False)
     output_population: str = ""
+    # each target's own run, kept so that `revsnn report` counts spikes from the very runs verify checked
+    # instead of running every target a second time (not part of the JSON)
+    traces: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -450,6 +453,7 @@ def _run_targets(graph, x, chosen, encoding, model_base, on_target, lava_synapse
              "reference executor vs itself (no training model)", "float": "vs the reference executor",
              "loihi": "vs the quantised reference (Loihi 2 fixed point, bit for bit)"}
     reports: dict[str, TargetReport] = {}
+    traces: dict[str, Any] = {}
     options = {"time_steps": T, "synapses": lava_synapses}
     with tempfile.TemporaryDirectory(prefix="revsnn-verify-") as tmp:
         for target in chosen:
@@ -470,10 +474,11 @@ def _run_targets(graph, x, chosen, encoding, model_base, on_target, lava_synapse
                 report.note = (f"{report.note}; vs the float reference: predictions {pred_agree:.1%}, spikes "
                                f"{(spike_agree or 0.0):.1%}")
             reports[target.name] = report
+            traces[target.name] = trace
             if on_target:
                 on_target(report)
     return VerifyReport(name, int(x.shape[1]), T, encoding, reports, reference_raster=_raster(ref_spikes, output_pops)
-                        if output_pops else None, output_population=", ".join(output_pops))
+                        if output_pops else None, output_population=", ".join(output_pops), traces=traces)
 
 
 def _output_populations(sched) -> list[str]:

@@ -211,7 +211,7 @@ class _LavaEntry:
                 "relay_neuron_overhead": overhead["neuron_overhead"],
                 "relay_synapse_overhead": overhead["synapse_overhead"],
                 "lava_steps": lava.timing.get("steps"), "lava_seconds_per_step": lava.timing.get("seconds_per_step")}
-        return Trace(steps, spikes, info=info)
+        return Trace(steps, spikes, info=info, layer_spikes=list(lava.layer_spikes))
 
 
 def target(name: str):

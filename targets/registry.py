@@ -44,6 +44,8 @@ class Trace:
     spikes: dict[str, torch.Tensor] = field(default_factory=dict)
     potentials: Optional[dict[str, torch.Tensor]] = None
     info: dict[str, Any] = field(default_factory=dict)
+    # a chain target (lava): every chain layer's spikes [T, B, *layer], relays included, for SOP counts
+    layer_spikes: Optional[list] = None
 
 
 class Target:

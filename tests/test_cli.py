@@ -24,6 +24,16 @@ def test_help_on_every_command():
         assert "Usage" in sub.output
 
 
+def test_help_keeps_bracketed_defaults():
+    # rich reads "[default: ...]" as a markup tag; the sentences must reach the user as written
+    for args, phrase in ((["bench", "cifar-digits", "--help"], "[default: the model's]"),
+                         (["export", "nir", "--help"], "[default: the file's own"),
+                         (["train", "--help"], "[default: the preset's, else the model's]")):
+        result = runner.invoke(app, args, env={"COLUMNS": "200"})
+        assert result.exit_code == 0, args
+        assert phrase in " ".join(result.output.split()), (args, result.output)
+
+
 def test_check_passes_without_lava():
     result = runner.invoke(app, ["check", "--no-lava"])
     assert result.exit_code == 0, result.output

@@ -78,3 +78,23 @@ def test_report_bad_options_fail_with_one_sentence(tmp_path):
                                       "--targets", "nope"])
     assert result.exit_code == 2 and "unknown target" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_report_counts_from_verifys_own_runs(tmp_path):
+    """`revsnn report` reuses the runs verify made (norse/onnxruntime spikes, Lava's chain spikes) instead of
+    running each target twice: the counts from those traces equal the counts of fresh, independent runs."""
+    from revsnn.report import model_costs
+    from revsnn.verify import verify
+
+    model = trained_like("scnn-digits", 0).float()
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(ckpt, model, train={"time_steps": 4, "encoding": "rate"})
+    targets = ("torch", "onnxruntime", "lava")
+    report = verify(ckpt, targets, 2, lava_synapses="dense")
+    assert report.ok and report.traces["lava"].layer_spikes
+    reused = model_costs(ckpt, 2, targets, "dense", traces=report.traces)
+    fresh = model_costs(ckpt, 2, targets, "dense")
+    for name in ("onnxruntime", "lava", "chain", "quantised"):
+        a, b = reused.activities[name], fresh.activities[name]
+        assert (a.spikes, a.synops, a.relay_synops) == (b.spikes, b.synops, b.relay_synops), name
+    assert reused.activities["lava"].synops > 0 and reused.lava_equals_chain
