@@ -54,24 +54,31 @@ class WriteError(RevsnnError):
     """A file that could not be written (no space, read-only, no permission); nothing was left behind."""
 
 
+def _reason(exc: OSError, directory: Path) -> str:
+    """What went wrong writing into ``directory``, and what to do: "REASON; FIX"."""
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on its file system; free some space or choose another path"
+    if code == errno.EROFS:
+        return "its file system is read-only; choose a writable path"
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission denied; choose a path you can write to"
+    if code == errno.ENOENT:
+        if directory.is_dir():  # /proc and friends: the folder exists but takes no new files
+            return f"{directory} does not take new files; choose another path"
+        return f"its directory {directory} does not exist; create it first"
+    if code == errno.EISDIR:
+        return "it is a directory; give a file name"
+    if code == errno.ENOTDIR:
+        return "a part of the path is not a directory; choose another path"
+    reason = (exc.strerror or type(exc).__name__).rstrip(".").lower()
+    return f"{reason}; check the path, its permissions and free space"
+
+
 def os_error_sentence(exc: OSError, path: Union[str, Path], doing: str = "write") -> str:
     """One sentence for an ``OSError`` met while writing ``path``: what happened and what to do."""
     path = Path(path)
-    code = exc.errno
-    if code == errno.ENOSPC or code == errno.EDQUOT:
-        return f"cannot {doing} {path}: no space left on its file system; free some space or choose another path."
-    if code == errno.EROFS:
-        return f"cannot {doing} {path}: its file system is read-only; choose a writable path."
-    if code in (errno.EACCES, errno.EPERM):
-        return f"cannot {doing} {path}: permission denied; choose a path you can write to."
-    if code == errno.ENOENT:
-        return f"cannot {doing} {path}: its directory {path.parent} does not exist; create it first."
-    if code == errno.EISDIR:
-        return f"cannot {doing} {path}: it is a directory; give a file name."
-    if code == errno.ENOTDIR:
-        return f"cannot {doing} {path}: a part of the path is not a directory; choose another path."
-    reason = (exc.strerror or type(exc).__name__).rstrip(".")
-    return f"cannot {doing} {path}: {reason}; check the path, its permissions and free space."
+    return f"cannot {doing} {path}: {_reason(exc, path.parent)}."
 
 
 def user_mode(path: Path) -> int:
@@ -245,8 +252,7 @@ def check_writable_dir(directory: Union[str, Path], option: str = "--out") -> No
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise WriteError(f"{option} {directory}: " + os_error_sentence(exc, directory, "write into")
-                         .split(": ", 1)[1]) from exc
+        raise WriteError(f"{option} {directory}: cannot write into it: {_reason(exc, directory)}.") from exc
 
 
 def check_free_space(directory: Union[str, Path], needed: int, what: str, option: str = "--out") -> None:

@@ -154,7 +154,7 @@ def check_train_start(opts, settings: dict[str, Any]) -> None:
     else:
         directory = out.parent
         if directory.is_dir():
-            check_writable_dir(directory, f"--out {out}: its parent")
+            check_writable_dir(directory, f"--out {out}: its parent folder")
     if directory.is_dir():
         from .models import build_model
 
