@@ -479,3 +479,24 @@ def test_stale_temps_of_earlier_versions_are_removed(tmp_path):
     atomic_write(tmp_path / "m.nir", b"nir")
     atomic_write(tmp_path / "m.net", b"net")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, "m.nir", "m.net"])
+
+
+def test_a_train_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path):
+    from revsnn.train import TrainOptions, train
+
+    class Interrupt:  # Ctrl-C at the first batch
+        def start_epoch(self, epoch, epochs, batches):
+            pass
+
+        def batch(self, loss, accuracy):
+            raise KeyboardInterrupt
+
+        def end_epoch(self, record):
+            pass
+
+    d = load_digits()
+    data = ImageData("digits", d.x_train[:32], d.y_train[:32], d.x_test[:8], d.y_test[:8])
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainOptions(model="scnn-digits", out=tmp_path / "run", epochs=1, time_steps=1, batch_size=32),
+              Interrupt(), data=data)
+    assert list(tmp_path.iterdir()) == []
