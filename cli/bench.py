@@ -192,6 +192,9 @@ def peers(
     _check_models([model])
     if min(time_steps, batch_size, repeats) < 1:
         fail("--time-steps, --batch-size and --repeats must be at least 1.")
+    from revsnn.limits import check_bench_memory
+
+    check_bench_memory([(model, None)], time_steps, batch_size, command="bench peers")  # before measuring
     with console.status("measuring ...") as status:  # a PeerError is a RevsnnError: the app prints it
         result = peer_rows(model, time_steps, batch_size, repeats,
                            on_row=lambda r: status.update(f"measured {r['variant']}"))
@@ -231,6 +234,11 @@ def train_speed(
         ("pararevsnn-digits", "reversible", "revsresnet-digits", "reversible"),
         ("revsformer-digits", "reversible", "revsformer-digits", "plain"),
     ]
+    from revsnn.limits import check_bench_memory
+
+    # a training step at batch B (the estimate is for 2B, hence the half)
+    check_bench_memory([(name, None) for name in sorted({p[0] for p in pairs} | {p[2] for p in pairs})], time_steps,
+                       max(1, batch_size // 2), device, command="bench train-speed")
     rows = []
     with console.status("timing ...") as status:
         def on_row(row):

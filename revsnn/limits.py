@@ -205,7 +205,8 @@ def require_run_memory(model, time_steps: int, batch: int, what: str, fix: str, 
 # benchmarks: checked before the first measurement
 
 
-def check_bench_memory(sweep, time_steps: int, batch_size: int, device: str = "cpu") -> None:
+def check_bench_memory(sweep, time_steps: int, batch_size: int, device: str = "cpu",
+                       command: str = "bench memory") -> None:
     """``bench memory``: each (model, depth) measured at batch 2B over T steps needs at least its weights,
     gradients and optimizer-free copies (float32) and one step's activations for every step (the plain twin
     keeps them all). Depths are extrapolated from depth 1 and 2, so a depth of 100000 is refused without
@@ -232,8 +233,10 @@ def check_bench_memory(sweep, time_steps: int, batch_size: int, device: str = "c
             acts = activation_elements(m, list(base["input_shape"]))
             label = name
         needed = 4 * (3 * params + int(time_steps) * 2 * int(batch_size) * acts)
-        require_memory(needed, f"bench memory of {label} with T = {time_steps:,} and batch {2 * batch_size:,}",
-                       "lower --depths, --time-steps or --batch-size", device)
+        fix = "lower --depths, --time-steps or --batch-size" if command == "bench memory" else \
+            "lower --time-steps or --batch-size"
+        require_memory(needed, f"{command} of {label} with T = {time_steps:,} and batch {2 * batch_size:,}", fix,
+                       device)
 
 
 def check_node_memory(time_steps) -> None:

@@ -296,6 +296,8 @@ def test_huge_options_are_refused_with_an_estimate(base, tmp_path):
                  ["bench", "memory", "--models", "revsresnet-digits", "--time-steps", big],
                  ["bench", "memory", "--models", "revsresnet-digits", "--depths", "100000"],
                  ["bench", "node-memory", "--time-steps", big],
+                 ["bench", "train-speed", "--time-steps", big],
+                 ["bench", "peers", "--batch-size", big],
                  ["bench", "lava", base["net"], "--time-steps", big],
                  ["bench", "infer", "--batch-size", big, "--repeats", "1"],
                  ["export", "onnx", base["ckpt"], "--out", tmp_path / "m.onnx", "--mode", "unrolled",
