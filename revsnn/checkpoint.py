@@ -199,8 +199,10 @@ def _check_history(path: Path, payload: dict) -> None:
             raise _bad(path, f"its history entry {i} has test accuracy {record['test_accuracy']!r}, outside [0, 1]")
     if "epoch" in payload:
         epoch = payload["epoch"]
-        if not (_is_int(epoch) and epoch == len(history)):
-            raise _bad(path, f"its epoch {epoch!r} does not match its {len(history)} history entries")
+        if not _is_int(epoch):
+            raise _bad(path, f"its epoch {epoch!r} is not a whole number")
+        if epoch != len(history):
+            raise _bad(path, f"its epoch {epoch} does not match its {len(history)} history entries")
 
 
 def validate_payload(path: Path | str, payload: Any) -> dict[str, Any]:
