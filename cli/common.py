@@ -65,6 +65,12 @@ class RevsnnGroup(TyperGroup):
         except MemoryError:
             # A safety net: the options' memory estimates (revsnn/limits.py) should refuse first.
             fail("ran out of memory; lower --time-steps, --batch-size or --samples.")
+        except RuntimeError as exc:
+            # The same net for torch, whose allocators raise RuntimeError (torch.OutOfMemoryError on CUDA).
+            text = str(exc)
+            if not ("out of memory" in text.lower() or "can't allocate memory" in text):
+                raise
+            fail("ran out of memory; lower --time-steps, --batch-size or --samples.")
         except OSError as exc:
             # A safety net for a write that bypassed revsnn.fileio: the same one sentence it would give.
             if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT):

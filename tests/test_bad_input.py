@@ -502,3 +502,23 @@ def test_a_train_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_pat
         train(TrainOptions(model="scnn-digits", out=tmp_path / "run", epochs=1, time_steps=1, batch_size=32),
               Interrupt(), data=data)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_allocation_past_the_estimates_is_still_one_sentence():
+    import typer
+
+    from revsnn.cli.common import RevsnnGroup
+
+    probe = typer.Typer(cls=RevsnnGroup)
+
+    @probe.command()
+    def huge():
+        torch.empty(10**15)  # 4 PB: torch's allocator refuses with a RuntimeError
+
+    @probe.command()
+    def bug():
+        raise RuntimeError("a real bug")
+
+    result = runner.invoke(probe, ["huge"])
+    assert result.exit_code == 2 and result.stderr.strip().startswith("error: ran out of memory")
+    assert isinstance(runner.invoke(probe, ["bug"]).exception, RuntimeError)  # a bug keeps its traceback
