@@ -11,7 +11,8 @@ from rich.table import Table
 
 from revsnn.cli.common import console, fail, parse_ints, parse_list
 
-bench_app = typer.Typer(help="Benchmarks: activation memory against depth, training-step speed, inference and Lava speed.",
+bench_app = typer.Typer(help="Benchmarks: activation memory against depth, training-step speed, inference and Lava speed, "
+                        "mixed precision, several processes.",
                         no_args_is_help=True)
 
 
@@ -373,3 +374,95 @@ def cifar_digits(
     table.add_row("digits", "1x8x8", f"{r['digits_accuracy']:.1%}", f"{r['digits_seconds']:.0f}")
     table.add_row("cifar10 (digits)", "3x32x32", f"{r['cifar_accuracy']:.1%}", f"{r['cifar_seconds']:.0f}")
     console.print(table)
+
+
+def _sci(v) -> str:
+    return "n/a" if v is None else f"{v:.1e}"
+
+
+@bench_app.command("precision")
+def precision(
+    models: Optional[str] = typer.Option(None, help="Comma-separated models [default: every family's digits model]."),
+    precision_: str = typer.Option("bf16", "--precision", help="bf16 or fp16 (autocast on the CPU)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Test digits in the batch."),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
+) -> None:
+    """Mixed precision against float32, per family: the error of what reversal reconstructs, and of the gradient (beside the plain twin's under the same autocast)."""
+    from revsnn.bench_dist import PRECISION_MODELS, precision_rows
+
+    if precision_ not in ("bf16", "fp16"):
+        fail(f"--precision must be bf16 or fp16, got {precision_!r}.")
+    if batch_size < 1:
+        fail("--batch-size must be at least 1.")
+    names = parse_list(models, "--models") if models else list(PRECISION_MODELS)
+    _check_models(names)
+    with console.status("measuring ...") as status:
+        rows = precision_rows(names, precision_, batch_size,
+                              on_row=lambda r: status.update(f"measured {r['model']}"))
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"{precision_} autocast against float32 (CPU, {batch_size} test digits, relative L2 errors)",
+                  header_style="bold")
+    for col in ("model", "reconstruction", "rec. fp32", f"rec. {precision_} streams", "gradient", "plain twin",
+                "cosine", "reversal vs twin"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+    for r in rows:
+        table.add_row(r["model"], _sci(r["reconstruction_error"]), _sci(r["reconstruction_error_fp32"]),
+                      _sci(r["reconstruction_error_half_streams"]), _sci(r["gradient_error"]),
+                      _sci(r["gradient_error_plain_twin"]), f"{r['gradient_cosine']:.3f}",
+                      _sci(r["reversal_gradient_error"]))
+    console.print(table)
+    console.print(f"reconstruction: the inputs reversal rebuilds (float32 streams, the policy); rec. {precision_} "
+                  "streams: the same with the coupling halves in half precision; gradient / plain twin: the "
+                  "reversible model's and its plain twin's gradient under autocast against the float32 twin's; "
+                  "reversal vs twin: the reversible gradient against the twin's, both under autocast.")
+
+
+@bench_app.command("distributed")
+def distributed(
+    model: str = typer.Option("revsresnet-digits", "--model", help="Model to train (random data)."),
+    processes: str = typer.Option("1,2", "--processes", help="Comma-separated process counts, timed one after another."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Global batch, split among the processes."),
+    steps: int = typer.Option(10, help="Timed training steps."),
+    depths: str = typer.Option("1,2,4", help="Depth scales for the per-rank memory (as `bench memory`)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads of every process [default: the "
+                                          "cores shared out among the processes]."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON instead of tables."),
+) -> None:
+    """DDP on this machine: samples per second with 1 and N processes (gloo, CPU) in one run, and each rank's activation memory per sample against depth."""
+    from revsnn.bench_dist import distributed_rows
+
+    counts = parse_ints(processes, "--processes")
+    depth_list = parse_ints(depths, "--depths")
+    _check_models([model])
+    if threads is not None and threads < 1:
+        fail(f"--threads must be at least 1, got {threads}.")
+    if steps < 1 or any(batch_size < n for n in counts):
+        fail("--steps must be at least 1 and --batch-size at least the largest process count.")
+    with console.status("timing with " + ", ".join(map(str, counts)) + " processes ..."):
+        result = distributed_rows(model, counts, batch_size, steps=steps, depths=depth_list, threads=threads)
+    if json_out:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{model}: {steps} training steps of a global batch of {batch_size} "
+                        f"({result['cpu_count']} CPU cores, gloo)", header_style="bold")
+    for col in ("processes", "threads each", "samples / s", "speed-up"):
+        table.add_column(col, justify="right")
+    for r in result["runs"]:
+        table.add_row(str(r["processes"]), str(r["threads_per_process"]), f"{r['samples_per_second']:.1f}",
+                      f"{r['speedup']:.2f}")
+    console.print(table)
+    mem = Table(title="Activation memory per sample of each rank (allocator; retained when backward starts / peak)",
+                header_style="bold")
+    mem.add_column("processes", justify="right")
+    mem.add_column("depth", justify="right")
+    mem.add_column("rank", justify="right")
+    mem.add_column("retained (bytes)", justify="right")
+    mem.add_column("peak (bytes)", justify="right")
+    for r in result["runs"]:
+        for rank, rows in enumerate(r["memory"]):
+            for m in rows:
+                mem.add_row(str(r["processes"]), str(m["depth"]), str(rank), f"{m['retained_per_sample']:,.0f}",
+                            f"{m['peak_per_sample']:,.0f}")
+    console.print(mem)

@@ -251,6 +251,12 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from DIR/model.pt after an interruption."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in DIR (without it, or "
                                    "--resume, an existing DIR/model.pt is refused)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, bf16 or fp16 (autocast; fp16 with a "
+                                            "gradient scaler), or fp64 [default: fp16 with --amp on CUDA, else fp32]."),
+    nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (DDP: gloo on the CPU, nccl with one GPU "
+                              "each); for several machines use torchrun -m revsnn.cli train."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="With several processes: BatchNorm statistics over the "
+                                 "global batch (SyncBatchNorm) instead of each process's share."),
 ) -> None:
     """Train a model of the zoo, or your own (--model MODULE:FUNCTION), on the embedded digits (no download) or a data set you have on disk.
 
@@ -267,14 +273,18 @@ def train(
                         optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
                         milestones=parse_ints(milestones, "--milestones") if milestones else None,
                         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, mixup=mixup, ema=ema,
-                        grad_clip=grad_clip, amp=amp, overwrite=overwrite)
+                        grad_clip=grad_clip, amp=amp, precision=precision, sync_bn=sync_bn, overwrite=overwrite)
+    from revsnn.distributed import is_main_process, train_on_processes
+
     reporter = _ProgressReporter()
     try:
-        metrics = run_training(opts, reporter)
+        metrics = run_training(opts, reporter) if nproc == 1 else train_on_processes(opts, nproc, _ProgressReporter)
     except KeyboardInterrupt:
         fail(f"interrupted; the last finished epoch is in {out / 'model.pt'}: add --resume to go on.", 130)
     finally:
         reporter.progress.stop()
+    if not is_main_process():  # under torchrun: rank 0 prints
+        return
     console.print(f"[green]{metrics['model']}[/green] on {metrics['data']}: test accuracy "
                   f"{metrics['test_accuracy']:.1%} after {metrics['epochs']} epochs ({metrics['train_seconds']:.0f} s "
                   f"of training, T = {metrics['time_steps']}, {metrics['encoding']} encoding).", highlight=False)

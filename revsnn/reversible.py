@@ -107,6 +107,23 @@ class _Evaluation:
     exit_states: list
     cpu_rng: Optional[Tensor]
     cuda_rng: Optional[tuple[int, Tensor]]
+    # (device type, dtype) of the autocast the forward ran under, or None: the recompute in backward runs
+    # outside the forward's autocast block, so it re-enters it to compute what the forward computed.
+    autocast: Optional[tuple[str, torch.dtype]] = None
+
+
+def _autocast_state(device: torch.device) -> Optional[tuple[str, torch.dtype]]:
+    if torch.is_autocast_enabled(device.type):
+        return device.type, torch.get_autocast_dtype(device.type)
+    return None
+
+
+def stream_dtype(x: Tensor) -> Tensor:
+    """``x`` in float32 when autocast would leave it in half precision: a reversible stream is rebuilt by
+    subtraction in backward, and in bfloat16 that loses 8 mantissa bits per block (revsnn.precision)."""
+    if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
+        return x.float()
+    return x
 
 
 def _rng_state(device: torch.device, preserve_rng: bool):
@@ -127,11 +144,12 @@ def _evaluate_no_grad(fn: nn.Module, x: Tensor, preserve_rng: bool,
     forward, memory that grows with depth. The recompute starts from the entry state either way."""
     entry = get_states(fn)
     cpu_rng, cuda_rng = _rng_state(x.device, preserve_rng)
+    cast = _autocast_state(x.device)
     out = fn(x)
     if keep_state:
-        return out, _Evaluation(entry, get_states(fn), cpu_rng, cuda_rng)
+        return out, _Evaluation(entry, get_states(fn), cpu_rng, cuda_rng, cast)
     set_states(fn, entry)
-    return out, _Evaluation(entry, entry, cpu_rng, cuda_rng)
+    return out, _Evaluation(entry, entry, cpu_rng, cuda_rng, cast)
 
 
 def param_aliases(fn: nn.Module) -> tuple[list[Tensor], dict[str, Tensor]]:
@@ -166,7 +184,8 @@ def _evaluate_again(fn: nn.Module, x: Tensor, ev: _Evaluation,
         if ev.cuda_rng is not None:
             torch.cuda.set_rng_state(ev.cuda_rng[1], ev.cuda_rng[0])
         set_states(fn, ev.entry_states)
-        with torch.enable_grad():
+        cast = contextlib.nullcontext() if ev.autocast is None else torch.autocast(ev.autocast[0], ev.autocast[1])
+        with torch.enable_grad(), cast:
             out = fn(x) if aliases is None else torch.func.functional_call(fn, aliases, (x,), strict=False)
 
     def restore() -> None:
@@ -478,6 +497,7 @@ class ReversibleSequence(ReversibleModule):
         return x1, x2
 
     def forward(self, x: Tensor) -> Tensor:
+        x = stream_dtype(x)
         if self.use_reversible(x):
             return _ReversibleFn.apply(x, self, *self.parameters())
         x1, x2 = self.split(x)

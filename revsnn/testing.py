@@ -28,3 +28,18 @@ def trained_like(name: str, seed: int = 0, **changes) -> nn.Module:
                 m.weight.copy_(1.5 + 0.5 * torch.randn(c, generator=g, dtype=torch.float64))
                 m.bias.copy_(0.2 * torch.randn(c, generator=g, dtype=torch.float64))
     return model.eval()
+
+
+def train_in_group(runs) -> None:
+    """Run ``train(opts, data=data)`` for every ``(opts, data)`` of ``runs`` in one process group (a rank's
+    work under ``revsnn.distributed.launch``; a module-level function, so spawned ranks can import it)."""
+    import torch.distributed as dist
+
+    from .train import train
+
+    dist.init_process_group("gloo")
+    try:
+        for opts, data in runs:
+            train(opts, data=data)
+    finally:
+        dist.destroy_process_group()

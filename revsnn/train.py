@@ -5,8 +5,9 @@ states) and ``DIR/metrics.json``, both atomically; ``resume=True`` continues fro
 so a kill loses at most the epoch in progress, and a resumed run ends with the same weights as an
 uninterrupted one. The same seed gives the same weights.
 
-The loop is plain single-process PyTorch; parameter gradients of the reversible blocks arrive through
-autograd, so wrapping the model in DistributedDataParallel needs no change to the model.
+The loop is plain PyTorch; under torchrun (or ``--nproc``) every process runs it and ``revsnn.distributed``
+supplies the process group, DDP, the global-batch shards and rank 0's writing. Parameter gradients of the
+reversible blocks arrive through autograd, so DDP needs no change to the models.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write
 from .limits import check_train_start
 from .data import ENCODINGS, ImageData, encode, load_digits
 from .models import USER_FAMILY, build_model, builder_config, get_config
+from . import distributed as dist_
+from .precision import PrecisionError, autocast, grad_scaler, resolve_precision
 
 __all__ = ["TrainOptions", "TrainError", "Reporter", "train", "evaluate", "resolve_options"]
 
@@ -70,6 +73,9 @@ class TrainOptions:
     ema: Optional[float] = None
     grad_clip: Optional[float] = None
     amp: Optional[bool] = None
+    # several processes (revsnn.distributed) and precision (revsnn.precision)
+    precision: Optional[str] = None       # fp32, bf16, fp16 (autocast) or fp64; None: fp16 if amp on CUDA
+    sync_bn: bool = False                 # BatchNorm over the global batch when several processes train
     overwrite: bool = False               # replace an existing run at ``out`` (else refused)
 
 
@@ -144,6 +150,10 @@ def resolve_options(opts: TrainOptions) -> dict[str, Any]:
     for key in _PROTOCOL_KEYS:
         settings[key] = pick(key, getattr(opts, key, None), _BUILTIN[key])
     settings["gamma"] = preset.get("gamma", _BUILTIN["gamma"])
+    try:
+        settings["precision"] = resolve_precision(opts.precision, bool(settings["amp"]), opts.device.startswith("cuda"))[0]
+    except PrecisionError as exc:
+        raise TrainError(str(exc)) from exc
     lr_per_1024 = preset.get("lr_per_1024")
     if opts.lr is not None:
         settings["lr"] = opts.lr
@@ -174,7 +184,7 @@ def resolve_options(opts: TrainOptions) -> dict[str, Any]:
         notes.append(f"preset {opts.preset}: " + ", ".join(p for p in parts if not p.startswith("learning rate per")))
     if settings["optimizer"] == "lamb":
         notes.append("LAMB is not part of torch; training with AdamW at the same learning rate and weight decay.")
-    if settings["amp"] and not opts.device.startswith("cuda"):
+    if settings["amp"] and not opts.device.startswith("cuda") and opts.precision is None:
         notes.append("mixed precision needs a GPU; training in float32 on the CPU.")
 
     from .data import ENCODINGS, EVENT_ENCODINGS
@@ -248,7 +258,7 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
 @torch.no_grad()
 def evaluate(model: nn.Module, data_x, data_y: Optional[torch.Tensor] = None, time_steps: int = 4,
              encoding: str = "direct", device: torch.device = torch.device("cpu"), batch_size: int = 256,
-             seed: int = 1234, workers: int = 0) -> float:
+             seed: int = 1234, workers: int = 0, dtype: Optional[torch.dtype] = None) -> float:
     """Test accuracy; rate coding draws from a fixed generator so that the figure is reproducible.
 
     ``data_x`` is either images ``[N, C, H, W]`` (with ``data_y``) or a ``DataSplits``, whose test split is read.
@@ -264,12 +274,12 @@ def evaluate(model: nn.Module, data_x, data_y: Optional[torch.Tensor] = None, ti
                              pin_memory=device.type == "cuda")
         correct = 0
         for x, y in loader:
-            xin = to_input(x, splits, time_steps, encoding, generator).to(device, non_blocking=True)
+            xin = to_input(x, splits, time_steps, encoding, generator).to(device, dtype, non_blocking=True)
             correct += (model(xin).argmax(1).cpu() == y).sum().item()
         return correct / max(1, n)
     correct = 0
     for i in range(0, len(data_y), batch_size):
-        x = encode(data_x[i:i + batch_size], time_steps, encoding, generator).to(device)
+        x = encode(data_x[i:i + batch_size], time_steps, encoding, generator).to(device, dtype)
         correct += (model(x).argmax(1).cpu() == data_y[i:i + batch_size]).sum().item()
     return correct / len(data_y)
 
@@ -315,8 +325,22 @@ def _load_data(opts: TrainOptions, s: dict[str, Any], data) -> Any:
 def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) -> dict:
     """Train ``opts.model`` and return the metrics written to ``DIR/metrics.json``.
 
-    ``data``: an ``ImageData`` or ``DataSplits`` to use instead of reading ``opts.data``.
+    ``data``: an ``ImageData`` or ``DataSplits`` to use instead of reading ``opts.data``. Under torchrun (or
+    ``revsnn.distributed.launch``) every process calls this; they train one model with DDP.
     """
+    s = resolve_options(opts)  # bad options fail before any process group is joined
+    dctx, device = dist_.setup(opts.device)
+    try:
+        if dctx.world > s["batch_size"]:
+            raise TrainError(f"{dctx.world} processes cannot share a batch of {s['batch_size']}; give --batch-size "
+                             f"{dctx.world} or more.")
+        return _train(opts, reporter if dctx.main else _Silent(), data, dctx, device)
+    finally:
+        dist_.teardown(dctx)
+
+
+def _train(opts: TrainOptions, reporter: Optional[Reporter], data, dctx: "dist_.DistContext",
+           device: torch.device) -> dict:
     from .data import DataError, make_loader, to_input
 
     reporter = reporter or _Silent()
@@ -325,7 +349,6 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) ->
     check_train_start(opts, s)  # seed, memory, overwrite, --resume's checkpoint and conflicts, writable --out
     out = Path(opts.out)
     ckpt_path, metrics_path = out / "model.pt", out / "metrics.json"
-    device = torch.device(opts.device)
     splits = _load_data(opts, s, data)
     warn = getattr(reporter, "warn", None) or note
     for line in s["notes"]:
@@ -366,6 +389,10 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) ->
 
     torch.manual_seed(s["seed"])
     model = build_model(config).to(device)
+    if s.get("precision") == "fp64":
+        model = model.double()
+    if opts.sync_bn and dctx.enabled:
+        model = dist_.convert_sync_bn(model, device)
     optimizer = _optimizer(model, s)
     generator = torch.Generator().manual_seed(s["seed"])
     ema = None
@@ -373,16 +400,10 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) ->
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(s["ema"]), use_buffers=True)
-    from .reversible import Recompute, ReversibleModule
-
-    use_amp = bool(s["amp"]) and device.type == "cuda"
-    if use_amp and any(isinstance(m, (ReversibleModule, Recompute)) for m in model.modules()):
-        # The reversible backward recomputes its blocks outside autocast, in another precision than the fp16
-        # forward, so the reconstructed inputs and gradients would not be the forward's: float32 instead.
-        use_amp = False
-        note("mixed precision is not applied to reversible models (their backward recomputes in float32); "
-             "training in float32.")
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    # Reversible models train in mixed precision too: their recompute re-enters the forward's autocast and
+    # their streams stay in float32 (revsnn.precision; errors measured by `revsnn bench precision`).
+    precision = s.get("precision", "fp32")
+    scaler = grad_scaler(device, precision)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resume_state is not None:
@@ -392,6 +413,8 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) ->
         torch.set_rng_state(resume_state["rng"]["torch"])
         if ema is not None and "ema" in resume_state:
             ema.load_state_dict(resume_state["ema"])
+        if scaler is not None and "scaler" in resume_state:
+            scaler.load_state_dict(resume_state["scaler"])
         history = list(resume_state.get("history", []))
         start_epoch = int(resume_state["epoch"])
 
@@ -404,9 +427,14 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) ->
         augment = None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(s["label_smoothing"]))
     pin = device.type == "cuda"
+    net = dist_.wrap_model(model, dctx, device)  # DDP with several processes, else the model itself
     for epoch in range(start_epoch, s["epochs"]):
         model.train()
         batches = _batches(len(splits.train), s["batch_size"], generator)
+        batches, sizes = dist_.shard_batches(batches, dctx)  # this rank's slice of every global batch
+        draw = dist_.rank_generator(s["seed"], epoch, dctx) if dctx.enabled else generator
+        if dctx.enabled:
+            dist_.seed_rank(s["seed"], epoch, dctx)
         # The loader's own generator only seeds its workers; the order is the one drawn above.
         loader = make_loader(splits.train, batches, opts.workers, pin, seed=s["seed"] * 1000 + epoch)
         reporter.start_epoch(epoch + 1, s["epochs"], len(batches))
@@ -414,29 +442,35 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) ->
         total_loss, total_correct, seen = 0.0, 0, 0
         try:
             for step, (xb, yb) in enumerate(loader):
+                dist_.kill_hook(dctx, epoch + 1, step)
                 for group in optimizer.param_groups:
                     group["lr"] = s["lr"] * _lr_factor(s, epoch, step, len(batches))
-                x = to_input(xb, splits, s["time_steps"], s["encoding"], generator, augment).to(device, non_blocking=pin)
+                x = to_input(xb, splits, s["time_steps"], s["encoding"], draw, augment).to(device, non_blocking=pin)
+                if precision == "fp64":
+                    x = x.double()
                 y = yb.to(device, non_blocking=pin)
                 mix = None
                 if s["mixup"] > 0:  # mixup: a Beta(a, a) blend of the batch with a permutation of itself
-                    lam = float(np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator))).beta(
+                    lam = float(np.random.default_rng(int(torch.randint(2**31, (1,), generator=draw))).beta(
                         s["mixup"], s["mixup"]))
-                    perm = torch.randperm(len(y), generator=generator).to(device)
+                    perm = torch.randperm(len(y), generator=draw).to(device)
                     x = lam * x + (1 - lam) * x[:, perm]
                     mix = (lam, y[perm])
-                with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                    logits = model(x)
+                with autocast(device, precision):
+                    logits = net(x)
                     loss = loss_fn(logits, y) if mix is None else \
                         mix[0] * loss_fn(logits, y) + (1 - mix[0]) * loss_fn(logits, mix[1])
                 if not torch.isfinite(loss):
                     raise TrainError(f"the loss became {loss.item()} in epoch {epoch + 1}; lower --lr.")
                 optimizer.zero_grad(set_to_none=True)
+                # DDP averages the ranks' gradients; weighting each rank's mean by its share makes that the
+                # global batch's mean (the weight is 1 when the batch splits evenly).
+                back = loss * dist_.local_weight(len(y), sizes[step], dctx) if dctx.enabled else loss
                 if scaler is not None:
-                    scaler.scale(loss).backward()
+                    scaler.scale(back).backward()
                     scaler.unscale_(optimizer)
                 else:
-                    loss.backward()
+                    back.backward()
                 if s["grad_clip"] is not None:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"])
                 if scaler is not None:
@@ -453,10 +487,16 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) ->
                 reporter.batch(loss.item(), correct / len(y))
         except DataError as exc:  # a damaged file found while reading a batch
             raise TrainError(str(exc)) from exc
+        if dctx.enabled:  # the epoch's figures over the global batches
+            total_loss, total_correct, seen = dist_.all_sum([total_loss, float(total_correct), float(seen)], dctx)
+            total_correct, seen = int(total_correct), int(seen)
         deployed = ema.module if ema is not None else model
         try:
-            test_acc = evaluate(deployed, splits, time_steps=s["time_steps"], encoding=s["encoding"], device=device,
-                                workers=opts.workers)
+            test_acc = None
+            if dctx.main:  # every rank holds the same weights: rank 0 evaluates for all
+                test_acc = evaluate(deployed, splits, time_steps=s["time_steps"], encoding=s["encoding"], device=device,
+                                    workers=opts.workers, dtype=torch.float64 if precision == "fp64" else None)
+            test_acc = dist_.broadcast_object(test_acc, dctx)
         except DataError as exc:
             raise TrainError(str(exc)) from exc
         record = {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": total_correct / seen,
@@ -464,11 +504,15 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None) ->
         history.append(record)
         deployed.config = config
         extra = {"raw_state_dict": model.state_dict(), "ema": ema.state_dict()} if ema is not None else {}
-        save_checkpoint(ckpt_path, deployed, optimizer=optimizer.state_dict(), epoch=epoch + 1, train=train_settings,
-                        rng={"generator": generator.get_state(), "torch": torch.get_rng_state()},
-                        history=history, data=splits.record(), **extra)
-        metrics = _metrics(opts.model, train_settings, history, epoch + 1, splits.record())
-        write_json(metrics_path, metrics)
+        if scaler is not None:
+            extra["scaler"] = scaler.state_dict()
+        if dctx.main:  # one writer; atomic, so a rank killed meanwhile leaves the previous epoch's files
+            save_checkpoint(ckpt_path, deployed, optimizer=optimizer.state_dict(), epoch=epoch + 1,
+                            train=train_settings, rng={"generator": generator.get_state(), "torch": torch.get_rng_state()},
+                            history=history, data=splits.record(), **extra)
+            metrics = _metrics(opts.model, train_settings, history, epoch + 1, splits.record())
+            write_json(metrics_path, metrics)
+        dist_.barrier(dctx)
         reporter.end_epoch(record)
     return _metrics(opts.model, train_settings, history, len(history), splits.record())
 

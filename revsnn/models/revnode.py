@@ -70,7 +70,7 @@ from torch import Tensor, nn
 from ..layers import TimeDistributed
 from ..memory import ActivationMeter
 from ..neurons import LIF, Sigmoid, SpikingNeuron, Surrogate, make_surrogate, reset_states, spike
-from ..reversible import ReversibleModule
+from ..reversible import ReversibleModule, stream_dtype
 
 __all__ = [
     "RevLIFNode",
@@ -291,6 +291,7 @@ class RevLIFNode(SpikingNeuron, ReversibleModule):
         if x_seq.dim() < 2 or x_seq.shape[0] == 0:
             raise ValueError(f"RevLIFNode expects a time-first tensor [T, B, ...] with T >= 1, got shape "
                              f"{tuple(x_seq.shape)}.")
+        x_seq = stream_dtype(x_seq)  # the membrane is rebuilt by the inverse map: float32 under autocast
         v0 = torch.zeros_like(x_seq[0]) if self.v is None else self.v
         needs_grad = torch.is_grad_enabled() and (x_seq.requires_grad or v0.requires_grad)
         if self.reversible and needs_grad:

@@ -87,7 +87,7 @@ import torch
 from torch import Tensor, nn
 
 from ..neurons import Rectangular, Threshold, get_states, reset_states
-from ..reversible import ParamGrads, ReversibleModule, _evaluate_again, _evaluate_no_grad, _Evaluation, param_aliases
+from ..reversible import ParamGrads, ReversibleModule, _evaluate_again, _evaluate_no_grad, _Evaluation, param_aliases, stream_dtype
 
 __all__ = [
     "CONFIGS",
@@ -206,6 +206,7 @@ def _frame(x: Tensor, t: int, static: bool) -> Tensor:
 
 def _leak(f: Tensor, alpha: Optional[Tensor], prev: Optional[Tensor]) -> Tensor:
     """``f + alpha * prev`` (per-channel alpha), or ``f`` in column 0. Shared by both modes: bit-equal."""
+    f = stream_dtype(f)  # the level states are rebuilt by subtraction and division: float32 under autocast
     if prev is None:
         return f
     return f + alpha.view(1, -1, 1, 1) * prev
