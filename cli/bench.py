@@ -40,6 +40,9 @@ def _check_plot_path(plot: Optional[Path]) -> None:
             fail(f"--plot must name a .png file, got {plot}.")
         if not plot.parent.is_dir():
             fail(f"--plot {plot}: the directory {plot.parent} does not exist.")
+        from revsnn.fileio import check_writable_dir
+
+        check_writable_dir(plot.parent, "--plot")  # before the measurement, not after it
 
 
 @bench_app.command("memory")
@@ -72,6 +75,9 @@ def memory(
         names = parse_list(models, "--models")
         _check_models(names)
         sweep = [(name, scales if name.endswith("-digits") else None) for name in names]
+    from revsnn.limits import check_bench_memory
+
+    check_bench_memory(sweep, time_steps, batch_size, device)  # a LimitError (one sentence) before measuring
 
     rows = []
     with console.status("measuring ...") as status:
@@ -120,7 +126,7 @@ def _memory_plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from revsnn.checkpoint import atomic_write
+    from revsnn.fileio import atomic_write, png_bytes
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     styles = {"reversible": "-o", "reversible-recompute": "-s", "plain": "--^", "checkpoint": ":v"}
@@ -141,7 +147,7 @@ def _memory_plot(rows: list[dict], path: Path) -> None:
     axes[1].legend(fontsize=6, ncol=1)
     fig.suptitle(f"Training-step memory against depth (T = {rows[0]['time_steps']}, {rows[0]['device']})")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    atomic_write(path, png_bytes(fig, dpi=120))  # drawn in memory, then written whole
     plt.close(fig)
 
 
@@ -153,7 +159,11 @@ def node_memory(
     """Activation memory of one neuron node under BPTT: the reversible node (RevLIF) against its plain twin and a standard LIF, on a [T, 32, 256] float32 input."""
     from revsnn.models.revnode import node_memory_comparison
 
-    result = node_memory_comparison(time_steps=parse_ints(time_steps, "--time-steps"))
+    from revsnn.limits import check_node_memory
+
+    steps = parse_ints(time_steps, "--time-steps")
+    check_node_memory(steps)
+    result = node_memory_comparison(time_steps=steps)
     if json_out:
         print(json.dumps(result, indent=2))
         return
@@ -183,6 +193,9 @@ def peers(
     _check_models([model])
     if min(time_steps, batch_size, repeats) < 1:
         fail("--time-steps, --batch-size and --repeats must be at least 1.")
+    from revsnn.limits import check_bench_memory
+
+    check_bench_memory([(model, None)], time_steps, batch_size, command="bench peers")  # before measuring
     with console.status("measuring ...") as status:  # a PeerError is a RevsnnError: the app prints it
         result = peer_rows(model, time_steps, batch_size, repeats,
                            on_row=lambda r: status.update(f"measured {r['variant']}"))
@@ -222,6 +235,11 @@ def train_speed(
         ("pararevsnn-digits", "reversible", "revsresnet-digits", "reversible"),
         ("revsformer-digits", "reversible", "revsformer-digits", "plain"),
     ]
+    from revsnn.limits import check_bench_memory
+
+    # a training step at batch B (the estimate is for 2B, hence the half)
+    check_bench_memory([(name, None) for name in sorted({p[0] for p in pairs} | {p[2] for p in pairs})], time_steps,
+                       max(1, batch_size // 2), device, command="bench train-speed")
     rows = []
     with console.status("timing ...") as status:
         def on_row(row):
@@ -294,7 +312,11 @@ def lava(
 
     target = LavaTarget.load(file)
     shape = tuple(target.chain.input_shape)  # (C, H, W), or (N,) when the first layer is dense
-    if shape in ((1, 8, 8), (64,)):
+    from revsnn.limits import check_lava_bench
+
+    digits = shape in ((1, 8, 8), (64,))
+    check_lava_bench(samples, time_steps, shape, len(load_digits().y_test) if digits else None)
+    if digits:
         data = load_digits()
         x = encode(data.x_test[:samples], time_steps, "rate", torch.Generator().manual_seed(0))
     else:  # a network for other data (event frames, CIFAR): random spikes at 10% of the steps

@@ -3,8 +3,12 @@ library's bad-input errors become that failure."""
 
 from __future__ import annotations
 
+import errno
+
+from typer._click.exceptions import UsageError  # typer 0.29 vendors click and exports no UsageError
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from revsnn.errors import RevsnnError
@@ -13,10 +17,26 @@ console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one sentence stays one line, however narrow the terminal
 
 
+# A message longer than this is a library's paste (torch's state-dict report runs to 2.6 KB); cut it.
+_MAX_MESSAGE = 600
+
+
+def one_line(message: str) -> str:
+    """``message`` as one line: newlines and runs of spaces folded, and cut at ``_MAX_MESSAGE`` characters."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE - 1].rstrip() + "…"
+
+
 def fail(message: str, code: int = 2) -> None:
     """One clear sentence on stderr and a non-zero exit code: how every bad input ends."""
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {escape(one_line(message))}", highlight=False)
     raise typer.Exit(code)
+
+
+def _usage_sentence(exc: UsageError) -> str:
+    """click's usage error (typer draws it as a 5-6 line box) as one sentence that says where help is."""
+    command = exc.ctx.command_path if exc.ctx is not None else "revsnn"
+    return f"{exc.format_message().rstrip('.')}; see `{command} --help`."
 
 
 class RevsnnGroup(TyperGroup):
@@ -29,11 +49,35 @@ class RevsnnGroup(TyperGroup):
         super().__init__(*args, **kwargs)
         _escape_help(self)
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except UsageError as exc:  # a bad option before the command name
+            fail(_usage_sentence(exc), exc.exit_code)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except RevsnnError as exc:
             fail(str(exc))
+        except UsageError as exc:  # a command's bad option or argument, as parsed by click
+            fail(_usage_sentence(exc), exc.exit_code)
+        except MemoryError:
+            # A safety net: the options' memory estimates (revsnn/limits.py) should refuse first.
+            fail("ran out of memory; lower --time-steps, --batch-size or --samples.")
+        except RuntimeError as exc:
+            # The same net for torch, whose allocators raise RuntimeError (torch.OutOfMemoryError on CUDA).
+            text = str(exc)
+            if not ("out of memory" in text.lower() or "can't allocate memory" in text):
+                raise
+            fail("ran out of memory; lower --time-steps, --batch-size or --samples.")
+        except OSError as exc:
+            # A safety net for a write that bypassed revsnn.fileio: the same one sentence it would give.
+            if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT):
+                raise
+            from revsnn.fileio import os_error_sentence
+
+            fail(os_error_sentence(exc, exc.filename or "the output"))
 
 
 def _escape_help(command) -> None:

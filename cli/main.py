@@ -253,6 +253,8 @@ def train(
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (CUDA only)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue from DIR/model.pt after an interruption."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in DIR (without it, or "
+                                   "--resume, an existing DIR/model.pt is refused)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, bf16 or fp16 (autocast; fp16 with a "
                                             "gradient scaler), or fp64 [default: fp16 with --amp on CUDA, else fp32]."),
     nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (DDP: gloo on the CPU, nccl with one GPU "
@@ -278,7 +280,7 @@ def train(
                         optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
                         milestones=parse_ints(milestones, "--milestones") if milestones else None,
                         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, mixup=mixup, ema=ema,
-                        grad_clip=grad_clip, amp=amp, precision=precision, sync_bn=sync_bn)
+                        grad_clip=grad_clip, amp=amp, precision=precision, sync_bn=sync_bn, overwrite=overwrite)
     from revsnn.distributed import is_main_process, train_on_processes
 
     reporter = _ProgressReporter()
@@ -341,6 +343,10 @@ def _run_verify(checkpoint: Path, targets: Optional[list[str]], samples: int, pl
     if plot is not None and not plot.is_dir():
         if plot.exists() or not plot.parent.is_dir():
             fail(f"--plot {plot} must be a directory (its parent must exist).")
+    if plot is not None:
+        from revsnn.fileio import check_writable_dir
+
+        check_writable_dir(plot if plot.is_dir() else plot.parent, "--plot")  # before the targets run
     with console.status("running every target step by step ...") as status:
         progress = lambda t: status.update(f"{t.name} done; running the next target ...")  # noqa: E731
         if foreign is not None:   # a .nir file from any tool
@@ -427,8 +433,10 @@ def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir, .onnx 
 
     A checkpoint of your own model (`train --model MODULE:FUNCTION`) is rebuilt by importing MODULE, so its code runs: only read checkpoints whose code you trust.
     """
-    if not file.is_file():
+    if not file.exists():
         fail(f"{file} does not exist.")
+    if not file.is_file():  # a directory, a FIFO or a device: nothing to summarise, and reading could block
+        fail(f"{file} is not a regular file; pass a .pt, .nir, .onnx or .net file.")
     if file.suffix == ".pt":
         from revsnn.checkpoint import load_model, summarize_checkpoint
 

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 from revsnn.errors import RevsnnError
 
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from revsnn.fileio import atomic_write
+
+from .loihi import BIAS_MAX, VTH_MAX
 from .loihi_chain import ChainLayer, LoihiChain, Member
 
 __all__ = ["write_netx", "read_netx", "summarize_netx", "describe_chain", "NetxFileError", "FORMAT"]
@@ -57,42 +59,39 @@ def write_netx(chain: LoihiChain, path: str | Path, *, fingerprint: str | None =
         raise NetxFileError(f"the output directory {path.parent} does not exist; create it or choose another path.")
     if path.is_dir():
         raise NetxFileError(f"{path} is a directory; give a file name such as {path / 'model.net'}.")
-    fd, tmp = tempfile.mkstemp(prefix=".revsnn-", suffix=".net.tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            layers = f.create_group("layer")
-            index = 0
+    # Built in memory and copied with plain I/O (revsnn.fileio): h5py writing to a full disk itself segfaults,
+    # and a temp file made outside the write helper escaped its error handling on a read-only destination.
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        layers = f.create_group("layer")
+        index = 0
 
-            def group(kind: str):
-                nonlocal index
-                g = layers.create_group(str(index))
-                g["type"] = _str(kind)
-                index += 1
-                return g
+        def group(kind: str):
+            nonlocal index
+            g = layers.create_group(str(index))
+            g["type"] = _str(kind)
+            index += 1
+            return g
 
-            group("input")["shape"] = np.array(chain.input_shape, dtype=np.int64)
-            prev = chain.input_shape
-            for layer in chain.layers:
-                if layer.kind == "dense" and len(prev) == 3:
-                    group("flatten")["shape"] = np.array([int(np.prod(prev)), 1, 1], dtype=np.int64)
-                g = group(layer.kind)
-                _write_layer(g, layer, prev)
-                prev = layer.shape
-            meta = f.create_group("revsnn")
-            meta.attrs["format"] = FORMAT
-            meta.attrs["metadata"] = json.dumps(_jsonable(chain.metadata))
-            meta.attrs["members"] = json.dumps([[_member_json(m) for m in layer.members] for layer in chain.layers])
-            if fingerprint is not None:
-                from .fingerprint import DIGEST_KEY, FINGERPRINT_KEY, netx_digest
+        group("input")["shape"] = np.array(chain.input_shape, dtype=np.int64)
+        prev = chain.input_shape
+        for layer in chain.layers:
+            if layer.kind == "dense" and len(prev) == 3:
+                group("flatten")["shape"] = np.array([int(np.prod(prev)), 1, 1], dtype=np.int64)
+            g = group(layer.kind)
+            _write_layer(g, layer, prev)
+            prev = layer.shape
+        meta = f.create_group("revsnn")
+        meta.attrs["format"] = FORMAT
+        meta.attrs["metadata"] = json.dumps(_jsonable(chain.metadata))
+        meta.attrs["members"] = json.dumps([[_member_json(m) for m in layer.members] for layer in chain.layers])
+        if fingerprint is not None:
+            from .fingerprint import DIGEST_KEY, FINGERPRINT_KEY, netx_digest
 
-                f.flush()
-                meta.attrs[FINGERPRINT_KEY] = str(fingerprint)
-                meta.attrs[DIGEST_KEY] = netx_digest(f)  # read from the file being written: what check_file reads
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            f.flush()
+            meta.attrs[FINGERPRINT_KEY] = str(fingerprint)
+            meta.attrs[DIGEST_KEY] = netx_digest(f)  # read from the file being written: what check_file reads
+    atomic_write(path, buffer.getbuffer())
     return path
 
 
@@ -154,8 +153,10 @@ def read_netx(path: str | Path) -> LoihiChain:
     import h5py
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise NetxFileError(f"{path} does not exist; export one with `revsnn export lava MODEL.pt --out {path}`.")
+    if not path.is_file():
+        raise NetxFileError(f"{path} is not a regular file; pass the .net file written by `revsnn export lava`.")
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -213,7 +214,8 @@ def _read(f, path: Path) -> LoihiChain:
             flatten_next = True
             continue
         shape = tuple(int(v) for v in np.asarray(g["shape"][()]).ravel())
-        weight = np.asarray(g["weight"][()]).astype(np.int64)
+        weight = _integers(g["weight"][()], path, f"/layer/{i}/weight", -_WEIGHT_LIMIT, _WEIGHT_LIMIT,
+                           "Loihi's 8-bit weight mantissas")
         if not weight.any():
             raise NetxFileError(f"{path}: /layer/{i} has only zero weights, which netx cannot load.")
         neuron = g.get("neuron")
@@ -227,7 +229,10 @@ def _read(f, path: Path) -> LoihiChain:
         n_type = n_type.decode("ascii") if isinstance(n_type, bytes) else str(n_type)
         if n_type not in ("CUBA", "LOIHI"):
             raise NetxFileError(f"{path}: /layer/{i} has {n_type!r} neurons; revsnn runs CUBA neurons only.")
-        config = {k: int(np.asarray(neuron[k][()]).ravel()[0]) for k in ("iDecay", "vDecay", "vThMant")}
+        config = {k: int(_integers(neuron[k][()], path, f"/layer/{i}/neuron/{k}", low, high, why).ravel()[0])
+                  for k, low, high, why in (("iDecay", 0, 4096, "a decay in 1/4096"),
+                                            ("vDecay", 0, 4096, "a decay in 1/4096"),
+                                            ("vThMant", 1, VTH_MAX, "Loihi's 17-bit threshold register"))}
         if kinds[i] == "conv":
             if len(prev) != 3 or flatten_next:
                 raise NetxFileError(f"{path}: /layer/{i} is a convolution after a flat layer of shape {prev}.")
@@ -283,11 +288,29 @@ def _read(f, path: Path) -> LoihiChain:
     return LoihiChain(input_shape, layers, metadata)
 
 
+# Values are checked, not only shapes: h5py hands back floats, complex numbers or 2**40 as readily as the int32
+# mantissas netx expects, and a silent cast would run a different network than the file describes.
+_WEIGHT_LIMIT = 255  # 8-bit magnitude: what netx places on Loihi without a weight exponent
+
+
+def _integers(value, path: Path, where: str, low: int, high: int, why: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu" or arr.size == 0:
+        raise NetxFileError(f"{path}: {where} holds {arr.dtype} values where netx needs integers ({why}); "
+                            "export the file again with `revsnn export lava`.")
+    arr = arr.astype(np.int64)
+    if arr.min() < low or arr.max() > high:
+        bad = int(arr.max()) if arr.max() > high else int(arr.min())
+        raise NetxFileError(f"{path}: {where} holds {bad}, outside [{low}, {high}] ({why}); export the file again "
+                            "with `revsnn export lava`.")
+    return arr
+
+
 def _bias(g, shape: tuple[int, ...], path: Path, i: int) -> np.ndarray:
     n = int(np.prod(shape))
     if "bias" not in g:
         return np.zeros(n, dtype=np.int64)
-    b = np.asarray(g["bias"][()]).astype(np.int64)
+    b = _integers(g["bias"][()], path, f"/layer/{i}/bias", -BIAS_MAX - 1, BIAS_MAX, "Loihi's 13-bit bias mantissas")
     if b.size == n and len(shape) == 3 and b.shape == tuple(shape[::-1]):
         return b.transpose(2, 1, 0).reshape(-1)       # per neuron, Lava's (x, y, c) order
     if b.size == n:

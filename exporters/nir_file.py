@@ -16,6 +16,8 @@ scalars).
 
 from __future__ import annotations
 
+import io
+
 from revsnn.errors import RevsnnError
 
 from collections import Counter
@@ -25,7 +27,7 @@ from typing import Any
 import nir
 import numpy as np
 
-from revsnn.checkpoint import atomic_write
+from revsnn.fileio import atomic_write
 
 __all__ = ["NIRFileError", "write_nir", "read_nir", "summarize", "NIR_PRIMITIVES", "NEURON_NODE_TYPES",
            "SYNAPSE_NODE_TYPES"]
@@ -110,16 +112,19 @@ def write_nir(graph: nir.NIRGraph, path: str | Path, *, fingerprint: str | None 
     else:
         metadata = graph.metadata
 
-    def write(tmp: Path) -> None:
-        original = graph.metadata
-        graph.metadata = metadata  # for nir.write only; restored below, the caller's graph stays as it was
-        try:
-            nir.write(tmp, graph)
-        except Exception as exc:
-            raise NIRFileError(f"NIR could not serialize the graph ({type(exc).__name__}: {exc}); check the "
-                               "node parameters and metadata.") from exc
-        finally:
-            graph.metadata = original
+    # Serialised into memory first: h5py writing to a full disk itself segfaults (revsnn.fileio says why).
+    original = graph.metadata
+    graph.metadata = metadata  # for nir.write only; restored below, the caller's graph stays as it was
+    buffer = io.BytesIO()
+    try:
+        nir.write(buffer, graph)
+    except Exception as exc:
+        raise NIRFileError(f"NIR could not serialize the graph ({type(exc).__name__}: {exc}); check the "
+                           "node parameters and metadata.") from exc
+    finally:
+        graph.metadata = original
+
+    def check(tmp: Path) -> None:
         try:  # the file must read back, with NIR's type check, before it takes the final name
             back = nir.read(tmp, type_check=True)
         except Exception as exc:
@@ -130,13 +135,7 @@ def write_nir(graph: nir.NIRGraph, path: str | Path, *, fingerprint: str | None 
             raise NIRFileError(f"{path.name} does not read back with the parameters that were written (its "
                                "content digest differs); nothing was written.")
 
-    try:
-        atomic_write(path, write)
-    except NIRFileError:
-        raise
-    except OSError as exc:
-        raise NIRFileError(f"could not write {path} ({exc.strerror or exc}); check the permissions and free "
-                           "space.") from exc
+    atomic_write(path, buffer.getbuffer(), check=check)  # a WriteError (one sentence) for a disk that fails
     return path
 
 
@@ -215,6 +214,8 @@ def read_nir(path: str | Path) -> nir.NIRGraph:
         raise NIRFileError(f"{path} does not exist; pass the .nir file written by `revsnn export`.")
     if path.is_dir():
         raise NIRFileError(f"{path} is a directory; pass the .nir file inside it.")
+    if not path.is_file():
+        raise NIRFileError(f"{path} is not a regular file; pass the .nir file written by `revsnn export`.")
     try:
         _inspect_hdf5(path)
     except NIRFileError:
@@ -230,6 +231,11 @@ def read_nir(path: str | Path) -> nir.NIRGraph:
                            "export`.") from exc
     if not isinstance(graph, nir.NIRGraph):
         raise NIRFileError(f"{path} holds a single {type(graph).__name__} node, not a graph; export a graph.")
+    try:  # values, not only structure: a NaN or inf parameter would run (and summarise) as if it were fine
+        _check_nodes(graph)
+    except NIRFileError as exc:
+        raise NIRFileError(f"{path}: {exc}".replace("retrain or repair the checkpoint before exporting",
+                                                    "export the file again from a sound model")) from exc
     return graph
 
 

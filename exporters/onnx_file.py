@@ -50,7 +50,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import revsnn
-from revsnn.checkpoint import atomic_write
+from revsnn.fileio import atomic_write
 from revsnn.exporters.graph import DelayFifo, GraphError, node_shape, schedule
 from revsnn.exporters.nodes import MaxPool2d, SpikingAttention
 
@@ -249,6 +249,27 @@ def _check_time_steps(time_steps) -> int:
     return int(time_steps)
 
 
+# protobuf cannot serialise a message of 2 GiB or more; ONNX's external-data form would be needed beyond it.
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+def _check_unrolled_size(step_graph, time_steps: int) -> None:
+    """Estimate the unrolled model's size from the one-step graph (its nodes are copied T times, its weights
+    shared) and refuse, before building it, a model protobuf cannot hold or this machine cannot build."""
+    from revsnn.limits import human_bytes, require_memory
+
+    per_step = sum(n.ByteSize() for n in step_graph.node) + 64 * (len(step_graph.input) + len(step_graph.output))
+    weights = sum(t.ByteSize() for t in step_graph.initializer)
+    estimate = time_steps * per_step + weights
+    fix = "lower --time-steps, or export --mode step (one step, run any number of times)"
+    if estimate > _PROTOBUF_LIMIT:
+        raise ONNXFileError(f"an unrolled ONNX model of T = {time_steps:,} steps would be about "
+                            f"{human_bytes(estimate)} ({time_steps * len(step_graph.node):,} nodes), beyond "
+                            f"protobuf's 2 GiB limit; {fix}.")
+    # Python's protobuf objects take several times their serialised size while the graph is built.
+    require_memory(8 * estimate, f"an unrolled ONNX model of T = {time_steps:,} steps", fix)
+
+
 def graph_to_onnx_unrolled(graph: nir.NIRGraph, time_steps: int, opset: int = 17,
                            spikes: bool = False, dtype: str = "float32") -> onnx.ModelProto:
     """The ONNX model of ``graph`` unrolled over a fixed ``time_steps`` = T steps in one graph.
@@ -268,6 +289,7 @@ def graph_to_onnx_unrolled(graph: nir.NIRGraph, time_steps: int, opset: int = 17
     step = graph_to_onnx_step(graph, opset, spikes=spikes, dtype=dtype)
     elem, np_float = FLOAT_TYPES[dtype]
     sg = step.graph
+    _check_unrolled_size(sg, T)
     spike_outputs = [(v.name, dims(v)[1:]) for v in sg.output if v.name.startswith("spikes.")] if spikes else []
     per_step_spikes: dict[str, list[str]] = {name: [] for name, _ in spike_outputs}
     inits = {t.name for t in sg.initializer}
@@ -518,6 +540,10 @@ def write_onnx(graph: Union[nir.NIRGraph, onnx.ModelProto], path: Union[str, Pat
     path = Path(path)
     if mode not in ("step", "unrolled"):
         raise ONNXFileError(f"unknown ONNX export mode {mode!r}; use mode='step' or mode='unrolled'.")
+    # The opsets the writer is tested with (the CLI's --opset range): below 13 Unsqueeze and ReduceMean take
+    # their axes as attributes, and onnx.checker rejects the unrolled graph.
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or not 13 <= int(opset) <= 21:
+        raise ONNXFileError(f"opset must be between 13 and 21, got {opset!r}.")
     if mode == "unrolled":
         time_steps = _check_time_steps(time_steps)
     elif time_steps is not None:
@@ -540,14 +566,11 @@ def write_onnx(graph: Union[nir.NIRGraph, onnx.ModelProto], path: Union[str, Pat
         del model.metadata_props[:]
         helper.set_model_props(model, props)
 
-    def write(tmp: Path) -> None:
-        onnx.save(model, str(tmp))
+    def check(tmp: Path) -> None:
         onnx.checker.check_model(str(tmp), full_check=True)
 
     try:
-        atomic_write(path, write)
-    except OSError as exc:
-        raise ONNXFileError(f"cannot write {path}: {exc}") from exc
+        atomic_write(path, model.SerializeToString(), check=check)  # bytes in memory, then plain I/O
     except onnx.checker.ValidationError as exc:
         raise ONNXFileError(f"cannot write {path}: the model fails onnx.checker ({str(exc).splitlines()[0]}); "
                             "nothing was written.") from exc
@@ -557,8 +580,10 @@ def write_onnx(graph: Union[nir.NIRGraph, onnx.ModelProto], path: Union[str, Pat
 def read_onnx(path: Union[str, Path]) -> onnx.ModelProto:
     """Load and check an ``.onnx`` file; every failure becomes :class:`ONNXFileError` with one sentence."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ONNXFileError(f"{path} does not exist; write it with `write_onnx` (or `revsnn export --onnx`).")
+    if not path.is_file():
+        raise ONNXFileError(f"{path} is not a regular file; pass the .onnx file written by `revsnn export onnx`.")
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf DecodeError and friends
@@ -573,6 +598,16 @@ def read_onnx(path: Union[str, Path]) -> onnx.ModelProto:
     if not any(p.key == "format" and p.value in (STEP_FORMAT, UNROLLED_FORMAT) for p in model.metadata_props):
         raise ONNXFileError(f"{path} is a valid ONNX model but not a revsnn export (no format '{STEP_FORMAT}' or "
                             f"'{UNROLLED_FORMAT}' in its metadata); export it with `write_onnx`.")
+    if not model.graph.input or not model.graph.output:
+        raise ONNXFileError(f"{path} carries revsnn's format tag but has no graph "
+                            f"{'inputs' if not model.graph.input else 'outputs'}; export it again with `revsnn export onnx`.")
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:  # values, not only structure: a NaN weight or threshold runs silently
+        arr = numpy_helper.to_array(init)
+        if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+            raise ONNXFileError(f"{path}: the initializer {init.name!r} holds NaN or infinite values; export it "
+                                "again from a sound model.")
     return model
 
 

@@ -48,6 +48,9 @@ def infer_rows(model_name: str, checkpoint: Optional[Path] = None, batch_size: i
         torch.manual_seed(0)
         model = build_model(model_name).eval()
         T = time_steps or int(model.config.get("time_steps") or model.config["train"]["time_steps"])
+    from revsnn.limits import check_infer_bench
+
+    check_infer_bench(model, T, batch_size)  # before any graph or input is made
     graph = collapse(model, T).graph
     shape = tuple(model.config["input_shape"])
     reference = ReferenceExecutor(graph, dtype=torch.float32)

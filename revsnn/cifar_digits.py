@@ -60,6 +60,7 @@ def compare_cifar_digits(model: str, out: Path | str, epochs: Optional[int] = No
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     folder = write_digits_as_cifar(out / "data")
+    train_kw = {**train_kw, "overwrite": True}  # the benchmark's own runs: a rerun replaces them
     digits = train(TrainOptions(model=model, out=out / "digits", epochs=epochs, seed=seed, **train_kw), reporter)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)  # our files are, by design, not the published ones

@@ -63,6 +63,43 @@ def export_lava(checkpoint: Path | str, out: Path | str, synapses: str = "conv",
     return chain, quantized
 
 
+def check_demo_options(out: Path, model: str, epochs: int, samples: int, lava: bool) -> None:
+    """What ``demo`` checks before it trains: counts, the model, that the model's graph can be written as NIR
+    (and, with ``lava``, placed on Loihi: an untrained copy is collapsed and quantised, which takes a
+    second), that verify's run fits in memory, and that ``out`` is a demo's folder (a previous demo's files
+    are replaced; a training run of the user's is not)."""
+    from revsnn.errors import RevsnnError
+    from revsnn.exporters.collapse import collapse
+    from revsnn.exporters.nir_file import _check_nodes
+    from revsnn.limits import check_count, require_run_memory
+    from revsnn.models import build_model, get_config
+
+    check_count(epochs, "--epochs", 1)
+    check_count(samples, "--samples", 1)
+    if out.exists() and not out.is_dir():
+        raise RevsnnError(f"--out {out} is a file; give a folder for the demo's files.")
+    if (out / "model.pt").exists() and not (out / "model.nir").exists():
+        raise RevsnnError(f"--out {out} holds a training run that is not a demo's ({out / 'model.pt'}); choose "
+                          "another --out.")
+    config = get_config(model)
+    T = int(config.get("time_steps") or config.get("train", {}).get("time_steps", 4))
+    untrained = build_model(config).eval()
+    require_run_memory(untrained, T, samples, f"verifying {model} on {samples:,} samples", "lower --samples")
+    graph = collapse(untrained, T).graph
+    writes = "NIR and Lava files" if lava else "a NIR file"
+    try:
+        _check_nodes(graph)
+        if lava:
+            from revsnn.exporters.loihi import quantize
+            from revsnn.exporters.loihi_chain import build_chain
+            from revsnn.exporters.loihi_resources import require_fits
+
+            require_fits(build_chain(quantize(graph), DEMO_LAVA_SYNAPSES))
+    except RevsnnError as exc:
+        raise RevsnnError(f"--model {model}: the demo writes {writes}, but {str(exc).rstrip('.')} (checked before training; "
+                          "choose another --model" + (", or add --no-lava)." if lava else ").")) from exc
+
+
 def demo_targets(lava: bool) -> list[str]:
     """The targets the demo verifies: every one this machine can run (torch-cuda only with a GPU)."""
     import torch
@@ -95,6 +132,7 @@ def run_demo(out: Path | str = Path("revsnn-demo"), model: str = "revsresnet-dig
     from revsnn.verify import verify
 
     out = Path(out)
+    check_demo_options(out, model, epochs, samples, lava)  # every option, before minutes of training
     result = DemoResult(out=out, model=model, lava=lava)
     stage = on_stage or (lambda name, res: None)
 
@@ -104,7 +142,7 @@ def run_demo(out: Path | str = Path("revsnn-demo"), model: str = "revsresnet-dig
     # ``data``: a data set on disk instead (revsnn.data); event frames are spikes already.
     spikes = "events" if data in DATASETS and DATASETS[data].kind == "events" else "rate"
     result.metrics = train(TrainOptions(model=model, out=out, epochs=epochs, encoding=spikes, data=data,
-                                        data_dir=data_dir, frame_size=frame_size), reporter)
+                                        data_dir=data_dir, frame_size=frame_size, overwrite=True), reporter)
 
     stage("export", result)
     checkpoint = out / "model.pt"
@@ -201,5 +239,10 @@ def foreign_inputs(graph, samples: int, time_steps: int, rate: float = 0.2, seed
         raise RevsnnError(f"--rate must be a probability in [0, 1], got {rate}.")
     if samples < 1 or time_steps < 1:
         raise RevsnnError("--samples and --time-steps must be at least 1.")
+    from revsnn.limits import require_tensor
+
+    # the spikes themselves, float64, and as many again for what the targets record (a lower bound)
+    require_tensor([time_steps, samples, *shape], f"--time-steps {time_steps:,} with --samples {samples:,}",
+                   "lower --time-steps or --samples", bytes_per=16)
     g = torch.Generator().manual_seed(int(seed))
     return (torch.rand(int(time_steps), int(samples), *shape, generator=g) < rate).double()

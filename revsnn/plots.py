@@ -24,7 +24,7 @@ def raster_plots(report, folder: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from revsnn.checkpoint import atomic_write
+    from revsnn.fileio import atomic_write, png_bytes
 
     paths = []
     for t in report.targets.values():
@@ -44,7 +44,7 @@ def raster_plots(report, folder: Path) -> list[Path]:
                      f"({'identical' if t.output_spike_agreement == 1.0 else 'DIFFERENT'})")
         fig.tight_layout()
         path = Path(folder) / f"raster_{t.name}.png"
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        atomic_write(path, png_bytes(fig, dpi=110))  # drawn in memory, then written whole
         plt.close(fig)
         paths.append(path)
     return paths

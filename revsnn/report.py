@@ -379,6 +379,9 @@ def write_report(checkpoint: Path | str, out: Path | str, samples: int = 16,
         raise ReportError(f"--out {out} is a file; give a directory for report.html and report.json.")
     if not out.parent.is_dir():
         raise ReportError(f"the parent of --out {out} does not exist; create it first.")
+    from revsnn.fileio import check_writable_dir
+
+    check_writable_dir(out if out.is_dir() else out.parent, "--out")  # before minutes of verify
     from revsnn.targets.registry import target_names
 
     unknown = [t for t in targets if t not in target_names()]

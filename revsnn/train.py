@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json
+from .limits import check_train_start
 from .data import ENCODINGS, ImageData, encode, load_digits
 from .models import USER_FAMILY, build_model, builder_config, get_config
 from . import distributed as dist_
@@ -75,6 +76,7 @@ class TrainOptions:
     # several processes (revsnn.distributed) and precision (revsnn.precision)
     precision: Optional[str] = None       # fp32, bf16, fp16 (autocast) or fp64; None: fp16 if amp on CUDA
     sync_bn: bool = False                 # BatchNorm over the global batch when several processes train
+    overwrite: bool = False               # replace an existing run at ``out`` (else refused)
 
 
 # What a run uses where neither the command line, the preset nor the model says otherwise (the trainer's
@@ -345,6 +347,7 @@ def _train(opts: TrainOptions, reporter: Optional[Reporter], data, dctx: "dist_.
     reporter = reporter or _Silent()
     note = getattr(reporter, "note", None) or (lambda text: None)
     s = resolve_options(opts)
+    check_train_start(opts, s)  # seed, memory, overwrite, --resume's checkpoint and conflicts, writable --out
     out = Path(opts.out)
     ckpt_path, metrics_path = out / "model.pt", out / "metrics.json"
     splits = _load_data(opts, s, data)
@@ -372,7 +375,7 @@ def _train(opts: TrainOptions, reporter: Optional[Reporter], data, dctx: "dist_.
         if not ckpt_path.is_file():
             raise TrainError(f"--resume: there is no {ckpt_path} to resume from; run without --resume first.")
         try:
-            resume_state = load_checkpoint(ckpt_path)
+            resume_state = load_checkpoint(ckpt_path, resume=True)
         except CheckpointError as exc:
             raise TrainError(f"--resume: {exc}") from exc
         if resume_state["config"].get("name") != opts.model:
@@ -384,7 +387,6 @@ def _train(opts: TrainOptions, reporter: Optional[Reporter], data, dctx: "dist_.
                              "a new --out.")
         kept = {k: v for k, v in resume_state["train"].items() if k in s and k not in ("epochs", "notes", "config")}
         s = {**s, **kept, "epochs": s["epochs"] if opts.epochs is not None else resume_state["train"]["epochs"]}
-    out.mkdir(exist_ok=True)
 
     torch.manual_seed(s["seed"])
     model = build_model(config).to(device)

@@ -310,9 +310,21 @@ def verify(checkpoint: Path | str, targets: Optional[tuple[str, ...]] = ("torch"
         if not file.is_file():
             raise VerifyError(f"--file {file} does not exist.")
         _check_fingerprint(file, model, payload)
+    _check_memory(model, payload, samples)
     x, T, encoding = _test_inputs(payload, config, samples, data_dir)
     return verify_model(model, x, targets, encoding=encoding, on_target=on_target, lava_synapses=lava_synapses,
                         file=file, name=config.get("name", "?"))
+
+
+def _check_memory(model: nn.Module, payload: dict, samples: int) -> None:
+    """Refuse, before any input is made, a run whose recorded activations this machine cannot hold."""
+    from .data import dataset_record, load_digits
+    from .limits import require_run_memory
+
+    T = int(payload.get("train", {}).get("time_steps", model.config.get("train", {}).get("time_steps", 4)))
+    n = min(samples, len(load_digits().y_test)) if dataset_record(payload)["name"] == "digits" else samples
+    require_run_memory(model, T, n, f"verifying {model.config.get('name')} at T = {T} on {n} samples",
+                       "lower --samples")
 
 
 def _check_fingerprint(file: Path, model: nn.Module, payload: dict) -> None:

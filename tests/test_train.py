@@ -58,7 +58,7 @@ def test_train_writes_loadable_checkpoint_and_metrics(tmp_path, small_data):
     model, _ = load_model(tmp_path / "run" / "model.pt")
     x = encode(small_data.x_test, 2, "direct")
     assert model(x).shape == (40, 10)
-    assert not list((tmp_path / "run").glob("*.tmp"))
+    assert not list((tmp_path / "run").glob("*tmp*"))  # no temporary file (revsnn.fileio) is left
 
 
 def test_same_seed_same_weights(tmp_path, small_data):
