@@ -23,6 +23,11 @@ that reads the original source, rewrites its AST in memory and compiles it. Noth
     removed numpy API found in lava's source (``np.trapz`` in slayer's object-detection metrics) is used at
     call time, not import time.
 
+(d) ``lava.magma.runtime.message_infrastructure.multiprocessing`` calls ``mp.set_start_method('fork')`` when it
+    is imported, which raises ``RuntimeError: context has already been set`` if anything in the process fixed
+    the start method first (``multiprocessing.get_start_method()`` does, and so do launchers). Lava needs
+    fork either way, so the rewrite passes ``force=True``: the same choice, without the order dependence.
+
 Call ``install()`` before the first ``import lava...``.
 """
 
@@ -143,11 +148,27 @@ def _guard_torchvision_imports(tree: ast.Module) -> ast.Module:
     return _GuardTorchvisionImports().visit(tree)
 
 
+# --- rewrite (d): lava's start-method call, forced ---------------------------------------------------------
+
+class _ForceStartMethod(ast.NodeTransformer):
+    def visit_Call(self, node: ast.Call) -> ast.Call:
+        self.generic_visit(node)
+        if (isinstance(node.func, ast.Attribute) and node.func.attr == "set_start_method"
+                and not any(k.arg == "force" for k in node.keywords)):
+            node.keywords.append(ast.keyword(arg="force", value=ast.Constant(True)))
+        return node
+
+
+def _force_start_method(tree: ast.Module) -> ast.Module:
+    return _ForceStartMethod().visit(tree)
+
+
 # --- the finder and loader ---------------------------------------------------------------------------------
 
 _OBJECT_DETECTION = "lava.lib.dl.slayer.object_detection"
 _REWRITES = {
     "lava.magma.compiler.var_model": _fix_mutable_dataclass_defaults,
+    "lava.magma.runtime.message_infrastructure.multiprocessing": _force_start_method,
     f"{_OBJECT_DETECTION}.boundingbox.utils": _guard_torchvision_imports,
     f"{_OBJECT_DETECTION}.dataset.bdd100k": _guard_torchvision_imports,
     f"{_OBJECT_DETECTION}.dataset.prophesee_automotive": _guard_torchvision_imports,

@@ -192,3 +192,15 @@ def test_broken_torchvision_is_contained(tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert lines[-2] == "[]"
     assert "torchvision is not available" in lines[-1] and "RuntimeError" in lines[-1]
+
+
+def test_lava_imports_after_the_start_method_was_fixed(tmp_path):
+    # multiprocessing.get_start_method() fixes the process's context (DDP launchers, torch, a user's code do
+    # it); lava's own set_start_method('fork') then raised "context has already been set" at import.
+    code = ("import multiprocessing as m; m.get_start_method()\n"
+            "import revsnn.targets.lava\n"
+            "import lava.magma.runtime.message_infrastructure.multiprocessing\n"
+            "print(m.get_start_method())\n")
+    proc = _run_python(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "fork"
