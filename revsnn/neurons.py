@@ -182,15 +182,24 @@ class _FusedLIF(torch.autograd.Function):
         return v + x if tau is None else v + (x - (v - v_reset)) / tau
 
     @staticmethod
-    def forward(ctx, x_seq: Tensor, v0: Optional[Tensor], tau: Optional[float], v_threshold: float,
-                v_reset: float, surrogate: Surrogate, detach_reset: bool):
-        s_seq = torch.empty_like(x_seq)
+    def _run(x_seq: Tensor, v0: Optional[Tensor], tau: Optional[float], v_threshold: float, v_reset: float,
+             keep: str) -> tuple[Tensor, Tensor]:
+        """The charge / fire (strict) / hard-reset steps over all T, once for forward and backward: returns
+        ``[T, ...]`` of the spikes (``keep="spikes"``) or of the membranes before reset (``"membranes"``),
+        and the last membrane."""
+        out = torch.empty_like(x_seq)
         v = torch.zeros_like(x_seq[0]) if v0 is None else v0
         for t in range(x_seq.shape[0]):
             h = _FusedLIF._charge(x_seq[t], v, tau, v_reset)
             s = (h - v_threshold > 0).to(x_seq.dtype)
             v = h * (1.0 - s) + v_reset * s
-            s_seq[t] = s
+            out[t] = s if keep == "spikes" else h
+        return out, v
+
+    @staticmethod
+    def forward(ctx, x_seq: Tensor, v0: Optional[Tensor], tau: Optional[float], v_threshold: float,
+                v_reset: float, surrogate: Surrogate, detach_reset: bool):
+        s_seq, v = _FusedLIF._run(x_seq, v0, tau, v_threshold, v_reset, keep="spikes")
         if any(ctx.needs_input_grad[:2]):  # nothing to keep under no_grad
             ctx.save_for_backward(x_seq, v0)
         ctx.constants = (tau, v_threshold, v_reset, surrogate, detach_reset)
@@ -204,14 +213,8 @@ class _FusedLIF(torch.autograd.Function):
         # The membranes before reset, recomputed with the forward's expressions (bit-identical), into
         # the buffer that then receives the input gradient: step t's h is read before its gradient is
         # written, so one sequence-sized buffer serves both (the backward's peak is one sequence less).
-        buf = torch.empty_like(x_seq)
-        v = torch.zeros_like(x_seq[0]) if v0 is None else v0
-        for t in range(x_seq.shape[0]):
-            h = _FusedLIF._charge(x_seq[t], v, tau, v_reset)
-            s = (h - v_threshold > 0).to(h.dtype)
-            v = h * (1.0 - s) + v_reset * s
-            buf[t] = h
-        del x_seq, v, h, s
+        buf, _ = _FusedLIF._run(x_seq, v0, tau, v_threshold, v_reset, keep="membranes")
+        del x_seq
         dv = dv_last
         for t in reversed(range(buf.shape[0])):
             h = buf[t]
