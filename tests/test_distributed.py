@@ -54,14 +54,7 @@ DDPMODELS = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The one-process references in one thread, as each spawned rank runs on a 2-core machine: the models are
-    tiny, and a second thread only waits on the first."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

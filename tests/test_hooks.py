@@ -16,12 +16,7 @@ from revsnn.neurons import IF, LIF
 from revsnn.reversible import ParaRevCoupling, Recompute, RevNetCoupling, ReversibleSequence, plain_twin
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _sequence(coupling):

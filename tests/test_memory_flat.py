@@ -17,12 +17,7 @@ from revsnn.reversible import ParaRevCoupling, Recompute, RevNetCoupling, Revers
 T, C, HW = 2, 4, 6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _sequence(coupling, n):

@@ -15,14 +15,7 @@ from revsnn.reversible import plain_twin
 CHANNELS = (2, 3, 3, 4)  # 4 levels on 8x8: 8, 4, 2, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: intra-op threads only add overhead, and on a busy 2-core machine OpenMP
-    spin-waiting made this file ~6x slower. Restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make_model(T: int, blocks: int, static: bool = True, seed: int = 0, classes: int = 5) -> TRevSNN:

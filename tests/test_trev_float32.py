@@ -15,12 +15,7 @@ from revsnn.models.trev import SpikingConvNeXtBlock, TRevSNN
 from revsnn.reversible import plain_twin
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make(T: int, alpha, seed: int = 0) -> TRevSNN:
