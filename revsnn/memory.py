@@ -201,6 +201,13 @@ def step_memory(model: nn.Module, make_input: Callable[[], Tensor],
     at the end of the forward. The input is made inside the step, so it counts, as on a GPU.
     Gradients are set to None first, so each call allocates them afresh (batch-independent).
     """
+    return _measured_step(model, make_input, loss_fn)[0]
+
+
+def _measured_step(model: nn.Module, make_input: Callable[[], Tensor],
+                   loss_fn: Optional[Callable[[Tensor], Tensor]] = None) -> tuple[dict[str, int], Optional[list[int]]]:
+    """``step_memory``'s figures, and on the CPU the bytes alive after each allocator event (None on
+    CUDA), which ``memory_per_sample`` aligns across two batch sizes."""
     from .neurons import reset_states
 
     loss_fn = loss_fn or (lambda out: out.float().sum())
@@ -232,7 +239,7 @@ def step_memory(model: nn.Module, make_input: Callable[[], Tensor],
         del loss
         torch.cuda.synchronize(device)
         result["peak"] = torch.cuda.max_memory_allocated(device) - base
-        return result
+        return result, None
 
     from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -251,11 +258,7 @@ def step_memory(model: nn.Module, make_input: Callable[[], Tensor],
         if t <= forward_end:
             retained = alive
     result["retained"], result["peak"] = retained, peak
-    _TRACES[id(result)] = trace  # for memory_per_sample's aligned peak; not part of the returned figures
-    return result
-
-
-_TRACES: dict[int, list[int]] = {}
+    return result, trace   # the trace: bytes alive after each event, for memory_per_sample's aligned peak
 
 
 def _aligned_peak(t1: list[int], t2: list[int], b1: int, b2: int) -> Optional[float]:
@@ -281,8 +284,8 @@ def memory_per_sample(model: nn.Module, make_input: Callable[[int], Tensor], bat
     steps = []
     for b in (b1, b2):
         fn = None if loss_fn is None else (lambda out, b=b: loss_fn(out, b))
-        steps.append(step_memory(model, lambda b=b: make_input(b), fn))
-    traces = [_TRACES.pop(id(s), None) for s in steps]
+        steps.append(_measured_step(model, lambda b=b: make_input(b), fn))
+    steps, traces = [s for s, _ in steps], [t for _, t in steps]
     per = {k: (steps[1][k] - steps[0][k]) / (b2 - b1) for k in steps[0]}
     if traces[0] is not None and traces[1] is not None:
         aligned = _aligned_peak(traces[0], traces[1], b1, b2)
