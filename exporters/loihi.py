@@ -42,7 +42,7 @@ import torch
 from .graph import STATELESS_LINEAR, GraphError, linear_fn, schedule
 from .nodes import LoihiNeuron, MaxPool2d, SpikingAttention
 
-__all__ = ["LoihiExportError", "Quantized", "QuantizedPopulation", "quantize", "relays", "require_spike_input",
+__all__ = ["LoihiExportError", "Quantized", "QuantizedPopulation", "Term", "float_terms", "quantize", "relays", "require_spike_input",
            "WEIGHT_MAX", "BIAS_MAX", "RELAY_VTH_MAX", "READOUT_VTH", "INPUT_MAX", "VTH_MAX"]
 
 WEIGHT_MAX = 254          # 8-bit weight mantissas that netx's weight-bit optimisation keeps exactly (mixed sign)
@@ -100,6 +100,9 @@ class Quantized:
     sources: dict[str, list[str]]                      # population -> the sources of its terms, in order
     readout: str = "output"
     metadata: dict = field(default_factory=dict)
+    # population -> sigma g: its integer weights are rint(factor * matrix) of its float terms (``float_terms``)
+    factors: dict[str, float] = field(default_factory=dict)
+    terms: dict[str, list[Term]] = field(default_factory=dict)   # population -> its float terms
 
     @property
     def depth(self) -> int:
@@ -139,8 +142,10 @@ def _paths(name: str, inputs: dict[str, list[str]], graph: nir.NIRGraph, sources
     return out
 
 
-def _fold(graph: nir.NIRGraph, source: str, source_shape: tuple[int, ...], ops: list[str], target: str) -> Term:
-    """The path as ``M x + b`` on flattened vectors, by applying it to the unit basis and to zero."""
+def _fold(graph: nir.NIRGraph, source: str, source_shape: tuple[int, ...], ops: list[str], target: str,
+          matrix: bool = True) -> Term:
+    """The path as ``M x + b`` on flattened vectors, by applying it to the unit basis and to zero (``matrix``
+    False: only ``b``, the matrix left empty)."""
     n = int(np.prod(source_shape))
     fns = [linear_fn(graph.nodes[o]) for o in ops]
 
@@ -151,6 +156,8 @@ def _fold(graph: nir.NIRGraph, source: str, source_shape: tuple[int, ...], ops: 
 
     with torch.no_grad():
         zero = apply(torch.zeros(1, *source_shape, dtype=torch.float64))[0]
+        if not matrix:
+            return Term(source, np.zeros((zero.numel(), 0)), zero.numpy().copy())
         if zero.numel() * n > MAX_MATRIX:
             raise LoihiExportError(f"the synapse into {target!r} would be a {zero.numel()} x {n} matrix, beyond "
                                    "what this exporter folds; Lava deployment is for small configurations.")
@@ -222,8 +229,31 @@ def _decay(name: str, field_: str, tau: float) -> int:
 # --------------------------------------------------------------------------------------------------------
 
 
-def quantize(graph: nir.NIRGraph) -> Quantized:
-    """The quantised reference of a collapsed float graph (see the module docstring)."""
+def float_terms(graph: nir.NIRGraph, matrices: bool = True) -> dict[str, list[Term]]:
+    """The float synapses the quantiser rounds: population (``"readout"`` for the output) -> one ``Term`` per
+    source, ``matrix`` and ``bias`` folded from every linear path (BatchNorm, pooling, the sums of a stream).
+    The integer weights of ``quantize(graph)`` are ``rint(factors[P] * matrix)``, its biases
+    ``rint(factors[P] * sum of the terms' biases)``. Public for ``revsnn/finetune.py``'s grid projection, so that
+    the folding is computed in one place. ``matrices=False``: the biases only (the matrices empty), which is
+    fast (no unit basis to push through)."""
+    f = _fold_terms(graph, matrices)
+    return {("readout" if n == f.output_name else n): ts for n, ts in f.terms.items()}
+
+
+@dataclass
+class _Folded:
+    terms: dict[str, list[Term]]
+    neurons: list[str]
+    order: list[str]
+    input_name: str
+    output_name: str
+    shapes: dict
+    out_shape: tuple[int, ...]
+    li_readout: Optional[str]
+
+
+def _fold_terms(graph: nir.NIRGraph, matrices: bool = True) -> _Folded:
+    """Everything of ``quantize`` before the grid is chosen: the populations and their float terms."""
     try:
         sched = schedule(graph)   # the one schedule: sources in fan-in order, evaluation order, shapes
     except GraphError as exc:
@@ -253,7 +283,7 @@ def quantize(graph: nir.NIRGraph) -> Quantized:
             raise LoihiExportError(f"{name!r} has no input.")
         merged: dict[str, Term] = {}   # one term per source: two paths from one source add up
         for src, ops in paths:
-            term = _fold(graph, src, shapes[src], ops, name)
+            term = _fold(graph, src, shapes[src], ops, name, matrices)
             if src in merged:
                 merged[src].matrix += term.matrix
                 merged[src].bias += term.bias
@@ -268,6 +298,14 @@ def quantize(graph: nir.NIRGraph) -> Quantized:
         shapes = {("input" if k == input_name else k): v for k, v in shapes.items()}
         input_name = "input"
     out_shape = (terms[output_name][0].matrix.shape[0],)
+    return _Folded(terms, neurons, order, input_name, output_name, shapes, out_shape, li_readout)
+
+
+def quantize(graph: nir.NIRGraph) -> Quantized:
+    """The quantised reference of a collapsed float graph (see the module docstring)."""
+    f = _fold_terms(graph)
+    terms, neurons, order, input_name, output_name = f.terms, f.neurons, f.order, f.input_name, f.output_name
+    shapes, out_shape, li_readout = f.shapes, f.out_shape, f.li_readout
 
     depth = {input_name: 0}
     for name in order:
@@ -304,7 +342,10 @@ def quantize(graph: nir.NIRGraph) -> Quantized:
                                    "weights for Loihi's 8-bit weights (it would quantise below 1); retrain with "
                                    "smaller weights or a larger threshold.")
         # Rounding can push a row's integer sum past the bound its float sum kept: step down until it holds.
-        limit = int(np.floor(limit))
+        # The tolerance: a limit a hair below an integer is that integer computed with rounding error (a
+        # network whose weights already lie on this grid, revsnn/finetune.py's snap_to_grid, gives exactly
+        # vThMant back); the integer bounds below are checked on the rounded weights anyway.
+        limit = int(np.floor(limit * (1 + 1e-9)))
         while limit > 1 and any(_max_input(terms[n], limit / constants[n][0] * constants[n][1]) > INPUT_LIMIT
                                 for n in members):
             limit = int(limit * 0.99)
@@ -313,6 +354,7 @@ def quantize(graph: nir.NIRGraph) -> Quantized:
     nodes: dict[str, nir.NIRNode] = {input_name: nir.Input(input_type=np.array(shapes[input_name]))}
     edges: list[tuple[str, str]] = []
     pops: dict[str, QuantizedPopulation] = {}
+    factors: dict[str, float] = {}
     flat: dict[str, str] = {}
 
     def source_node(src: str) -> str:
@@ -339,6 +381,7 @@ def quantize(graph: nir.NIRGraph) -> Quantized:
         bias = np.zeros(int(np.prod(shape)))
         synapses = 0
         pop_name = "readout" if name == output_name else name
+        factors[pop_name] = sigma * g
         for t in terms[name]:
             w = np.rint(sigma * g * t.matrix)
             bias += t.bias
@@ -355,7 +398,8 @@ def quantize(graph: nir.NIRGraph) -> Quantized:
     metadata = {**graph.metadata, "quantized": "loihi2 fixed point (lava fixed_pt)"}
     qgraph = nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata, type_check=False)
     srcs = {("readout" if n == output_name else n): [t.source for t in terms[n]] for n in order}
-    return Quantized(qgraph, shapes[input_name], pops, srcs, "readout", metadata)
+    float_ = {("readout" if n == output_name else n): ts for n, ts in terms.items()}
+    return Quantized(qgraph, shapes[input_name], pops, srcs, "readout", metadata, factors, float_)
 
 
 def relays(depth: dict[str, int], sources: dict[str, list[str]]) -> dict[int, list[str]]:

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -269,6 +270,19 @@ class LoihiAware(nn.Module):
         exact = plan.readout_steps[-1] if plan.readout_mode == "last" else plan.readout_steps.mean(0)
         return _StraightThrough.apply(logits, exact)
 
+    def deployable(self) -> tuple[nn.Module, dict]:
+        """A copy of the model projected onto its quantisation's grid (``snap_to_grid``): what the checkpoint
+        holds, so that its float forward, its NIR / ONNX exports and its ``.net`` are one network. Returns the
+        copy and the projection's report."""
+        import copy
+
+        twin = copy.deepcopy(self.model)
+        for m in twin.modules():   # the copy runs its own neurons, not this wrapper's hooks
+            if isinstance(m, SpikingNeuron):
+                m.__dict__.pop("forward", None)
+        report = snap_to_grid(twin, self.time_steps)
+        return twin, report.as_dict()
+
     def release(self) -> None:
         """Back to the float model (after backward): the neurons run their own forward again."""
         self._plan = None
@@ -433,3 +447,317 @@ def loihi_report(model: nn.Module, time_steps: int, encoding: str, data, samples
                 same += int((v == fs[k].reshape(v.shape)).sum())
     return {"samples": count, "float_accuracy": n_float / count, "quantized_accuracy": n_quant / count,
             "prediction_agreement": n_same / count, "spike_agreement": same / total if total else None}
+
+
+# --------------------------------------------------------------------------------------------------------
+# The checkpoint on the grid: its float weights are the dequantised values of what the Loihi-aware forward ran.
+#
+# Why a projection at write time, not after every optimizer step: fine-tuning runs at a tenth of the learning
+# rate, so one Adam step moves a weight by about 3e-4 while the grid's half spacing is about 2e-3 (vThMant 253):
+# rounding after every step would undo every update and the training would stand still. The optimizer keeps
+# its latent float weights (straight through, as the forward is defined); what is written, evaluated as "the
+# float model" and exported is their projection, whose quantisation is the network the latent weights ran.
+
+
+@dataclass
+class SnapReport:
+    """What ``snap_to_grid`` did. ``exact``: every float folded matrix and bias of the snapped model is its own
+    integer network divided by the quantiser's factor (so float and fixed point differ only at exact ties),
+    and that integer network is the one the weights before snapping quantised to (``same_network``)."""
+
+    weights: int = 0                 # weight entries put on a grid
+    weight_conflicts: int = 0        # entries feeding populations whose grids no single value satisfies
+    biases: int = 0                  # shift entries (BatchNorm shifts, layer biases) put on a grid
+    bias_misses: int = 0             # neurons whose integer bias the snapped shifts could not hit
+    rounds: int = 0                  # re-quantisations until the quantiser's scales stood still
+    residual: float = 0.0            # max |f M - rint(f M)| over the spiking populations' terms (weight units)
+    same_network: bool = False
+    exact: bool = False
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _weight_modules(model: nn.Module):
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) and getattr(m, "weight", None) is not None]
+
+
+def _shift_modules(model: nn.Module):
+    """Modules with an additive per-channel shift the projection can set: affine BatchNorm (``beta``, the
+    folded shift being ``beta - mean gamma / sqrt(var + eps)``) and layer biases."""
+    out = []
+    for n, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and m.running_mean is not None:
+            out.append((n, m))
+        elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) and getattr(m, "bias", None) is not None:
+            out.append((n, m))
+    return out
+
+
+def _bn_scale(m) -> Tensor:
+    """The folded BatchNorm scale as ``exporters/collapse.py`` computes it (float64)."""
+    return m.weight.detach().double() / torch.sqrt(m.running_var.double() + m.eps)
+
+
+def _get_shift(m) -> Tensor:
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return m.bias.detach().double() - m.running_mean.double() * _bn_scale(m)
+    return m.bias.detach().double()
+
+
+def _set_shift(m, value: Tensor) -> None:
+    with torch.no_grad():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.bias.copy_(value + m.running_mean.double() * _bn_scale(m))
+        else:
+            m.bias.copy_(value)
+
+
+class _Probe:
+    """Runs collapse + the quantiser's folding on the model with some tensors temporarily replaced (restored
+    after): the folding is linear in each weight and each shift, so probing with ones and with distinct
+    integers tells, for every entry of every folded matrix (bias), which parameter entry it comes from and by
+    what factor (pooling, BatchNorm scale). The map depends only on the architecture and BatchNorm, not on the
+    weights' values, so it is computed once per snap."""
+
+    def __init__(self, model: nn.Module, time_steps: int):
+        self.model, self.time_steps = model, time_steps
+
+    def terms(self, replace: dict) -> dict:
+        from revsnn.exporters.loihi import float_terms
+
+        return float_terms(self.graph(replace))
+
+    def graph(self, replace: dict):
+        """The collapsed graph with ``replace`` in place."""
+        from revsnn.exporters.collapse import collapse
+
+        saved = {id(t): t.detach().clone() for t in replace}
+        try:
+            with torch.no_grad():
+                for t, v in replace.items():
+                    t.copy_(v)
+            return collapse(self.model, self.time_steps).graph
+        finally:
+            self._restore(replace, saved)
+
+    @staticmethod
+    def _restore(replace: dict, saved: dict) -> None:
+        with torch.no_grad():
+            for t in replace:
+                t.copy_(saved[id(t)])
+
+
+def _weight_map(probe: _Probe, mods) -> dict:
+    """population -> [(term index, rows, cols, flat id, factor)] for every nonzero folded weight entry; the
+    entry is ``factor * W[id]`` of one weight entry (ids count across ``mods`` in order)."""
+    weights = [m.weight for _, m in mods]
+    ones = probe.terms({w: torch.ones_like(w) for w in weights})
+    ids, offset = {}, 0
+    for w in weights:
+        ids[w] = torch.arange(offset + 1, offset + 1 + w.numel(), dtype=torch.float64).reshape(w.shape).to(w.dtype)
+        offset += w.numel()
+    if offset >= 1 << 24 and any(w.dtype == torch.float32 for w in weights):
+        raise FinetuneError("the model has too many weights to snap to the grid in float32; fine-tune in fp64.")
+    tagged = probe.terms(ids)
+    out = {}
+    for pop, ts in ones.items():
+        entries = []
+        for k, (t1, t2) in enumerate(zip(ts, tagged[pop])):
+            rows, cols = np.nonzero(t1.matrix)
+            c = t1.matrix[rows, cols]
+            ident = t2.matrix[rows, cols] / c
+            # An entry that sums several weight entries (two paths through different layers into one synapse)
+            # has no single parameter to set: left out here, it shows in snap_to_grid's residual.
+            good = (np.abs(ident - np.rint(ident)) < 1e-6) & (ident >= 0.5) & (ident < offset + 0.5)
+            entries.append((k, rows[good], cols[good], np.rint(ident[good]), c[good]))
+        out[pop] = entries
+    return out
+
+
+def _shift_map(probe: _Probe, mods) -> dict:
+    """population -> [(module indices, neurons, channels, factors)], arrays of one entry per (neuron, shift
+    entry) pair: the folded bias of a neuron is the sum over its pairs of ``factor * shift[module][channel]``.
+
+    Two steps, because a collapse per shift module would cost seconds each: (1) two collapses with every shift
+    set to ones, then to distinct integers (running means 0, so a BatchNorm's shift is its ``beta``) tell which
+    model shift entry each bias entry of the collapsed graph's nodes holds, and by what factor; (2) biases-only
+    folds of that graph, one node at a time (fast: no unit basis), tell which population neurons each node
+    bias entry reaches, and by what factor (pooling, stream sums)."""
+    from revsnn.exporters.loihi import float_terms
+
+    zero, ones, ids, offset = {}, {}, {}, 0
+    for _, m in mods:
+        zero[m.bias] = torch.zeros_like(m.bias)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            zero[m.running_mean] = torch.zeros_like(m.running_mean)   # the shift is then beta itself
+        ones[m.bias] = torch.ones_like(m.bias)
+        ids[m.bias] = torch.arange(offset + 1, offset + 1 + m.bias.numel(), dtype=torch.float64).to(m.bias.dtype)
+        offset += m.bias.numel()
+    owner = np.repeat(np.arange(len(mods)), [m.bias.numel() for _, m in mods])
+    first = np.cumsum([0] + [m.bias.numel() for _, m in mods])
+    g1, g2 = probe.graph({**zero, **ones}), probe.graph({**zero, **ids})
+    # (1) node -> (entries, model element ids, factor)
+    nodes = {}
+    for name, node in g1.nodes.items():
+        b = getattr(node, "bias", None)
+        if b is None or np.size(b) == 0:
+            continue
+        b1, b2 = np.asarray(b, dtype=np.float64).reshape(-1), np.asarray(g2.nodes[name].bias, np.float64).reshape(-1)
+        (ent,) = np.nonzero(np.abs(b1) > 1e-12)
+        ident = b2[ent] / b1[ent]
+        good = (np.abs(ident - np.rint(ident)) < 1e-6) & (ident >= 0.5) & (ident < offset + 0.5)
+        nodes[name] = (ent[good], np.rint(ident[good]).astype(np.int64) - 1, b1[ent[good]])
+    # (2) node bias entry -> population neurons, on g1 with every bias zero but one node's
+    for node in g1.nodes.values():
+        if getattr(node, "bias", None) is not None and np.size(node.bias):
+            node.bias = np.zeros_like(np.asarray(node.bias, dtype=np.float64))
+    out: dict[str, list] = {}
+    for name, (ent, elem, coef) in nodes.items():
+        node = g1.nodes[name]
+        shape = np.shape(node.bias)
+        pattern = np.zeros(int(np.prod(shape)))
+        pattern[ent] = 1.0
+        node.bias = pattern.reshape(shape)
+        t1 = float_terms(g1, matrices=False)
+        pattern[ent] = np.arange(1, ent.size + 1)
+        node.bias = pattern.reshape(shape)
+        t2 = float_terms(g1, matrices=False)
+        node.bias = np.zeros(shape)
+        for pop in t1:
+            b1 = sum(t.bias for t in t1[pop])
+            b2 = sum(t.bias for t in t2[pop])
+            (neurons,) = np.nonzero(np.abs(b1) > 1e-12)
+            if neurons.size == 0:
+                continue
+            k = b2[neurons] / b1[neurons]
+            good = np.abs(k - np.rint(k)) < 1e-6   # a neuron two entries of one node reach is left out
+            neurons, k = neurons[good], np.rint(k[good]).astype(np.int64) - 1
+            e = elem[k]
+            out.setdefault(pop, []).append((owner[e], neurons, e - first[owner[e]], b1[neurons] * coef[k]))
+    return out
+
+
+def snap_to_grid(model: nn.Module, time_steps: int, rounds: int = 4, tie_margin: float = 1 / 32) -> SnapReport:
+    """Project ``model``'s parameters in place onto the grid of its own Loihi quantisation: afterwards every
+    folded weight is ``w / f`` and every population's folded bias ``(bias - tie_margin) / f``, with ``w``,
+    ``bias`` the integers of ``quantize(collapse(model))`` before the projection and ``f = sigma g`` the
+    quantiser's factor of the population (one source of truth: the quantiser's own folding and scales,
+    ``exporters.loihi.float_terms`` and ``Quantized.factors``). Then the float forward and the fixed-point
+    network compute the same potentials (the decays of IF and of LIF with tau = 2 are exact for T <= 7).
+
+    ``tie_margin`` (in weight units, under the half unit that rounding forgives, so the integers do not move):
+    where the integer potential equals the threshold exactly, Loihi does not fire (strict ``>``), but the float
+    sum of ``w / f`` lands a few ulps either side of it; the margin puts the float potential just below, as
+    the integer one is. Its largest accumulated effect (``2 * 64 * margin`` for tau = 2) stays under the
+    potential's resolution at T = 4.
+
+    BatchNorm keeps its running statistics and scale; the folded matrix is set through the convolution's or
+    linear layer's weight (``W = rint(f c s W) / (f c s)``, ``c`` the pooling factor, ``s`` the BatchNorm
+    scale), the folded bias through the BatchNorm shift ``beta`` (or the layer's bias). Snapping can move the
+    quantiser's scales (``vThMant`` is the floor of a limit set by the largest weight, bias and row sum): it
+    re-quantises and snaps again until they stand still (at most ``rounds`` times)."""
+    from revsnn.exporters.collapse import collapse
+    from revsnn.exporters.loihi import quantize
+
+    wmods, smods = _weight_modules(model), _shift_modules(model)
+    probe = _Probe(model, time_steps)
+    wmap, smap = _weight_map(probe, wmods), _shift_map(probe, smods)
+    weights = [m.weight for _, m in wmods]
+    sizes = np.cumsum([0] + [w.numel() for w in weights])
+    report = SnapReport()
+    q = quantize(collapse(model, time_steps).graph)
+    first = _integers(q)
+    for r in range(1, rounds + 1):
+        ints = _integers(q)
+        report.rounds = r
+        # Weights: one grid per parameter entry; where populations of different factors read one entry the
+        # coarser grid is taken (exact on both when the factors differ by a power of two, counted otherwise).
+        total = int(sizes[-1])
+        k_min = np.full(total, np.inf)
+        k_max = np.zeros(total)
+        for pop, entries in wmap.items():
+            f = q.factors[pop]
+            for _, _, _, ident, c in entries:
+                idx = np.rint(ident).astype(np.int64) - 1
+                np.minimum.at(k_min, idx, np.abs(f * c))
+                np.maximum.at(k_max, idx, np.abs(f * c))
+        hit = np.isfinite(k_min)
+        ratio = np.where(hit, k_max / np.where(hit, k_min, 1.0), 1.0)
+        power = np.abs(np.log2(ratio) - np.rint(np.log2(ratio))) < 1e-9
+        report.weight_conflicts = int((hit & ~power).sum())
+        report.weights = int(hit.sum())
+        flat = torch.cat([w.detach().double().reshape(-1) for w in weights]).numpy()
+        kk = np.where(hit, k_min, 1.0)
+        snapped = np.where(hit, np.rint(flat * kk) / kk, flat)
+        with torch.no_grad():
+            for i, w in enumerate(weights):
+                w.copy_(torch.from_numpy(snapped[sizes[i]:sizes[i + 1]].copy()).reshape(w.shape).to(w.dtype))
+        # Shifts: populations in order (the quantiser's, sources first); a neuron's integer bias is hit by
+        # setting the one shift entry of its sum not yet fixed by an earlier neuron (the zoo's streams add
+        # one BatchNorm shift per block, so each population brings one new one).
+        shifts = [_get_shift(m).numpy().copy() for _, m in smods]
+        fixed = [np.zeros(s.shape, dtype=bool) for s in shifts]
+        misses = 0
+        for pop in q.populations:
+            if pop not in smap:
+                continue
+            f = q.factors[pop]
+            target = ints[pop][1].astype(np.float64) - (tie_margin if pop != q.readout else 0.0)
+            per_neuron: dict[int, list] = {}
+            for mods_, neurons, chans, c in smap[pop]:
+                for i, n, ch, cc in zip(mods_.tolist(), neurons.tolist(), chans.tolist(), c.tolist()):
+                    per_neuron.setdefault(n, []).append((i, ch, cc))
+            for n, contrib in per_neuron.items():
+                free = [(i, ch, cc) for i, ch, cc in contrib if not fixed[i][ch]]
+                if not free:
+                    value = f * sum(cc * shifts[i][ch] for i, ch, cc in contrib)
+                    misses += int(abs(value - target[n]) > 0.25)
+                    continue
+                for i, ch, cc in free[:-1]:
+                    shifts[i][ch] = np.rint(f * cc * shifts[i][ch]) / (f * cc)
+                    fixed[i][ch] = True
+                i, ch, cc = free[-1]
+                rest = sum(cc2 * shifts[i2][ch2] for i2, ch2, cc2 in contrib if (i2, ch2) != (i, ch))
+                shifts[i][ch] = (target[n] / f - rest) / cc
+                fixed[i][ch] = True
+        report.biases = int(sum(f.sum() for f in fixed))
+        report.bias_misses = misses
+        for (_, m), s in zip(smods, shifts):
+            _set_shift(m, torch.from_numpy(s).to(m.bias.dtype))
+        q2 = quantize(collapse(model, time_steps).graph)
+        # The readout's scale is not a floored integer: it follows its largest row sum continuously and need
+        # not stand still; it scales every logit by one positive factor (about 1 +- 1e-3), so it is left out.
+        same_scales = all(math.isclose(q2.factors[p], q.factors[p], rel_tol=1e-12) for p in q.factors
+                          if p != q.readout)
+        if same_scales:
+            break
+        q = q2
+    spiking = [p for p in q2.terms if p != q2.readout]
+    a, b = _integers(q2), first
+    report.same_network = all(_same({p: a[p]}, {p: b[p]}) for p in spiking)
+    report.residual = max(float(np.abs(q2.factors[p] * t.matrix - np.rint(q2.factors[p] * t.matrix)).max(initial=0.0))
+                          for p in spiking for t in q2.terms[p])
+    for p in spiking:   # the biases: f b + margin on the integers
+        fb = q2.factors[p] * sum(t.bias for t in q2.terms[p]) + tie_margin
+        report.residual = max(report.residual, float(np.abs(fb - np.rint(fb)).max(initial=0.0)))
+    report.exact = bool(same_scales and report.residual < 1e-4 and report.weight_conflicts == 0
+                        and report.bias_misses == 0)
+    return report
+
+
+def _integers(q) -> dict:
+    """population -> (integer weight matrices, integer bias, vThMant) of a quantised graph."""
+    out = {}
+    for pop, srcs in q.sources.items():
+        node = q.graph.nodes[pop]
+        out[pop] = ([np.asarray(q.graph.nodes[f"{s}.to.{pop}"].weight) for s in srcs],
+                    np.asarray(node.bias).reshape(-1), int(node.v_th_mant))
+    return out
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        a[p][2] == b[p][2] and np.array_equal(a[p][1], b[p][1]) and
+        all(np.array_equal(x, y) for x, y in zip(a[p][0], b[p][0])) for p in a)

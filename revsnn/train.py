@@ -496,6 +496,8 @@ def _train(opts: TrainOptions, reporter: Optional[Reporter], data, dctx: "dist_.
             total_correct, seen = int(total_correct), int(seen)
         deployed = ema.module if ema is not None else model
         quantized = runner.evaluate(splits, s) if loihi is not None else {}   # the quantised test accuracy
+        if loihi is not None:   # issue 15: what is evaluated and written is the latent weights' grid projection
+            deployed, quantized["grid"] = runner.deployable()
         try:
             test_acc = None
             if dctx.main:  # every rank holds the same weights: rank 0 evaluates for all
@@ -511,6 +513,8 @@ def _train(opts: TrainOptions, reporter: Optional[Reporter], data, dctx: "dist_.
         extra = {"raw_state_dict": model.state_dict(), "ema": ema.state_dict()} if ema is not None else {}
         if scaler is not None:
             extra["scaler"] = scaler.state_dict()
+        if loihi is not None:   # resume continues from the latent (unsnapped) weights the optimizer holds
+            extra["raw_state_dict"] = model.state_dict()
         if dctx.main:  # one writer; atomic, so a rank killed meanwhile leaves the previous epoch's files
             save_checkpoint(ckpt_path, deployed, optimizer=optimizer.state_dict(), epoch=epoch + 1,
                             train=train_settings, rng={"generator": generator.get_state(), "torch": torch.get_rng_state()},

@@ -172,3 +172,73 @@ def test_train_loihi_aware_from_scratch(tmp_path):
     trained, _ = load_model(tmp_path / "q" / "model.pt")
     assert any(n.endswith("running_var") and not torch.allclose(b, torch.ones_like(b))
                for n, b in trained.named_buffers())
+
+
+def _small(name: str, seed: int = 0) -> torch.nn.Module:
+    """The digits model with narrow layers (4 / 8 channels for the reversible ones): the grid map probes the
+    collapse a few times, cheap only when the folded matrices are small."""
+    config = dict(get_config(name))
+    if "planes" in config:
+        config["planes"] = [4, 8]
+    else:
+        config["channels"] = [4, 8]
+    torch.manual_seed(seed)
+    model = build_model(config).double()
+    model.config = config
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(1.0, 2.0)
+            m.bias.data.uniform_(-0.3, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("name", ["scnn-digits", "revsresnet-digits", "pararevsnn-digits"])
+def test_snap_to_grid_makes_the_float_model_its_quantised_network(name):
+    """After `snap_to_grid` the checkpoint's float weights are the dequantised grid values: (hand check) every
+    folded matrix of the float graph is the quantiser's integer weights divided by its factor, every folded bias
+    the integer bias (less the tie margin) divided by it, with the same vThMant and integers as before the
+    projection (for these models); snapping again changes nothing; and the two executors, float and
+    fixed point, emit the same spikes on test digits (they did not before)."""
+    from revsnn.exporters.loihi import float_terms
+    from revsnn.finetune import snap_to_grid
+
+    model = _small(name)
+    x = _samples(24, seed=2)
+
+    def run(m):
+        c = collapse(m, T)
+        q = quantize(c.graph)
+        fo, fs = ReferenceExecutor(c.graph).run(x, record=True)
+        qo, qs = ReferenceExecutor(q.graph).run(x, record=True)
+        return c, q, fo, fs, qo, qs
+
+    _, q0, _, fs, _, qs = run(model)
+    assert any(not torch.equal(qs[p], fs[p].reshape(qs[p].shape)) for p in qs if p in fs), "grid too fine to test"
+    report = snap_to_grid(model, T)
+    assert report.exact and report.weights > 0 and report.biases > 0
+    c, q, fo, fs, qo, qs = run(model)
+    terms = float_terms(c.graph)
+    for pop, srcs in q.sources.items():
+        f = q.factors[pop]
+        w_int = [torch.as_tensor(q.graph.nodes[f"{s}.to.{pop}"].weight) for s in srcs]
+        for t, w in zip(terms[pop], w_int):
+            torch.testing.assert_close(torch.as_tensor(t.matrix), w / f, rtol=0, atol=1e-9 / f)
+        if pop != q.readout:
+            assert q.populations[pop].v_th_mant == q0.populations[pop].v_th_mant
+            assert all(torch.equal(w, torch.as_tensor(q0.graph.nodes[f"{s}.to.{pop}"].weight)) for s, w in zip(srcs, w_int))
+            bias = torch.as_tensor(sum(t.bias for t in terms[pop]))
+            torch.testing.assert_close(bias, (torch.as_tensor(q.graph.nodes[pop].bias, dtype=torch.float64) - 1 / 32) / f,
+                                       rtol=0, atol=1e-9)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    again = snap_to_grid(model, T)
+    assert again.exact and again.rounds == 1
+    assert all(torch.allclose(p, before[n], rtol=0, atol=1e-12) for n, p in model.named_parameters())
+    fired = 0
+    for pop, s in qs.items():
+        if pop in fs:
+            assert torch.equal(s, fs[pop].reshape(s.shape)), pop
+            fired += int(s.sum())
+    assert fired > 0
+    assert torch.equal(fo.mean(0).argmax(1), qo.mean(0).argmax(1))
