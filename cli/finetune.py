@@ -39,7 +39,15 @@ def finetune_command(
     for label, key in (("before (float checkpoint)", "before"), (f"after {metrics['epochs']} epochs", "after")):
         r = loihi[key]
         table.add_row(label, f"{r['float_accuracy']:.1%}", f"{r['quantized_accuracy']:.1%}",
-                      f"{r['prediction_agreement']:.1%}", f"{(r['spike_agreement'] or 0.0):.1%}")
+                      f"{r['prediction_agreement']:.1%}", f"{(r['spike_agreement'] or 0.0):.2%}")
     console.print(table)
+    grid = (metrics["history"][-1] if metrics.get("history") else {}).get("grid")
+    if grid:   # revsnn.finetune.snap_to_grid: the checkpoint's float weights are the deployed integers / scale
+        console.print("model.pt holds the dequantised grid values" + (
+            ": its float forward is the fixed-point network Lava runs" if grid["exact"] else
+            f" only in part ({grid['weight_conflicts']} weights on conflicting grids, {grid['bias_misses']} biases "
+            f"missed, residual {grid['residual']:.3g})") + ("" if grid["same_network"] else
+            "; snapping moved a layer's vThMant, so that layer's integers are re-rounded on its new grid") + ".",
+            highlight=False)
     console.print(f"Wrote {out / 'model.pt'} and {out / 'metrics.json'}; export it with `revsnn export lava`.",
                   highlight=False)

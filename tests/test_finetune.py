@@ -194,6 +194,7 @@ def _small(name: str, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+@pytest.mark.usefixtures("one_thread")   # tests/conftest.py: many tiny convolutions
 @pytest.mark.parametrize("name", ["scnn-digits", "revsresnet-digits", "pararevsnn-digits"])
 def test_snap_to_grid_makes_the_float_model_its_quantised_network(name):
     """After `snap_to_grid` the checkpoint's float weights are the dequantised grid values: (hand check) every
