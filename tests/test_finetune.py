@@ -106,6 +106,10 @@ def test_finetune_writes_a_checkpoint_whose_export_is_its_forward(tmp_path):
     for key in ("float_accuracy", "quantized_accuracy", "prediction_agreement", "spike_agreement"):
         assert 0.0 <= written["loihi"]["before"][key] <= 1.0
     assert "quantized_test_accuracy" in metrics["history"][-1]
+    # The checkpoint holds the grid values (snap_to_grid): its float model is the quantised network.
+    assert metrics["history"][-1]["grid"]["exact"]
+    after = written["loihi"]["after"]
+    assert after["prediction_agreement"] == 1.0 and after["spike_agreement"] == 1.0
     tuned, _ = load_model(out / "model.pt")
     before = dict(model.named_buffers())
     for n, b in tuned.named_buffers():
