@@ -42,7 +42,8 @@ import torch
 from .graph import STATELESS_LINEAR, GraphError, linear_fn, schedule
 from .nodes import LoihiNeuron, MaxPool2d, SpikingAttention
 
-__all__ = ["LoihiExportError", "Quantized", "QuantizedPopulation", "Term", "float_terms", "quantize", "relays", "require_spike_input",
+__all__ = ["LoihiExportError", "Quantized", "QuantizedPopulation", "Term", "float_terms", "quantize", "relays",
+           "require_spike_input",
            "WEIGHT_MAX", "BIAS_MAX", "RELAY_VTH_MAX", "READOUT_VTH", "INPUT_MAX", "VTH_MAX"]
 
 WEIGHT_MAX = 254          # 8-bit weight mantissas that netx's weight-bit optimisation keeps exactly (mixed sign)

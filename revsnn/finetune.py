@@ -29,6 +29,12 @@ frozen in eval mode while fine-tuning, as the exporter folds its running statist
 the float neuron's chain rule on the quantised potentials (``v / 64 / sigma``) with the model's own
 surrogate; the readout passes its gradient to the model's float logits unchanged.
 
+**The checkpoint.** The optimizer trains latent float weights; what ``train`` evaluates as the float model,
+writes and exports is their projection onto the grid of their own quantisation (``snap_to_grid``, end of this
+module): every folded weight ``w / f``, every folded bias ``b / f`` (less a tie margin), with ``w``, ``b`` the
+integers the Loihi-aware forward ran. So the checkpoint's float forward, its NIR / ONNX exports and its
+``.net`` are one network (deliverable 2: the float weights are the dequantised grid values).
+
 **Memory.** The reversible blocks still run their custom Function: the float activations are not kept and
 are recomputed in backward, the quantised forward with them. What is kept are the populations' spike
 trains (0/1, one byte each), because a Loihi population's integer input is a function of its sources' spikes (which reach
@@ -50,7 +56,8 @@ from .checkpoint import CheckpointError, load_checkpoint, write_json
 from .errors import RevsnnError
 from .neurons import IF, LIF, SpikingNeuron
 
-__all__ = ["FinetuneError", "LoihiAware", "finetune", "train_loihi_aware", "loihi_report", "TARGETS"]
+__all__ = ["FinetuneError", "LoihiAware", "SnapReport", "finetune", "train_loihi_aware", "loihi_report", "snap_to_grid",
+           "TARGETS"]
 
 TARGETS = ("loihi",)
 

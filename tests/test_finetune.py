@@ -232,10 +232,11 @@ def test_snap_to_grid_makes_the_float_model_its_quantised_network(name):
             torch.testing.assert_close(torch.as_tensor(t.matrix), w / f, rtol=0, atol=1e-9 / f)
         if pop != q.readout:
             assert q.populations[pop].v_th_mant == q0.populations[pop].v_th_mant
-            assert all(torch.equal(w, torch.as_tensor(q0.graph.nodes[f"{s}.to.{pop}"].weight)) for s, w in zip(srcs, w_int))
+            before_ = [torch.as_tensor(q0.graph.nodes[f"{s}.to.{pop}"].weight) for s in srcs]
+            assert all(torch.equal(w, w0) for w, w0 in zip(w_int, before_))
             bias = torch.as_tensor(sum(t.bias for t in terms[pop]))
-            torch.testing.assert_close(bias, (torch.as_tensor(q.graph.nodes[pop].bias, dtype=torch.float64) - 1 / 32) / f,
-                                       rtol=0, atol=1e-9)
+            b_int = torch.as_tensor(q.graph.nodes[pop].bias, dtype=torch.float64)
+            torch.testing.assert_close(bias, (b_int - 1 / 32) / f, rtol=0, atol=1e-9)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     again = snap_to_grid(model, T)
     assert again.exact and again.rounds == 1
