@@ -118,7 +118,8 @@ def check_train_start(opts, settings: dict[str, Any]) -> None:
     from .checkpoint import CheckpointError, load_checkpoint
     from .fileio import check_free_space, check_writable_dir
 
-    check_seed(opts.seed)
+    if opts.seed is not None:
+        check_seed(opts.seed)
     T, B = int(settings["time_steps"]), int(settings["batch_size"])
     shape = settings["config"]["input_shape"]
     # The encoded input of one batch must exist at once (float32); a lower bound of what training holds.
@@ -140,8 +141,6 @@ def check_train_start(opts, settings: dict[str, Any]) -> None:
         was = payload["train"]
         for key, option in _RESUME_OPTIONS:
             given = getattr(opts, key, None)
-            if key == "seed" and given == 0:
-                continue  # the CLI's default; a resumed run keeps its own seed
             if given is not None and given != was.get(key):
                 raise LimitError(f"--resume: {option} {given} differs from the run's {was.get(key)} in {ckpt} "
                                  f"(resuming continues that run); drop {option}, or start a new run with another "
