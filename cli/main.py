@@ -574,8 +574,9 @@ def demo(
     console.print(_verify_table(result.report))
     _print_lava_note(result.report)
     if "lava" in result.report.targets:   # issue 15: how to close the quantisation gap the note shows
-        console.print(f"To train the model on this grid (what Lava runs is then what was trained): revsnn finetune "
-                      f"{out / 'model.pt'} --for loihi --epochs 3 --out {out / 'loihi'}", highlight=False)
+        console.print(f"To train the model on this grid (what Lava runs is then what was trained, and the checkpoint's "
+                      f"float model agrees with it on every prediction and spike, README \"Loihi-aware fine-tuning\"): "
+                      f"revsnn finetune {out / 'model.pt'} --for loihi --epochs 3 --out {out / 'loihi'}", highlight=False)
     console.print(f"Files in {out}/: " + ", ".join(result.files), highlight=False)
     if not result.ok:
         fail("a target disagrees with its reference; see the table above.", 1)

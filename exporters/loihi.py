@@ -344,9 +344,10 @@ def quantize(graph: nir.NIRGraph) -> Quantized:
                                    "smaller weights or a larger threshold.")
         # Rounding can push a row's integer sum past the bound its float sum kept: step down until it holds.
         # The tolerance: a limit a hair below an integer is that integer computed with rounding error (a
-        # network whose weights already lie on this grid, revsnn/finetune.py's snap_to_grid, gives exactly
-        # vThMant back); the integer bounds below are checked on the rounded weights anyway.
-        limit = int(np.floor(limit * (1 + 1e-9)))
+        # network whose weights already lie on this grid, revsnn/finetune.py's snap_to_grid, stored in float32,
+        # must give its vThMant back); it cannot break a bound: the weights then reach at most 254.0003 and the
+        # biases 4095.004, which round to 254 and 4095, and the input bound is checked on the integers below.
+        limit = int(np.floor(limit * (1 + 1e-6)))
         while limit > 1 and any(_max_input(terms[n], limit / constants[n][0] * constants[n][1]) > INPUT_LIMIT
                                 for n in members):
             limit = int(limit * 0.99)

@@ -646,7 +646,7 @@ def _shift_map(probe: _Probe, mods) -> dict:
     return out
 
 
-def snap_to_grid(model: nn.Module, time_steps: int, rounds: int = 4, tie_margin: float = 1 / 32) -> SnapReport:
+def snap_to_grid(model: nn.Module, time_steps: int, rounds: int = 6, tie_margin: float = 1 / 32) -> SnapReport:
     """Project ``model``'s parameters in place onto the grid of its own Loihi quantisation: afterwards every
     folded weight is ``w / f`` and every population's folded bias ``(bias - tie_margin) / f``, with ``w``,
     ``bias`` the integers of ``quantize(collapse(model))`` before the projection and ``f = sigma g`` the
