@@ -213,8 +213,9 @@ def check_bench_memory(sweep, time_steps: int, batch_size: int, device: str = "c
     from .bench import _with_depth
     from .models import build_model, get_config
 
-    for name, scales in sweep:
-        base = get_config(name)
+    for name, scales in sweep:   # a zoo name, or a checkpoint's own config (``revsnn report``)
+        base = get_config(name) if isinstance(name, str) else dict(name)
+        name = base.get("name", "the model")
         if scales and base["family"] != "scnn":
             deepest = max(scales)
             sizes = []
@@ -232,8 +233,8 @@ def check_bench_memory(sweep, time_steps: int, batch_size: int, device: str = "c
             acts = activation_elements(m, list(base["input_shape"]))
             label = name
         needed = 4 * (3 * params + int(time_steps) * 2 * int(batch_size) * acts)
-        fix = "lower --depths, --time-steps or --batch-size" if command == "bench memory" else \
-            "lower --time-steps or --batch-size"
+        fix = {"bench memory": "lower --depths, --time-steps or --batch-size",
+               "report": "lower --memory-depths"}.get(command, "lower --time-steps or --batch-size")
         require_memory(needed, f"{command} of {label} with T = {time_steps:,} and batch {2 * batch_size:,}", fix,
                        device)
 
