@@ -29,6 +29,8 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor, nn
 
+from .spikepack import mark_binary
+
 __all__ = [
     "ATan",
     "Sigmoid",
@@ -256,6 +258,7 @@ class _FusedLIF(torch.autograd.Function):
     def forward(ctx, x_seq: Tensor, v0: Optional[Tensor], tau: Optional[float], v_threshold: float,
                 v_reset: float, surrogate: Surrogate, detach_reset: bool):
         s_seq, _, v = _FusedLIF._run(x_seq, v0, tau, v_threshold, v_reset, keep="spikes")
+        mark_binary(s_seq)  # 0 / 1 by construction: the recompute keeps it as bits without testing it
         if any(ctx.needs_input_grad[:2]):  # nothing to keep under no_grad
             ctx.save_for_backward(x_seq, v0)
         ctx.constants = (tau, v_threshold, v_reset, surrogate, detach_reset)
