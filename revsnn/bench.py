@@ -23,6 +23,7 @@ saved-tensor meter's breakdown beside them (``saved``, ``neuron_state``, ``other
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Any, Callable, Iterable, Optional
@@ -193,9 +194,21 @@ def train_step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repea
 
 
 def speed_rows(pairs: Iterable[tuple[str, str, str, str]], batch_size: int, time_steps: int, repeats: int,
-               device: str = "cpu", on_row: Optional[Callable[[dict[str, Any]], None]] = None) -> list[dict]:
+               device: str = "cpu", on_row: Optional[Callable[[dict[str, Any]], None]] = None,
+               threads: Optional[int] = None) -> list[dict]:
     """For each (label, model A, variant A, model B, variant B)-style pair ``(a_name, a_variant, b_name,
-    b_variant)``: the median training-step time of each and the ratio A / B, measured interleaved."""
+    b_variant)``: the median training-step time of each and the ratio A / B, measured interleaved.
+    ``threads`` sets torch's intra-op threads for the run (restored after)."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _speed_rows(pairs, batch_size, time_steps, repeats, device, on_row)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _speed_rows(pairs, batch_size, time_steps, repeats, device, on_row) -> list[dict]:
     rows = []
     for a_name, a_variant, b_name, b_variant in pairs:
         a_cfg, b_cfg = get_config(a_name), get_config(b_name)
@@ -213,7 +226,8 @@ def speed_rows(pairs: Iterable[tuple[str, str, str, str]], batch_size: int, time
         med_a, med_b = statistics.median(times["a"]), statistics.median(times["b"])
         row = {"a": f"{a_name} ({a_variant})", "b": f"{b_name} ({b_variant})", "median_a_s": med_a,
                "median_b_s": med_b, "ratio": med_a / med_b, "repeats": repeats, "batch_size": batch_size,
-               "time_steps": time_steps, "device": device}
+               "time_steps": time_steps, "device": device, "threads": torch.get_num_threads(),
+               "load_average": os.getloadavg()[0]}
         rows.append(row)
         if on_row:
             on_row(row)

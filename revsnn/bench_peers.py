@@ -15,6 +15,7 @@ named, never downloaded.
 from __future__ import annotations
 
 import importlib.util
+import os
 import statistics
 from typing import Any, Callable, Optional
 
@@ -128,9 +129,26 @@ def _build(config: dict, variant: str, example: torch.Tensor) -> nn.Module:
 
 
 def peer_rows(model: str = "revsresnet-digits", time_steps: int = 4, batch_size: int = 8, repeats: int = 5,
-              on_row: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+              on_row: Optional[Callable[[dict[str, Any]], None]] = None,
+              threads: Optional[int] = None) -> dict[str, Any]:
     """Memory (allocator, per sample, batch B -> 2B) and median step time of every variant; ratios are
-    ``variant / revsnn reversible``."""
+    ``variant / revsnn reversible``, and ``versus_peers`` gives revsnn reversible (and with recomputed
+    boundaries) over each peer variant. ``threads`` sets torch's intra-op threads for the run (restored
+    after): on a shared machine one thread keeps every variant off the OpenMP barriers that load turns
+    into waits, which punish the variants with many small ops most."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        result = _peer_rows(model, time_steps, batch_size, repeats, on_row)
+    finally:
+        torch.set_num_threads(before)
+    return result
+
+
+def _peer_rows(model: str, time_steps: int, batch_size: int, repeats: int,
+               on_row: Optional[Callable[[dict[str, Any]], None]]) -> dict[str, Any]:
+    threads = torch.get_num_threads()
     config = get_config(model)
     if config["family"] not in ("revsresnet", "pararevsnn"):
         raise PeerError(f"bench peers compares ResNets (revsresnet / pararevsnn families); {model!r} is "
@@ -170,7 +188,16 @@ def peer_rows(model: str = "revsresnet-digits", time_steps: int = 4, batch_size:
         for key, ratio in (("peak_per_sample", "peak_ratio"), ("retained_per_sample", "retained_ratio"),
                            ("step_seconds", "step_time_ratio")):
             r[ratio] = r[key] / base[key]
+    by = {r["variant"]: r for r in rows}
+    versus = {}
+    for ours in ("revsnn reversible", "revsnn reversible-recompute"):
+        for peer in ("spikingjelly BPTT", "spikingjelly memopt", "snntorch BPTT"):
+            if peer in by:
+                versus[f"{ours} / {peer}"] = {
+                    k: by[ours][key] / by[peer][key] for k, key in
+                    (("peak", "peak_per_sample"), ("retained", "retained_per_sample"), ("step_time", "step_seconds"))}
     return {"model": model, "depth": model_depth(config), "time_steps": time_steps,
             "batch_sizes": [batch_size, 2 * batch_size], "repeats": repeats, "device": "cpu",
+            "threads": threads, "load_average": os.getloadavg()[0], "versus_peers": versus,
             "missing": {name: f"not installed; `pip install {PEERS[name]}` adds it" for name in missing},
             "rows": rows}
