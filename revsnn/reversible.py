@@ -156,7 +156,7 @@ def _evaluate_no_grad(fn: nn.Module, x: Tensor, preserve_rng: bool,
 def param_aliases(fn: nn.Module) -> tuple[list[Tensor], dict[str, Tensor]]:
     """``fn``'s trainable parameters and, by name, a detached alias of each (same storage, a new leaf).
 
-    The recompute runs on the aliases (``torch.func.functional_call``) and the local backward takes its
+    The recompute runs on the aliases (``_parameters_as``) and the local backward takes its
     gradients with respect to them. Taking them with respect to the parameters themselves would fire
     every ``param.register_hook`` once inside backward and again when the Function's returned gradient
     reaches the parameter: a scaling hook would scale twice. Shared (tied) parameters appear once.
@@ -167,6 +167,28 @@ def param_aliases(fn: nn.Module) -> tuple[list[Tensor], dict[str, Tensor]]:
             params.append(p)
             aliases[name] = p.detach().requires_grad_(True)
     return params, aliases
+
+
+@contextlib.contextmanager
+def _parameters_as(fn: nn.Module, aliases: dict[str, Tensor]):
+    """Inside: every parameter of ``fn`` named in ``aliases`` (``param_aliases`` names; tied parameters
+    under any of their names) is replaced by its alias, in the ``_parameters`` dict of each module that
+    holds it; restored on exit. What ``torch.func.functional_call(fn, aliases, strict=False)`` does for
+    a plain module tree, as two walks and dict writes: functional_call's untying and reparametrisation
+    machinery cost about 0.4 ms per call here, a tenth of a small branch's recompute (issue 18, speed).
+    Parametrised weights (``torch.nn.utils.parametrize``) work too: their ``original`` is a parameter in
+    a ``_parameters`` dict like any other."""
+    named = dict(fn.named_parameters())
+    by_id = {id(named[name]): alias for name, alias in aliases.items() if name in named}
+    swapped = [(m, name, p) for m in fn.modules() for name, p in m._parameters.items()
+               if p is not None and id(p) in by_id]
+    try:
+        for m, name, p in swapped:
+            m._parameters[name] = by_id[id(p)]
+        yield
+    finally:
+        for m, name, p in swapped:
+            m._parameters[name] = p
 
 
 def _evaluate_again(fn: nn.Module, x: Tensor, ev: _Evaluation,
@@ -190,7 +212,11 @@ def _evaluate_again(fn: nn.Module, x: Tensor, ev: _Evaluation,
         # The recomputed graph is the backward's working set, its peak: spikes it saves (a convolution's
         # input) are kept as bits there (revsnn.spikepack), 32 times fewer bytes in float32.
         with torch.enable_grad(), cast, spikes_as_bits(pack_spikes, saved):
-            out = fn(x) if aliases is None else torch.func.functional_call(fn, aliases, (x,), strict=False)
+            if aliases is None:
+                out = fn(x)
+            else:
+                with _parameters_as(fn, aliases):
+                    out = fn(x)
 
     def restore() -> None:
         set_states(fn, ev.exit_states)

@@ -3,7 +3,6 @@
 import json
 
 import torch
-
 from typer.testing import CliRunner
 
 from revsnn.cli.main import app
