@@ -208,16 +208,16 @@ def peers(
         return
     table = Table(title=f"{model} (depth {result['depth']}), T = {time_steps}, batch {batch_size} -> "
                         f"{2 * batch_size}, CPU; ratios to revsnn reversible", header_style="bold")
-    for col in ("variant", "peak KiB", "retained KiB", "step ms", "peak x", "retained x", "time x"):
+    for col in ("variant", "peak KiB", "retained KiB", "step ms", "CPU ms", "peak x", "retained x", "time x", "CPU x"):
         table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
     for r in result["rows"]:
         table.add_row(r["variant"], f"{r['peak_per_sample'] / 1024:,.1f}", f"{r['retained_per_sample'] / 1024:,.1f}",
-                      f"{1e3 * r['step_seconds']:.1f}", f"{r['peak_ratio']:.2f}", f"{r['retained_ratio']:.2f}",
-                      f"{r['step_time_ratio']:.2f}")
+                      f"{1e3 * r['step_seconds']:.1f}", f"{1e3 * r['step_cpu_seconds']:.1f}", f"{r['peak_ratio']:.2f}",
+                      f"{r['retained_ratio']:.2f}", f"{r['step_time_ratio']:.2f}", f"{r['step_cpu_ratio']:.2f}")
     console.print(table)
     for pair, r in result["versus_peers"].items():
         console.print(f"{pair}: peak {r['peak']:.2f}x, retained {r['retained']:.2f}x, step time "
-                      f"{r['step_time']:.2f}x", highlight=False)
+                      f"{r['step_time']:.2f}x (CPU time {r['step_cpu_time']:.2f}x)", highlight=False)
     console.print(f"{result['threads']} thread(s), load average {result['load_average']:.1f} while measuring.",
                   highlight=False)
     for name, why in result["missing"].items():
@@ -265,11 +265,12 @@ def train_speed(
         return
     table = Table(title=f"Training step, median of {repeats} (batch {batch_size}, T = {time_steps}, {device})",
                   header_style="bold")
-    for col in ("A", "B", "A (ms)", "B (ms)", "A / B"):
+    cpu = device == "cpu"
+    for col in ("A", "B", "A (ms)", "B (ms)", "A / B") + (("A / B, CPU time",) if cpu else ()):
         table.add_column(col, justify="left" if col in ("A", "B") else "right", no_wrap=col not in ("A", "B"))
     for r in rows:
         table.add_row(r["a"], r["b"], f"{1e3 * r['median_a_s']:.1f}", f"{1e3 * r['median_b_s']:.1f}",
-                      f"{r['ratio']:.2f}")
+                      f"{r['ratio']:.2f}", *((f"{r['cpu_ratio']:.2f}",) if cpu else ()))
     console.print(table)
     if rows:
         console.print(f"{rows[0]['threads']} thread(s), load average {rows[-1]['load_average']:.1f} while measuring.",

@@ -37,7 +37,8 @@ from .models import build_model, get_config
 from .neurons import reset_states
 from .reversible import ReversibleSequence, plain_twin
 
-__all__ = ["VARIANTS", "variants_of", "model_depth", "memory_rows", "train_step_seconds", "speed_rows", "DEFAULT_MEMORY_SWEEP"]
+__all__ = ["VARIANTS", "variants_of", "model_depth", "memory_rows", "train_step_seconds", "train_step_times",
+           "speed_rows", "DEFAULT_MEMORY_SWEEP"]
 
 VARIANTS = ("reversible", "reversible-recompute", "plain", "checkpoint")
 
@@ -176,20 +177,28 @@ def _measure(config: dict[str, Any], variant: str, time_steps: int, batch_size: 
 
 def train_step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> list[float]:
     """Wall time of full training steps (forward, backward, AdamW step), after one warm-up step."""
+    return [wall for wall, _ in train_step_times(model, x, y, repeats)]
+
+
+def train_step_times(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> list[tuple[float, float]]:
+    """``(wall, cpu)`` seconds of full training steps after one warm-up step. ``cpu`` is the process's CPU
+    time (``time.process_time``): with one intra-op thread it is the step's own work, which other jobs on
+    a shared machine do not stretch the way they stretch wall time (with several threads it also counts
+    their spin-waits); on CUDA it is only the host's share and not reported by the callers."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = nn.CrossEntropyLoss()
     times = []
     for i in range(repeats + 1):
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         optimizer.step()
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
         if i:
-            times.append(time.perf_counter() - t0)
+            times.append((time.perf_counter() - t0, time.process_time() - c0))
     return times
 
 
@@ -222,12 +231,15 @@ def _speed_rows(pairs, batch_size, time_steps, repeats, device, on_row) -> list[
         times = {"a": [], "b": []}
         for _ in range(repeats):  # interleaved, so that drifts of the machine hit both alike
             for key in ("a", "b"):
-                times[key] += train_step_seconds(models[key], x, y, 1)
-        med_a, med_b = statistics.median(times["a"]), statistics.median(times["b"])
+                times[key] += train_step_times(models[key], x, y, 1)
+        med_a, med_b = (statistics.median(w for w, _ in times[k]) for k in ("a", "b"))
         row = {"a": f"{a_name} ({a_variant})", "b": f"{b_name} ({b_variant})", "median_a_s": med_a,
-               "median_b_s": med_b, "ratio": med_a / med_b, "repeats": repeats, "batch_size": batch_size,
-               "time_steps": time_steps, "device": device, "threads": torch.get_num_threads(),
-               "load_average": os.getloadavg()[0]}
+               "median_b_s": med_b, "ratio": med_a / med_b}
+        if device == "cpu":
+            cpu_a, cpu_b = (statistics.median(c for _, c in times[k]) for k in ("a", "b"))
+            row.update({"median_cpu_a_s": cpu_a, "median_cpu_b_s": cpu_b, "cpu_ratio": cpu_a / cpu_b})
+        row.update({"repeats": repeats, "batch_size": batch_size, "time_steps": time_steps, "device": device,
+                    "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0]})
         rows.append(row)
         if on_row:
             on_row(row)

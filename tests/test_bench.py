@@ -44,6 +44,7 @@ def test_bench_train_speed_rows():
     assert ("pararevsnn-digits (reversible)", "revsresnet-digits (reversible)") in {(r["a"], r["b"]) for r in rows}
     for r in rows:
         assert r["ratio"] == r["median_a_s"] / r["median_b_s"] and r["repeats"] == 1 and r["threads"] == 1
+        assert r["cpu_ratio"] == r["median_cpu_a_s"] / r["median_cpu_b_s"]
 
 
 def test_bench_bad_input():
@@ -108,6 +109,7 @@ def test_bench_peers_rows():
     for pair, r in out["versus_peers"].items():  # ours over each peer, from the same rows
         ours, peer = pair.split(" / ")
         assert r["step_time"] == by[ours]["step_seconds"] / by[peer]["step_seconds"]
+        assert r["step_cpu_time"] == by[ours]["step_cpu_seconds"] / by[peer]["step_cpu_seconds"]
         assert r["peak"] == by[ours]["peak_per_sample"] / by[peer]["peak_per_sample"]
     if not missing_peers():
         assert "revsnn reversible / spikingjelly memopt" in out["versus_peers"]
