@@ -192,13 +192,13 @@ class _FusedLIF(torch.autograd.Function):
     follow the chain rule of those expressions.
 
     Speed (issue 18, Deliver 5): the recurrence over time cannot be vectorised, so each step is as few
-    tensor operations as the equations allow (IF: add, compare, masked fill; LIF: three for the charge),
-    written in place into tensors of our own, and everything that is elementwise over all T (the spike
-    cast, the surrogate, the product with the incoming gradient, the 1 / tau of the input gradient) is one
-    operation over the whole sequence. With the detached reset (the default) the backward recurrence is
-    then one masked fill and one add a step, ``dh_t = ds_t sg_t + c [no spike at t] dh_{t+1}`` with
-    ``c = 1 - 1 / tau`` (IF: 1). A multi-step op per step count matters most on small tensors, where every
-    op is mostly dispatch overhead; on large ones each removed pass is a pass over memory.
+    tensor operations as the equations allow (IF: add, compare, reset; LIF: three for the charge), written
+    in place into tensors of our own, and everything that is elementwise over all T (the surrogate, its
+    product with the incoming gradient, the 1 / tau of the input gradient) is one operation over the whole
+    sequence. With the detached reset (the default) the backward recurrence is then one ``addcmul`` a
+    step, ``dh_t = ds_t sg_t + c (1 - s_t) dh_{t+1}`` with ``c = 1 - 1 / tau`` (IF: 1). The op count
+    matters most on small tensors, where every op is mostly dispatch overhead; on large ones each removed
+    op is a pass over memory saved.
     """
 
     @staticmethod
