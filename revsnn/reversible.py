@@ -225,21 +225,26 @@ class ParamGrads:
 
 
 def _local_backward(fn: nn.Module, inp: Tensor, ev: _Evaluation, grad_out: Tensor, accumulate,
-                    residual: Optional["_Owned"] = None, pack: bool = True) -> tuple[Tensor, Tensor]:
+                    residual: Optional["_Owned"] = None, pack: bool = True,
+                    need_output: bool = True) -> tuple[Optional[Tensor], Tensor]:
     """Recompute ``fn(inp)`` under grad, backpropagate ``grad_out`` through it, restore ``fn``'s state.
 
     Returns ``(fn's output, detached; gradient with respect to inp)``; parameter gradients go to
     ``accumulate``. With ``residual`` (a coupling's other stream ``r``, handed over) it returns
     ``r - fn(inp)`` instead, the reconstructed input, computed right after the recompute: then ``r`` is
     dropped and the output's storage freed before the local backward runs, unless the backward reads the
-    output (some op saved it), so two fewer stream tensors are alive at the backward's peak.
+    output (some op saved it), so two fewer stream tensors are alive at the backward's peak. With
+    ``need_output=False`` (``Recompute``, which only wants the input gradient) the output is freed the
+    same way and None is returned in its place.
     """
     params, aliases = param_aliases(fn)
     leaf = inp.detach().requires_grad_(True)
     saved: set = set()
     out, restore = _evaluate_again(fn, leaf, ev, aliases, pack_spikes=pack, saved=saved)
+    result = None
     if residual is not None:
         result = residual.take() - out.detach()
+    if residual is not None or not need_output:
         storage = out.untyped_storage()
         base = out if out._base is None else out._base
         # A custom Function (a nested reversible sequence) may keep its output as a ctx attribute, which
@@ -252,7 +257,9 @@ def _local_backward(fn: nn.Module, inp: Tensor, ev: _Evaluation, grad_out: Tenso
     g_in, g_params = _grads(out, leaf, list(aliases.values()), grad_out)
     restore()
     accumulate(params, g_params)
-    return (out.detach() if residual is None else result), g_in
+    if residual is None and need_output:
+        result = out.detach()
+    return result, g_in
 
 
 class _Streams:
@@ -590,7 +597,8 @@ class _RecomputeFn(torch.autograd.Function):
         owner: Recompute = ctx.owner
         (x,) = ctx.saved_tensors
         accumulate = ParamGrads(list(owner.parameters()))
-        _, dx = _local_backward(owner.module, x, ctx.evaluation, dout, accumulate, pack=owner.pack_spikes)
+        _, dx = _local_backward(owner.module, x, ctx.evaluation, dout, accumulate, pack=owner.pack_spikes,
+                                need_output=False)
         return (dx, None, *accumulate.grads)
 
 
