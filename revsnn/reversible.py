@@ -645,6 +645,7 @@ class ReversibleSequence(ReversibleModule):
         # ParaRevSNN's inter-block parallelism: only for sequences of parallel couplings.
         self.parallel_schedule = parallel and all(isinstance(b, ParaRevCoupling) for b in blocks)
         self.use_streams = True  # the side CUDA stream of the parallel schedule (no effect on the CPU)
+        _baseline_refs()  # as in Recompute
 
     def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.shape[self.split_dim] % 2:
@@ -707,6 +708,9 @@ class Recompute(ReversibleModule):
         super().__init__()
         self.module = module
         self.preserve_rng = preserve_rng
+        # Calibrated here, not lazily inside the first backward: a training step must allocate the same
+        # at every call (the per-sample memory measure compares two steps event by event).
+        _baseline_refs()
 
     def forward(self, x: Tensor) -> Tensor:
         if self.use_reversible(x):

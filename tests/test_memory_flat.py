@@ -10,6 +10,7 @@ from revsnn.blocks import conv_branch
 from revsnn.layers import TimeDistributed
 from revsnn.memory import memory_per_sample, step_memory
 from revsnn.models.revnode import RevLIFNode
+from revsnn.models.resnet import RevSResNet
 from revsnn.models.trev import TRevSNN
 from revsnn.neurons import IF, LIF
 from revsnn.reversible import ParaRevCoupling, Recompute, RevNetCoupling, ReversibleSequence, plain_twin
@@ -31,6 +32,13 @@ def _trev(n):
                    level_strides=[1])
 
 
+def _resnet(n):
+    # Boundaries recomputed: the stage sequences then receive their gradient from a Recompute (owned, and
+    # accumulated into in place), a path the bare sequences above do not take.
+    torch.manual_seed(0)
+    return RevSResNet((1, HW, HW), 3, planes=(2, 3), blocks=(n, n), recompute_boundaries=True)
+
+
 def _per_sample(model, shape):
     return memory_per_sample(model.train(), lambda b: torch.rand(T, b, *shape), (2, 4))
 
@@ -39,6 +47,7 @@ FAMILIES = {  # name: (builder of depth n, input shape of one step, the two dept
     "revnet": (lambda n: _sequence(RevNetCoupling, n), (2 * C, HW, HW), (1, 4)),
     "pararev": (lambda n: _sequence(ParaRevCoupling, n), (2 * C, HW, HW), (1, 4)),
     "trevsnn-columns": (_trev, (1, HW, HW), (1, 3)),
+    "revsresnet-recompute-boundaries": (_resnet, (1, HW, HW), (1, 3)),
 }
 
 
