@@ -222,8 +222,8 @@ def train(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size (default: the preset's, else "
                                              "the model's)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: the preset's, else the model's)."),
-    seed: int = typer.Option(0, help="Seed of weights, data order, augmentation and rate coding: same seed, same "
-                                     "weights."),
+    seed: Optional[int] = typer.Option(None, help="Seed of weights, data order, augmentation and rate coding: same "
+                                           "seed, same weights (default: 0; a resumed run keeps its own)."),
     encoding: Optional[str] = typer.Option(None, help="Images: direct (real-valued image every step) or rate "
                                            "(Bernoulli spikes; what Loihi needs). Event frames: events (a spike per "
                                            "pixel with an event; what Loihi needs) or counts (default: the model's; "

@@ -148,6 +148,14 @@ def _converted(name: str, node: nir.NIRNode, dt: float) -> nir.NIRNode:
                 a = whole
             elif np.any(a <= 0):
                 raise NIRImportError(f"node {name!r} has {f} <= 0, which no neuron has.")
+            elif np.any(a < 1):
+                # The contract's step v += (x - v) / tau is forward Euler: for tau < dt it overshoots the input
+                # (and diverges below dt / 2), and Loihi's decay 4096 / tau would exceed 4096. Every tool we
+                # import writes tau >= dt (snnTorch tau = dt / (1 - beta)), so a shorter one means another dt.
+                short = float(np.min(a)) * dt
+                raise NIRImportError(f"node {name!r} has {f} = {short:g} s, shorter than the time step dt = {dt:g} s, "
+                                     f"which one step per dt cannot follow; pass --dt {short:g} or smaller (norse, exporting at its "
+                                     "default dt, writes tau x dt: export from norse with dt = 1).")
             setattr(node, f, a)
     if kind in RATES:
         for f in RATES[kind]:

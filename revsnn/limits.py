@@ -118,7 +118,8 @@ def check_train_start(opts, settings: dict[str, Any]) -> None:
     from .checkpoint import CheckpointError, load_checkpoint
     from .fileio import check_free_space, check_writable_dir
 
-    check_seed(opts.seed)
+    if opts.seed is not None:
+        check_seed(opts.seed)
     T, B = int(settings["time_steps"]), int(settings["batch_size"])
     shape = settings["config"]["input_shape"]
     # The encoded input of one batch must exist at once (float32); a lower bound of what training holds.
@@ -140,8 +141,6 @@ def check_train_start(opts, settings: dict[str, Any]) -> None:
         was = payload["train"]
         for key, option in _RESUME_OPTIONS:
             given = getattr(opts, key, None)
-            if key == "seed" and given == 0:
-                continue  # the CLI's default; a resumed run keeps its own seed
             if given is not None and given != was.get(key):
                 raise LimitError(f"--resume: {option} {given} differs from the run's {was.get(key)} in {ckpt} "
                                  f"(resuming continues that run); drop {option}, or start a new run with another "
@@ -214,8 +213,9 @@ def check_bench_memory(sweep, time_steps: int, batch_size: int, device: str = "c
     from .bench import _with_depth
     from .models import build_model, get_config
 
-    for name, scales in sweep:
-        base = get_config(name)
+    for name, scales in sweep:   # a zoo name, or a checkpoint's own config (``revsnn report``)
+        base = get_config(name) if isinstance(name, str) else dict(name)
+        name = base.get("name", "the model")
         if scales and base["family"] != "scnn":
             deepest = max(scales)
             sizes = []
@@ -233,8 +233,8 @@ def check_bench_memory(sweep, time_steps: int, batch_size: int, device: str = "c
             acts = activation_elements(m, list(base["input_shape"]))
             label = name
         needed = 4 * (3 * params + int(time_steps) * 2 * int(batch_size) * acts)
-        fix = "lower --depths, --time-steps or --batch-size" if command == "bench memory" else \
-            "lower --time-steps or --batch-size"
+        fix = {"bench memory": "lower --depths, --time-steps or --batch-size",
+               "report": "lower --memory-depths"}.get(command, "lower --time-steps or --batch-size")
         require_memory(needed, f"{command} of {label} with T = {time_steps:,} and batch {2 * batch_size:,}", fix,
                        device)
 

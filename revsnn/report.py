@@ -390,6 +390,10 @@ def write_report(checkpoint: Path | str, out: Path | str, samples: int = 16,
     t0 = time.perf_counter()
     model, payload = load_model(checkpoint)
     config = model.config
+    if config.get("family") != "scnn" and memory_depths:   # before minutes of verify, not after
+        from .limits import check_bench_memory
+
+        check_bench_memory([(config, memory_depths)], _settings(payload, model)[0], 2, command="report")
     say("running verify on every target")
     report = verify(checkpoint, tuple(targets), samples, lava_synapses=lava_synapses)
     costs = model_costs(checkpoint, samples, tuple(targets), lava_synapses, on_step=say, traces=report.traces)
@@ -509,5 +513,6 @@ def _memory(config: dict, time_steps: int, depths: tuple[int, ...]) -> tuple[lis
         for variant in (v for v in bench.variants_of(family) if v != "checkpoint"):
             rows.append(bench._measure(cfg, variant, time_steps, 2, "cpu"))
     return rows, (f"{config.get('name')} at its own widths with depth scales {', '.join(map(str, depths))} "
-                  "(fresh weights: memory does not depend on them), CPU saved-tensor meter, batch 2; the "
+                  "(fresh weights: memory does not depend on them), by the allocator (CPU profiler memory events, "
+                  "per sample between batch 2 and 4); the "
                   "torch.utils.checkpoint variant is in `revsnn bench memory`.")

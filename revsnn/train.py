@@ -47,7 +47,7 @@ class TrainOptions:
     time_steps: Optional[int] = None
     batch_size: Optional[int] = None
     lr: Optional[float] = None
-    seed: int = 0
+    seed: Optional[int] = None   # None: 0 for a new run; a resumed run keeps its own (an explicit one must match)
     encoding: Optional[str] = None
     device: str = "cpu"
     resume: bool = False
@@ -145,7 +145,7 @@ def resolve_options(opts: TrainOptions) -> dict[str, Any]:
         "time_steps": pick("time_steps", opts.time_steps, defaults.get("time_steps", 4)),
         "batch_size": pick("batch_size", opts.batch_size, defaults.get("batch_size", 64)),
         "encoding": pick("encoding", opts.encoding, "events" if events else defaults.get("encoding", "direct")),
-        "seed": opts.seed,
+        "seed": 0 if opts.seed is None else opts.seed,
     }
     for key in _PROTOCOL_KEYS:
         settings[key] = pick(key, getattr(opts, key, None), _BUILTIN[key])

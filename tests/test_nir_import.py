@@ -39,10 +39,10 @@ def test_single_lif_at_tenth_of_a_millisecond_spikes_where_the_hand_computation_
     n = next(k for k in range(1, 100) if 1.5 * (1 - 0.95 ** k) > 1.0)
     assert n == 22
     assert torch.nonzero(spikes["lif"][:, 0, 0]).flatten().tolist() == [n - 1, 2 * n - 1]
-    # read as if dt were one step (the mistake the issue describes), the neuron fires at almost every step
-    _, wrong = ReferenceExecutor(load_foreign(g, dt=1.0)).run(torch.full((50, 1, 1), 1.5, dtype=torch.float64),
-                                                              record=True)
-    assert int(wrong["lif"].sum()) > 10
+    # read as if dt were one second (the mistake the issue describes: tau would be 0.002 steps, and the neuron
+    # would fire at almost every step) it is refused, naming the dt that would work
+    with pytest.raises(RevsnnError, match="pass --dt 0.002 or smaller"):
+        load_foreign(g, dt=1.0)
 
 
 def test_if_and_integrator_scale_their_rate_by_dt():
@@ -154,13 +154,14 @@ def test_recurrent_subgraph_takes_one_step_per_loop():
     assert all(t.ok for t in report.targets.values())
 
 
-@pytest.mark.parametrize("case", ["no-output", "stateless-cycle", "shapes", "nan", "delay-fraction"])
+@pytest.mark.parametrize("case", ["no-output", "stateless-cycle", "shapes", "nan", "delay-fraction", "tau-below-dt"])
 def test_bad_foreign_graphs_fail_with_one_sentence(case):
     lif = nir.LIF(tau=np.full(2, 1e-3), r=np.ones(2), v_leak=np.zeros(2), v_threshold=np.ones(2))
     nodes = {"x": nir.Input(np.array([2])), "fc": nir.Linear(np.eye(2)), "lif": lif, "out": nir.Output(np.array([2]))}
     edges = [("x", "fc"), ("fc", "lif"), ("lif", "out")]
     match = {"no-output": "one Input and one Output", "stateless-cycle": "no neuron state and no Delay",
-             "shapes": "different shapes", "nan": "non-finite", "delay-fraction": "whole number of steps"}[case]
+             "shapes": "different shapes", "nan": "non-finite", "delay-fraction": "whole number of steps",
+             "tau-below-dt": "shorter than the time step dt = 0.001 s"}[case]
     if case == "no-output":
         nodes.pop("out")
         edges = edges[:2]
@@ -172,6 +173,8 @@ def test_bad_foreign_graphs_fail_with_one_sentence(case):
         edges += [("x", "fc3"), ("fc3", "lif")]
     elif case == "nan":
         lif.tau[0] = np.nan
+    elif case == "tau-below-dt":   # tau = dt / 2: forward Euler overshoots, Loihi's decay would pass 4096
+        lif.tau[1] = 5e-4
     else:
         nodes["d"] = nir.Delay(delay=np.full(2, 1.5e-3))
         edges = [("x", "fc"), ("fc", "d"), ("d", "lif"), ("lif", "out")]

@@ -77,6 +77,13 @@ def test_report_bad_options_fail_with_one_sentence(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path / "m.pt"), "--out", str(tmp_path / "r"),
                                       "--targets", "nope"])
     assert result.exit_code == 2 and "unknown target" in result.output
+    # a depth sweep far beyond this machine is refused from the estimate, before any verify run or model build
+    model = trained_like("revsresnet-digits", 0, planes=[2, 4]).float()
+    save_checkpoint(tmp_path / "rev.pt", model, train={"time_steps": 4, "encoding": "rate"})
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "rev.pt"), "--out", str(tmp_path / "r"),
+                                      "--memory-depths", "1,10000000"])
+    assert result.exit_code == 2 and "needs at least" in result.output and "--memory-depths" in result.output
+    assert "Traceback" not in result.output
     assert not (tmp_path / "r").exists()
 
 
