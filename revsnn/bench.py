@@ -135,17 +135,27 @@ def memory_rows(sweep: Iterable[tuple[str, Optional[list[int]]]], time_steps: in
                 on_row: Optional[Callable[[dict[str, Any]], None]] = None) -> list[dict[str, Any]]:
     """Measure every (model, depth, variant); ``on_row`` sees each row as it is measured."""
     rows = []
-    for name, scales in sweep:
-        base = get_config(name)
-        configs = [base] if not scales or base["family"] == "scnn" else [_with_depth(base, s) for s in scales]
-        for config in configs:
-            for variant in variants:
-                if variant not in variants_of(config["family"]):
-                    continue
-                row = _measure(config, variant, time_steps, batch_size, device)
-                rows.append(row)
-                if on_row:
-                    on_row(row)
+    # On the CPU with one intra-op thread: the per-sample peak compares the two batch sizes' steps event by
+    # event, and multi-threaded oneDNN kernels allocate per-thread scratch that differs between the two
+    # steps, so the events would not line up and the figure would fall back to the slope of two peaks
+    # (taken at two different moments). Bytes, not time, are measured here: one thread costs nothing.
+    threads = torch.get_num_threads()
+    if not device.startswith("cuda"):
+        torch.set_num_threads(1)
+    try:
+        for name, scales in sweep:
+            base = get_config(name)
+            configs = [base] if not scales or base["family"] == "scnn" else [_with_depth(base, s) for s in scales]
+            for config in configs:
+                for variant in variants:
+                    if variant not in variants_of(config["family"]):
+                        continue
+                    row = _measure(config, variant, time_steps, batch_size, device)
+                    rows.append(row)
+                    if on_row:
+                        on_row(row)
+    finally:
+        torch.set_num_threads(threads)
     return rows
 
 
