@@ -185,6 +185,8 @@ def peers(
     time_steps: int = typer.Option(4, "--time-steps", help="Time steps T."),
     batch_size: int = typer.Option(8, "--batch-size", help="Batch size B (memory: slope between B and 2B)."),
     repeats: int = typer.Option(5, help="Timed training steps per variant (median reported)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads for the run [default: "
+                                                                  "torch's]; 1 on a shared machine."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
 ) -> None:
     """One network, trained by revsnn (reversible, recomputed boundaries, plain) and by spikingjelly (BPTT, memopt) and snnTorch (BPTT): peak and retained memory per sample and step time, as ratios to revsnn reversible (CPU)."""
@@ -193,24 +195,31 @@ def peers(
     _check_models([model])
     if min(time_steps, batch_size, repeats) < 1:
         fail("--time-steps, --batch-size and --repeats must be at least 1.")
+    if threads is not None and threads < 1:
+        fail(f"--threads must be at least 1, got {threads}.")
     from revsnn.limits import check_bench_memory
 
     check_bench_memory([(model, None)], time_steps, batch_size, command="bench peers")  # before measuring
     with console.status("measuring ...") as status:  # a PeerError is a RevsnnError: the app prints it
         result = peer_rows(model, time_steps, batch_size, repeats,
-                           on_row=lambda r: status.update(f"measured {r['variant']}"))
+                           on_row=lambda r: status.update(f"measured {r['variant']}"), threads=threads)
     if json_out:
         print(json.dumps(result, indent=2))
         return
     table = Table(title=f"{model} (depth {result['depth']}), T = {time_steps}, batch {batch_size} -> "
                         f"{2 * batch_size}, CPU; ratios to revsnn reversible", header_style="bold")
-    for col in ("variant", "peak KiB", "retained KiB", "step ms", "peak x", "retained x", "time x"):
+    for col in ("variant", "peak KiB", "retained KiB", "step ms", "CPU ms", "peak x", "retained x", "time x", "CPU x"):
         table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
     for r in result["rows"]:
         table.add_row(r["variant"], f"{r['peak_per_sample'] / 1024:,.1f}", f"{r['retained_per_sample'] / 1024:,.1f}",
-                      f"{1e3 * r['step_seconds']:.1f}", f"{r['peak_ratio']:.2f}", f"{r['retained_ratio']:.2f}",
-                      f"{r['step_time_ratio']:.2f}")
+                      f"{1e3 * r['step_seconds']:.1f}", f"{1e3 * r['step_cpu_seconds']:.1f}", f"{r['peak_ratio']:.2f}",
+                      f"{r['retained_ratio']:.2f}", f"{r['step_time_ratio']:.2f}", f"{r['step_cpu_ratio']:.2f}")
     console.print(table)
+    for pair, r in result["versus_peers"].items():
+        console.print(f"{pair}: peak {r['peak']:.2f}x, retained {r['retained']:.2f}x, step time "
+                      f"{r['step_time']:.2f}x (CPU time {r['step_cpu_time']:.2f}x)", highlight=False)
+    console.print(f"{result['threads']} thread(s), load average {result['load_average']:.1f} while measuring.",
+                  highlight=False)
     for name, why in result["missing"].items():
         console.print(f"{name}: {why}.", highlight=False)
 
@@ -221,6 +230,8 @@ def train_speed(
     time_steps: int = typer.Option(4, "--time-steps", help="Time steps T."),
     repeats: int = typer.Option(5, help="Timed training steps per model (median reported)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads for the run [default: "
+                                                                  "torch's]; 1 on a shared machine."),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
 ) -> None:
     """Time one training step of reversible against plain, and ParaRev against Rev, in the same run."""
@@ -229,6 +240,8 @@ def train_speed(
     _check_device(device)
     if min(batch_size, time_steps, repeats) < 1:
         fail("--batch-size, --time-steps and --repeats must be at least 1.")
+    if threads is not None and threads < 1:
+        fail(f"--threads must be at least 1, got {threads}.")
     pairs = [
         ("revsresnet-digits", "reversible", "revsresnet-digits", "plain"),
         ("pararevsnn-digits", "reversible", "pararevsnn-digits", "plain"),
@@ -246,18 +259,22 @@ def train_speed(
             rows.append(row)
             status.update(f"timed {row['a']} against {row['b']}")
 
-        speed_rows(pairs, batch_size, time_steps, repeats, device, on_row=on_row)
+        speed_rows(pairs, batch_size, time_steps, repeats, device, on_row=on_row, threads=threads)
     if json_out:
         print(json.dumps(rows, indent=2))
         return
     table = Table(title=f"Training step, median of {repeats} (batch {batch_size}, T = {time_steps}, {device})",
                   header_style="bold")
-    for col in ("A", "B", "A (ms)", "B (ms)", "A / B"):
+    cpu = device == "cpu"
+    for col in ("A", "B", "A (ms)", "B (ms)", "A / B") + (("A / B, CPU time",) if cpu else ()):
         table.add_column(col, justify="left" if col in ("A", "B") else "right", no_wrap=col not in ("A", "B"))
     for r in rows:
         table.add_row(r["a"], r["b"], f"{1e3 * r['median_a_s']:.1f}", f"{1e3 * r['median_b_s']:.1f}",
-                      f"{r['ratio']:.2f}")
+                      f"{r['ratio']:.2f}", *((f"{r['cpu_ratio']:.2f}",) if cpu else ()))
     console.print(table)
+    if rows:
+        console.print(f"{rows[0]['threads']} thread(s), load average {rows[-1]['load_average']:.1f} while measuring.",
+                      highlight=False)
 
 
 @bench_app.command("infer")

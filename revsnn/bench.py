@@ -23,6 +23,7 @@ saved-tensor meter's breakdown beside them (``saved``, ``neuron_state``, ``other
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Any, Callable, Iterable, Optional
@@ -36,7 +37,8 @@ from .models import build_model, get_config
 from .neurons import reset_states
 from .reversible import ReversibleSequence, plain_twin
 
-__all__ = ["VARIANTS", "variants_of", "model_depth", "memory_rows", "train_step_seconds", "speed_rows", "DEFAULT_MEMORY_SWEEP"]
+__all__ = ["VARIANTS", "variants_of", "model_depth", "memory_rows", "train_step_seconds", "train_step_times",
+           "speed_rows", "DEFAULT_MEMORY_SWEEP"]
 
 VARIANTS = ("reversible", "reversible-recompute", "plain", "checkpoint")
 
@@ -133,17 +135,27 @@ def memory_rows(sweep: Iterable[tuple[str, Optional[list[int]]]], time_steps: in
                 on_row: Optional[Callable[[dict[str, Any]], None]] = None) -> list[dict[str, Any]]:
     """Measure every (model, depth, variant); ``on_row`` sees each row as it is measured."""
     rows = []
-    for name, scales in sweep:
-        base = get_config(name)
-        configs = [base] if not scales or base["family"] == "scnn" else [_with_depth(base, s) for s in scales]
-        for config in configs:
-            for variant in variants:
-                if variant not in variants_of(config["family"]):
-                    continue
-                row = _measure(config, variant, time_steps, batch_size, device)
-                rows.append(row)
-                if on_row:
-                    on_row(row)
+    # On the CPU with one intra-op thread: the per-sample peak compares the two batch sizes' steps event by
+    # event, and multi-threaded oneDNN kernels allocate per-thread scratch that differs between the two
+    # steps, so the events would not line up and the figure would fall back to the slope of two peaks
+    # (taken at two different moments). Bytes, not time, are measured here: one thread costs nothing.
+    threads = torch.get_num_threads()
+    if not device.startswith("cuda"):
+        torch.set_num_threads(1)
+    try:
+        for name, scales in sweep:
+            base = get_config(name)
+            configs = [base] if not scales or base["family"] == "scnn" else [_with_depth(base, s) for s in scales]
+            for config in configs:
+                for variant in variants:
+                    if variant not in variants_of(config["family"]):
+                        continue
+                    row = _measure(config, variant, time_steps, batch_size, device)
+                    rows.append(row)
+                    if on_row:
+                        on_row(row)
+    finally:
+        torch.set_num_threads(threads)
     return rows
 
 
@@ -175,27 +187,47 @@ def _measure(config: dict[str, Any], variant: str, time_steps: int, batch_size: 
 
 def train_step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> list[float]:
     """Wall time of full training steps (forward, backward, AdamW step), after one warm-up step."""
+    return [wall for wall, _ in train_step_times(model, x, y, repeats)]
+
+
+def train_step_times(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> list[tuple[float, float]]:
+    """``(wall, cpu)`` seconds of full training steps after one warm-up step. ``cpu`` is the process's CPU
+    time (``time.process_time``): with one intra-op thread it is the step's own work, which other jobs on
+    a shared machine do not stretch the way they stretch wall time (with several threads it also counts
+    their spin-waits); on CUDA it is only the host's share and not reported by the callers."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = nn.CrossEntropyLoss()
     times = []
     for i in range(repeats + 1):
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         optimizer.step()
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
         if i:
-            times.append(time.perf_counter() - t0)
+            times.append((time.perf_counter() - t0, time.process_time() - c0))
     return times
 
 
 def speed_rows(pairs: Iterable[tuple[str, str, str, str]], batch_size: int, time_steps: int, repeats: int,
-               device: str = "cpu", on_row: Optional[Callable[[dict[str, Any]], None]] = None) -> list[dict]:
+               device: str = "cpu", on_row: Optional[Callable[[dict[str, Any]], None]] = None,
+               threads: Optional[int] = None) -> list[dict]:
     """For each (label, model A, variant A, model B, variant B)-style pair ``(a_name, a_variant, b_name,
-    b_variant)``: the median training-step time of each and the ratio A / B, measured interleaved."""
+    b_variant)``: the median training-step time of each and the ratio A / B, measured interleaved.
+    ``threads`` sets torch's intra-op threads for the run (restored after)."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _speed_rows(pairs, batch_size, time_steps, repeats, device, on_row)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _speed_rows(pairs, batch_size, time_steps, repeats, device, on_row) -> list[dict]:
     rows = []
     for a_name, a_variant, b_name, b_variant in pairs:
         a_cfg, b_cfg = get_config(a_name), get_config(b_name)
@@ -209,11 +241,15 @@ def speed_rows(pairs: Iterable[tuple[str, str, str, str]], batch_size: int, time
         times = {"a": [], "b": []}
         for _ in range(repeats):  # interleaved, so that drifts of the machine hit both alike
             for key in ("a", "b"):
-                times[key] += train_step_seconds(models[key], x, y, 1)
-        med_a, med_b = statistics.median(times["a"]), statistics.median(times["b"])
+                times[key] += train_step_times(models[key], x, y, 1)
+        med_a, med_b = (statistics.median(w for w, _ in times[k]) for k in ("a", "b"))
         row = {"a": f"{a_name} ({a_variant})", "b": f"{b_name} ({b_variant})", "median_a_s": med_a,
-               "median_b_s": med_b, "ratio": med_a / med_b, "repeats": repeats, "batch_size": batch_size,
-               "time_steps": time_steps, "device": device}
+               "median_b_s": med_b, "ratio": med_a / med_b}
+        if device == "cpu":
+            cpu_a, cpu_b = (statistics.median(c for _, c in times[k]) for k in ("a", "b"))
+            row.update({"median_cpu_a_s": cpu_a, "median_cpu_b_s": cpu_b, "cpu_ratio": cpu_a / cpu_b})
+        row.update({"repeats": repeats, "batch_size": batch_size, "time_steps": time_steps, "device": device,
+                    "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0]})
         rows.append(row)
         if on_row:
             on_row(row)

@@ -8,20 +8,22 @@ plain BPTT; and the spikingjelly network under ``spikingjelly.activation_based.m
 the peers' strongest memory saver. Against them: revsnn reversible, reversible with recomputed
 boundaries, and revsnn's own plain twin. Memory is the allocator's, per sample (``memory_per_sample``),
 and time the median training step (forward, backward, AdamW), interleaved so that machine drift hits all
-alike. The peers are optional benchmark dependencies (scripts/setup.sh installs them); a missing one is
+alike, as wall time and as the process's CPU time (with ``threads=1`` the step's own work, which other
+jobs on a shared machine do not stretch). The peers are optional benchmark dependencies (scripts/setup.sh installs them); a missing one is
 named, never downloaded.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import statistics
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
-from .bench import _variant, model_depth, train_step_seconds
+from .bench import _variant, model_depth, train_step_times
 from .errors import RevsnnError
 from .memory import memory_per_sample
 from .models import get_config
@@ -128,9 +130,26 @@ def _build(config: dict, variant: str, example: torch.Tensor) -> nn.Module:
 
 
 def peer_rows(model: str = "revsresnet-digits", time_steps: int = 4, batch_size: int = 8, repeats: int = 5,
-              on_row: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+              on_row: Optional[Callable[[dict[str, Any]], None]] = None,
+              threads: Optional[int] = None) -> dict[str, Any]:
     """Memory (allocator, per sample, batch B -> 2B) and median step time of every variant; ratios are
-    ``variant / revsnn reversible``."""
+    ``variant / revsnn reversible``, and ``versus_peers`` gives revsnn reversible (and with recomputed
+    boundaries) over each peer variant. ``threads`` sets torch's intra-op threads for the run (restored
+    after): on a shared machine one thread keeps every variant off the OpenMP barriers that load turns
+    into waits, which punish the variants with many small ops most."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        result = _peer_rows(model, time_steps, batch_size, repeats, on_row)
+    finally:
+        torch.set_num_threads(before)
+    return result
+
+
+def _peer_rows(model: str, time_steps: int, batch_size: int, repeats: int,
+               on_row: Optional[Callable[[dict[str, Any]], None]]) -> dict[str, Any]:
+    threads = torch.get_num_threads()
     config = get_config(model)
     if config["family"] not in ("revsresnet", "pararevsnn"):
         raise PeerError(f"bench peers compares ResNets (revsresnet / pararevsnn families); {model!r} is "
@@ -150,27 +169,38 @@ def peer_rows(model: str = "revsresnet-digits", time_steps: int = 4, batch_size:
     for v in variants:
         torch.manual_seed(0)
         models[v] = _build(config, v, example).train()
-    times: dict[str, list[float]] = {v: [] for v in variants}
+    times: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
     for v in variants:  # warm-up, then interleaved timing
-        train_step_seconds(models[v], example, labels, 1)
+        train_step_times(models[v], example, labels, 1)
     for _ in range(repeats):
         for v in variants:
-            times[v] += train_step_seconds(models[v], example, labels, 1)
+            times[v] += train_step_times(models[v], example, labels, 1)
     rows = []
     for v in variants:
         per = memory_per_sample(models[v], lambda b: torch.rand(time_steps, b, *shape), (batch_size, 2 * batch_size),
                                 lambda out, b: loss_fn(out, torch.randint(0, classes, (b,))))
         row = {"variant": v, "peak_per_sample": per["peak"], "retained_per_sample": per["retained"],
-               "step_seconds": statistics.median(times[v])}
+               "step_seconds": statistics.median(w for w, _ in times[v]),
+               "step_cpu_seconds": statistics.median(c for _, c in times[v])}
         rows.append(row)
         if on_row:
             on_row(row)
     base = rows[0]
     for r in rows:
         for key, ratio in (("peak_per_sample", "peak_ratio"), ("retained_per_sample", "retained_ratio"),
-                           ("step_seconds", "step_time_ratio")):
+                           ("step_seconds", "step_time_ratio"), ("step_cpu_seconds", "step_cpu_ratio")):
             r[ratio] = r[key] / base[key]
+    by = {r["variant"]: r for r in rows}
+    versus = {}
+    for ours in ("revsnn reversible", "revsnn reversible-recompute"):
+        for peer in ("spikingjelly BPTT", "spikingjelly memopt", "snntorch BPTT"):
+            if peer in by:
+                versus[f"{ours} / {peer}"] = {
+                    k: by[ours][key] / by[peer][key] for k, key in
+                    (("peak", "peak_per_sample"), ("retained", "retained_per_sample"), ("step_time", "step_seconds"),
+                     ("step_cpu_time", "step_cpu_seconds"))}
     return {"model": model, "depth": model_depth(config), "time_steps": time_steps,
             "batch_sizes": [batch_size, 2 * batch_size], "repeats": repeats, "device": "cpu",
+            "threads": threads, "load_average": os.getloadavg()[0], "versus_peers": versus,
             "missing": {name: f"not installed; `pip install {PEERS[name]}` adds it" for name in missing},
             "rows": rows}

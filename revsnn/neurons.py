@@ -29,6 +29,8 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor, nn
 
+from .spikepack import mark_binary
+
 __all__ = [
     "ATan",
     "Sigmoid",
@@ -68,6 +70,10 @@ class ATan:
         g = x * (math.pi * self.alpha / 2.0)
         return g.square_().add_(1.0).reciprocal_().mul_(self.alpha / 2.0)
 
+    def grad_(self, x: Tensor) -> Tensor:
+        """``grad(x)`` written into ``x`` (the fused neuron's backward: the whole sequence, no temporary)."""
+        return x.mul_(math.pi * self.alpha / 2.0).square_().add_(1.0).reciprocal_().mul_(self.alpha / 2.0)
+
 
 @dataclass(frozen=True)
 class Sigmoid:
@@ -78,6 +84,11 @@ class Sigmoid:
     def grad(self, x: Tensor) -> Tensor:
         s = torch.sigmoid(self.alpha * x)
         return torch.sub(1.0, s).mul_(s).mul_(self.alpha)  # two temporaries, not four (see ATan)
+
+    def grad_(self, x: Tensor) -> Tensor:
+        """``grad(x)`` written into ``x``: sig(z) (1 - sig(z)) = 1 / (2 + 2 cosh z), which needs no second
+        buffer and, unlike s - s^2, loses no digits where s is near 1."""
+        return x.mul_(self.alpha).cosh_().mul_(2.0).add_(2.0).reciprocal_().mul_(self.alpha)
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,10 @@ class Rectangular:
 
     def grad(self, x: Tensor) -> Tensor:
         return (x.abs() <= self.width / 2.0).to(x.dtype) / self.width
+
+    def grad_(self, x: Tensor) -> Tensor:
+        """``grad(x)`` written into ``x`` (``le_`` stores 1.0 / 0.0 in x's own dtype)."""
+        return x.abs_().le_(self.width / 2.0).div_(self.width)
 
 
 Surrogate = ATan | Sigmoid | Rectangular
@@ -172,34 +187,78 @@ class _FusedLIF(torch.autograd.Function):
     the same bytes where the input is used by nothing else, and nothing where it is kept anyway: inside a
     reversible block the first neuron's input is the block's input, which the recompute holds regardless,
     and the same storage is counted once (issue 18: the reversible peak). Under ``no_grad`` nothing is
-    saved and no ``h`` sequence is allocated at all. The forward uses the very same expressions as
-    ``lif_step`` / ``if_step``, so outputs are bit-identical; gradients follow the chain rule of those
-    expressions.
+    saved and no ``h`` sequence is allocated at all. The forward computes the very expressions of
+    ``lif_step`` / ``if_step`` (same operands, same rounding), so outputs are bit-identical; gradients
+    follow the chain rule of those expressions.
+
+    Speed (issue 18, Deliver 5): the recurrence over time cannot be vectorised, so each step is as few
+    tensor operations as the equations allow (IF: add, compare, reset; LIF: three for the charge), written
+    in place into tensors of our own, and everything that is elementwise over all T (the surrogate, its
+    product with the incoming gradient, the 1 / tau of the input gradient) is one operation over the whole
+    sequence. With the detached reset (the default) the backward recurrence is then one ``addcmul`` a
+    step, ``dh_t = ds_t sg_t + c (1 - s_t) dh_{t+1}`` with ``c = 1 - 1 / tau`` (IF: 1). The op count
+    matters most on small tensors, where every op is mostly dispatch overhead; on large ones each removed
+    op is a pass over memory saved.
     """
 
     @staticmethod
-    def _charge(x: Tensor, v: Tensor, tau: Optional[float], v_reset: float) -> Tensor:
-        return v + x if tau is None else v + (x - (v - v_reset)) / tau
+    def _charge(x: Tensor, v: Optional[Tensor], tau: Optional[float], v_reset: float,
+                out: Optional[Tensor] = None) -> Tensor:
+        """``v + x`` (IF) or ``v + (x - (v - v_reset)) / tau`` (LIF), as a new tensor or into ``out``;
+        ``v=None`` is the membrane at rest (0), where ``0 + q == q`` and ``0 - v_reset == -v_reset``."""
+        if tau is None:
+            if v is None:
+                return x.clone() if out is None else out.copy_(x)
+            return torch.add(v, x, out=out) if out is not None else v + x
+        if v is None:
+            q = x if v_reset == 0.0 else x + v_reset  # x - (0 - v_reset): subtracting -a is adding a
+            return torch.div(q, tau, out=out) if out is not None else q / tau
+        d = v if v_reset == 0.0 else v - v_reset     # v - 0.0 is v itself
+        q = torch.sub(x, d, out=out) if out is not None else x - d
+        return q.div_(tau).add_(v)                   # addition commutes exactly: q + v == v + q
+
+    @staticmethod
+    def _reset(h: Tensor, s: Tensor, v_reset: float) -> Tensor:
+        """``h (1 - s) + v_reset s`` in place on ``h`` (ours): exactly h where s = 0 and exactly v_reset
+        where s = 1, the step functions' ``_hard_reset``. With v_reset = 0 it is ``h - h s``, one op."""
+        if v_reset == 0.0:
+            return h.addcmul_(h, s, value=-1.0)
+        return h.mul_(torch.sub(1.0, s)).add_(s, alpha=v_reset)
 
     @staticmethod
     def _run(x_seq: Tensor, v0: Optional[Tensor], tau: Optional[float], v_threshold: float, v_reset: float,
-             keep: str) -> tuple[Tensor, Tensor]:
-        """The charge / fire (strict) / hard-reset steps over all T, once for forward and backward: returns
-        ``[T, ...]`` of the spikes (``keep="spikes"``) or of the membranes before reset (``"membranes"``),
-        and the last membrane."""
-        out = torch.empty_like(x_seq)
-        v = torch.zeros_like(x_seq[0]) if v0 is None else v0
-        for t in range(x_seq.shape[0]):
-            h = _FusedLIF._charge(x_seq[t], v, tau, v_reset)
-            s = (h - v_threshold > 0).to(x_seq.dtype)
-            v = h * (1.0 - s) + v_reset * s
-            out[t] = s if keep == "spikes" else h
-        return out, v
+             keep: str) -> tuple[Tensor, Optional[Tensor], Tensor]:
+        """The charge / fire (strict) / hard-reset steps over all T, once for forward and backward.
+
+        Returns ``(seq, quiet, v_T)``. ``keep="spikes"``: ``seq`` is ``[T, ...]`` of the spikes, ``quiet``
+        None. ``keep="membranes"``: ``seq`` holds the membranes before reset and ``quiet`` is ``1 - s``
+        (1.0 where no spike), the factor the membrane gradient passes through. ``v_T`` is the last
+        membrane. Masks are floats written by ``torch.gt`` / ``torch.le`` with a float ``out``: on this
+        CPU build a bool result or a bool operand (``masked_fill``, ``where``) costs 5-10 times a float
+        op. ``h > theta`` is the contract's spike; for floats it is the same test as ``h - theta > 0``
+        (the difference of two floats is 0 only where they are equal, and rounding keeps its sign)."""
+        T = x_seq.shape[0]
+        seq = torch.empty_like(x_seq)
+        quiet = torch.empty_like(x_seq) if keep == "membranes" else None
+        v = v0
+        for t in range(T):
+            if quiet is None:
+                h = _FusedLIF._charge(x_seq[t], v, tau, v_reset)
+                s = torch.gt(h, v_threshold, out=seq[t])
+                v = _FusedLIF._reset(h, s, v_reset)
+            else:
+                h = _FusedLIF._charge(x_seq[t], v, tau, v_reset, out=seq[t])  # stays for the backward
+                q = torch.le(h, v_threshold, out=quiet[t])
+                v = h * q if v_reset == 0.0 else (h * q).add_(torch.sub(1.0, q), alpha=v_reset)  # as _reset
+        if v is None:  # T = 0 never reaches here (the modules refuse it), but stay total
+            v = torch.zeros_like(x_seq[0])
+        return seq, quiet, v
 
     @staticmethod
     def forward(ctx, x_seq: Tensor, v0: Optional[Tensor], tau: Optional[float], v_threshold: float,
                 v_reset: float, surrogate: Surrogate, detach_reset: bool):
-        s_seq, v = _FusedLIF._run(x_seq, v0, tau, v_threshold, v_reset, keep="spikes")
+        s_seq, _, v = _FusedLIF._run(x_seq, v0, tau, v_threshold, v_reset, keep="spikes")
+        mark_binary(s_seq)  # 0 / 1 by construction: the recompute keeps it as bits without testing it
         if any(ctx.needs_input_grad[:2]):  # nothing to keep under no_grad
             ctx.save_for_backward(x_seq, v0)
         ctx.constants = (tau, v_threshold, v_reset, surrogate, detach_reset)
@@ -210,11 +269,42 @@ class _FusedLIF(torch.autograd.Function):
     def backward(ctx, ds_seq: Optional[Tensor], dv_last: Optional[Tensor]):
         x_seq, v0 = ctx.saved_tensors
         tau, v_threshold, v_reset, surrogate, detach_reset = ctx.constants
+        if not detach_reset:
+            buf, _, _ = _FusedLIF._run(x_seq, v0, tau, v_threshold, v_reset, keep="membranes")
+            return _FusedLIF._backward_reset_grad(buf, ds_seq, dv_last, v0, tau, v_threshold, v_reset, surrogate)
         # The membranes before reset, recomputed with the forward's expressions (bit-identical), into
-        # the buffer that then receives the input gradient: step t's h is read before its gradient is
-        # written, so one sequence-sized buffer serves both (the backward's peak is one sequence less).
-        buf, _ = _FusedLIF._run(x_seq, v0, tau, v_threshold, v_reset, keep="membranes")
+        # the buffer that then receives the input gradient.
+        buf, quiet, _ = _FusedLIF._run(x_seq, v0, tau, v_threshold, v_reset, keep="membranes")
         del x_seq
+        # dh_t = ds_t sg(h_t - theta) + c (1 - s_t) dh_{t+1} (and dv_last at t = T - 1): v_t = h_t where
+        # no spike (else the constant v_reset, the reset detached), and h_{t+1} depends on v_t with slope
+        # c = 1 - 1/tau (LIF) or 1 (IF). Everything but the recurrence is one op over the whole sequence.
+        buf.sub_(v_threshold)
+        if ds_seq is None:
+            buf.zero_()
+        else:
+            grad_ = getattr(surrogate, "grad_", None)
+            if grad_ is not None:
+                grad_(buf)
+            else:  # a surrogate of the user's own with only grad(): one temporary
+                buf.copy_(surrogate.grad(buf))
+            buf.mul_(ds_seq)
+        c = 1.0 if tau is None else 1.0 - 1.0 / tau
+        T = buf.shape[0]
+        if dv_last is not None:
+            buf[T - 1].addcmul_(dv_last, quiet[T - 1])
+        for t in range(T - 1, 0, -1):
+            buf[t - 1].addcmul_(buf[t], quiet[t - 1], value=c)
+        del quiet
+        dv0 = buf[0] * c if ctx.needs_input_grad[1] else None  # before buf becomes dx
+        if tau is not None:
+            buf.div_(tau)  # x enters h as x / tau
+        return buf, dv0, None, None, None, None, None
+
+    @staticmethod
+    def _backward_reset_grad(buf, ds_seq, dv_last, v0, tau, v_threshold, v_reset, surrogate):
+        """The backward when the reset carries gradient (``detach_reset=False``): the membrane path also
+        gets ``dv (v_reset - h) sg`` through the spike, which needs h and sg at once; step by step."""
         dv = dv_last
         for t in reversed(range(buf.shape[0])):
             h = buf[t]
@@ -223,7 +313,7 @@ class _FusedLIF(torch.autograd.Function):
             sg = surrogate.grad(u)
             # v = h (1 - s) + v_reset s: the membrane path passes where no spike reset it
             dh = torch.zeros_like(h) if dv is None else dv.masked_fill(fired, 0.0)
-            if not detach_reset and dv is not None:  # ... and the reset's own gradient through s
+            if dv is not None:  # ... and the reset's own gradient through s
                 dh += dv * (v_reset - h) * sg
             if ds_seq is not None:
                 dh += sg.mul_(ds_seq[t])
@@ -237,8 +327,7 @@ class _FusedLIF(torch.autograd.Function):
                 dv = dh.sub_(dq)
                 del dq
             del dh
-        dx_seq = buf
-        return dx_seq, (dv if v0 is not None else None), None, None, None, None, None
+        return buf, (dv if v0 is not None else None), None, None, None, None, None
 
 
 def multistep(x_seq: Tensor, v0: Optional[Tensor], tau: Optional[float], v_threshold: float = 1.0,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -156,7 +157,7 @@ def _evaluate_no_grad(fn: nn.Module, x: Tensor, preserve_rng: bool,
 def param_aliases(fn: nn.Module) -> tuple[list[Tensor], dict[str, Tensor]]:
     """``fn``'s trainable parameters and, by name, a detached alias of each (same storage, a new leaf).
 
-    The recompute runs on the aliases (``torch.func.functional_call``) and the local backward takes its
+    The recompute runs on the aliases (``_parameters_as``) and the local backward takes its
     gradients with respect to them. Taking them with respect to the parameters themselves would fire
     every ``param.register_hook`` once inside backward and again when the Function's returned gradient
     reaches the parameter: a scaling hook would scale twice. Shared (tied) parameters appear once.
@@ -167,6 +168,28 @@ def param_aliases(fn: nn.Module) -> tuple[list[Tensor], dict[str, Tensor]]:
             params.append(p)
             aliases[name] = p.detach().requires_grad_(True)
     return params, aliases
+
+
+@contextlib.contextmanager
+def _parameters_as(fn: nn.Module, aliases: dict[str, Tensor]):
+    """Inside: every parameter of ``fn`` named in ``aliases`` (``param_aliases`` names; tied parameters
+    under any of their names) is replaced by its alias, in the ``_parameters`` dict of each module that
+    holds it; restored on exit. What ``torch.func.functional_call(fn, aliases, strict=False)`` does for
+    a plain module tree, as two walks and dict writes: functional_call's untying and reparametrisation
+    machinery cost about 0.4 ms per call here, a tenth of a small branch's recompute (issue 18, speed).
+    Parametrised weights (``torch.nn.utils.parametrize``) work too: their ``original`` is a parameter in
+    a ``_parameters`` dict like any other."""
+    named = dict(fn.named_parameters())
+    by_id = {id(named[name]): alias for name, alias in aliases.items() if name in named}
+    swapped = [(m, name, p) for m in fn.modules() for name, p in m._parameters.items()
+               if p is not None and id(p) in by_id]
+    try:
+        for m, name, p in swapped:
+            m._parameters[name] = by_id[id(p)]
+        yield
+    finally:
+        for m, name, p in swapped:
+            m._parameters[name] = p
 
 
 def _evaluate_again(fn: nn.Module, x: Tensor, ev: _Evaluation,
@@ -190,7 +213,11 @@ def _evaluate_again(fn: nn.Module, x: Tensor, ev: _Evaluation,
         # The recomputed graph is the backward's working set, its peak: spikes it saves (a convolution's
         # input) are kept as bits there (revsnn.spikepack), 32 times fewer bytes in float32.
         with torch.enable_grad(), cast, spikes_as_bits(pack_spikes, saved):
-            out = fn(x) if aliases is None else torch.func.functional_call(fn, aliases, (x,), strict=False)
+            if aliases is None:
+                out = fn(x)
+            else:
+                with _parameters_as(fn, aliases):
+                    out = fn(x)
 
     def restore() -> None:
         set_states(fn, ev.exit_states)
@@ -225,21 +252,26 @@ class ParamGrads:
 
 
 def _local_backward(fn: nn.Module, inp: Tensor, ev: _Evaluation, grad_out: Tensor, accumulate,
-                    residual: Optional["_Owned"] = None, pack: bool = True) -> tuple[Tensor, Tensor]:
+                    residual: Optional["_Owned"] = None, pack: bool = True,
+                    need_output: bool = True) -> tuple[Optional[Tensor], Tensor]:
     """Recompute ``fn(inp)`` under grad, backpropagate ``grad_out`` through it, restore ``fn``'s state.
 
     Returns ``(fn's output, detached; gradient with respect to inp)``; parameter gradients go to
     ``accumulate``. With ``residual`` (a coupling's other stream ``r``, handed over) it returns
     ``r - fn(inp)`` instead, the reconstructed input, computed right after the recompute: then ``r`` is
     dropped and the output's storage freed before the local backward runs, unless the backward reads the
-    output (some op saved it), so two fewer stream tensors are alive at the backward's peak.
+    output (some op saved it), so two fewer stream tensors are alive at the backward's peak. With
+    ``need_output=False`` (``Recompute``, which only wants the input gradient) the output is freed the
+    same way and None is returned in its place.
     """
     params, aliases = param_aliases(fn)
     leaf = inp.detach().requires_grad_(True)
     saved: set = set()
     out, restore = _evaluate_again(fn, leaf, ev, aliases, pack_spikes=pack, saved=saved)
+    result = None
     if residual is not None:
         result = residual.take() - out.detach()
+    if residual is not None or not need_output:
         storage = out.untyped_storage()
         base = out if out._base is None else out._base
         # A custom Function (a nested reversible sequence) may keep its output as a ctx attribute, which
@@ -252,7 +284,9 @@ def _local_backward(fn: nn.Module, inp: Tensor, ev: _Evaluation, grad_out: Tenso
     g_in, g_params = _grads(out, leaf, list(aliases.values()), grad_out)
     restore()
     accumulate(params, g_params)
-    return (out.detach() if residual is None else result), g_in
+    if residual is None and need_output:
+        result = out.detach()
+    return result, g_in
 
 
 class _Streams:
@@ -298,6 +332,7 @@ class _ReversibleFn(torch.autograd.Function):
         # change of the output between forward and backward is still caught.
         ctx.y = y.detach()
         ctx.y_version = y._version
+        ctx.y_dtype = y.dtype
         return y
 
     @staticmethod
@@ -314,9 +349,11 @@ class _ReversibleFn(torch.autograd.Function):
         backward = _backward_parallel if seq.parallel_schedule else _backward_serial
         evaluations = ctx.evaluations
         owned = _Owned(ctx.y)
-        if not _keeps_graph():
+        keeps = _keeps_graph()
+        if not keeps:
             ctx.y = None  # no reference left here: freed once the last block is undone
-        dx = backward(seq, evaluations, owned, dy, accumulate)
+        ours = not keeps and _ours(dy, ctx.y_dtype)
+        dx = backward(seq, evaluations, owned, dy, accumulate, ours)
         return (dx, None, *accumulate.grads)
 
 
@@ -326,6 +363,78 @@ def _keeps_graph() -> bool:
     where it is missing, assume the graph is kept, which only costs memory."""
     query = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
     return True if query is None else bool(query())
+
+
+# A gradient that one of our own Functions returned (Recompute's input gradient) carries this attribute.
+# Autograd hands such a tensor to the next node without keeping a reference of its own, and nothing outside
+# revsnn sees it (it is the gradient of an internal boundary of a model), so the reversible sequence that
+# receives it may accumulate its stream gradients into it in place instead of into copies: two streams'
+# worth of gradient fewer at the backward's peak (issue 18). Any other incoming gradient (the user's, one
+# autograd summed, an expanded one) is never written.
+_OURS = "_revsnn_gradient_owned"
+
+
+def _mark_ours(t: Optional[Tensor]) -> Optional[Tensor]:
+    if t is not None and not _keeps_graph():
+        setattr(t, _OURS, True)
+    return t
+
+
+def _python_refs(t: Tensor) -> int:
+    return sys.getrefcount(t)
+
+
+def _ours(t: Tensor, ctx_dtype: torch.dtype, probe: Optional[list] = None) -> bool:
+    """Whether the incoming gradient ``t`` (called as ``_ours(dy, ...)`` straight from a backward, with
+    ``dy`` its only local name) may be written: ours, and referenced by nothing else in Python (a tensor
+    hook that kept the gradient holds one reference more than the calibrated count). ``probe``: the
+    calibration's call, which only records the count."""
+    if probe is not None:
+        probe.append(_python_refs(t))
+        return False
+    if not (getattr(t, _OURS, False) and t.is_contiguous() and t.dtype == ctx_dtype and t._base is None):
+        return False
+    return _python_refs(t) <= _baseline_refs()
+
+
+class _ProbeSource(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):
+        return _mark_ours(g.clone())
+
+
+class _ProbeSink(torch.autograd.Function):
+    seen: list = []
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy: Tensor):
+        _ours(dy, dy.dtype, _ProbeSink.seen)  # the same call shape as in _ReversibleFn.backward
+        return dy
+
+
+_BASELINE: list[int] = []
+
+
+def _baseline_refs() -> int:
+    """How many Python references an incoming gradient that nothing else holds has at ``_ours``, measured
+    once on this interpreter with the same call shape (the count depends on the Python and torch
+    versions, not on the model)."""
+    if not _BASELINE:
+        with torch.enable_grad():
+            x = torch.zeros(2, requires_grad=True)
+            _ProbeSource.apply(_ProbeSink.apply(x)).sum().backward()
+        _BASELINE.append(_ProbeSink.seen.pop())
+    return _BASELINE[0]
 
 
 class _Owned:
@@ -355,7 +464,8 @@ def _forward_serial(seq: "ReversibleSequence", x: Tensor):
     return torch.cat((x1, x2), dim=seq.split_dim), evaluations
 
 
-def _backward_serial(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: Tensor, accumulate) -> Tensor:
+def _backward_serial(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: Tensor, accumulate,
+                     dy_ours: bool = False) -> Tensor:
     # Every name is dropped (del) as soon as it is dead, so that at each block exactly the same tensors
     # are alive whatever the depth: the block's outputs (the first block's alias the sequence output,
     # released once reconstructed), their gradients and one recompute graph.
@@ -365,8 +475,15 @@ def _backward_serial(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: Te
     # alive (and may share it) for the whole backward, so it is never written. dy1 is copied out at once
     # and dy2 replaced after the first block's F; from then on every block holds the same tensors, so
     # the first block's peak is the others' (flat in depth).
-    dy1 = dy1.clone()
-    own_dy2 = False
+    # When ``dy`` is ours (see _OURS) its two halves are the accumulators themselves, and y1 is copied
+    # out of the sequence output, so that the output's storage is freed with y2 in the first recompute:
+    # every block then holds its two streams and ``dy``, the same at every depth.
+    if dy_ours:
+        y1 = y1.clone()
+        own_dy2 = True
+    else:
+        dy1 = dy1.clone()
+        own_dy2 = False
     for block, (ev_f, ev_g) in zip(reversed(seq.blocks), reversed(evaluations)):
         # (a, b) -> y1 = a + F(b), y2 = b + G(y1). Each stream is handed over to the recompute that
         # reconstructs from it (b = y2 - G(y1), a = y1 - F(b)), which drops it before its backward; the
@@ -389,6 +506,8 @@ def _backward_serial(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: Te
         y1, y2 = block._order(a, b)
         dy1, dy2 = block._order(dy1, dy2)
         del a, b
+    if dy_ours and dy1.data_ptr() == dy.data_ptr() and dy2.data_ptr() == seq.split(dy)[1].data_ptr():
+        return dy  # the halves were accumulated in place, in order: dy is the input gradient (no copy)
     return torch.cat((dy1, dy2), dim=seq.split_dim)
 
 
@@ -421,16 +540,22 @@ def _forward_parallel(seq: "ReversibleSequence", x: Tensor):
     return torch.cat((x1, x2), dim=seq.split_dim), list(zip(ev_f, ev_g))
 
 
-def _backward_parallel(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: Tensor, accumulate) -> Tensor:
+def _backward_parallel(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: Tensor, accumulate,
+                       dy_ours: bool = False) -> Tensor:
     streams = _Streams(dy.device, seq.use_streams)
     blocks = list(seq.blocks)
     pack = seq.pack_spikes
     y1, y2 = seq.split(y.take())
     dy1, dy2 = seq.split(dy)
     # As in _backward_serial: stream gradients in tensors of our own, accumulated in place (autograd's dy
-    # is never written), and each stream handed over to the recompute that reconstructs from it.
-    dy1 = dy1.clone()
-    own_dy2 = False
+    # is never written), and each stream handed over to the recompute that reconstructs from it; as there,
+    # a ``dy`` of our own is accumulated into directly.
+    if dy_ours:
+        y1 = y1.clone()
+        own_dy2 = True
+    else:
+        dy1 = dy1.clone()
+        own_dy2 = False
     k = len(blocks) - 1
     rest = _Owned(y2)
     del y2
@@ -546,6 +671,7 @@ class ReversibleSequence(ReversibleModule):
         # ParaRevSNN's inter-block parallelism: only for sequences of parallel couplings.
         self.parallel_schedule = parallel and all(isinstance(b, ParaRevCoupling) for b in blocks)
         self.use_streams = True  # the side CUDA stream of the parallel schedule (no effect on the CPU)
+        _baseline_refs()  # as in Recompute
 
     def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.shape[self.split_dim] % 2:
@@ -590,8 +716,9 @@ class _RecomputeFn(torch.autograd.Function):
         owner: Recompute = ctx.owner
         (x,) = ctx.saved_tensors
         accumulate = ParamGrads(list(owner.parameters()))
-        _, dx = _local_backward(owner.module, x, ctx.evaluation, dout, accumulate, pack=owner.pack_spikes)
-        return (dx, None, *accumulate.grads)
+        _, dx = _local_backward(owner.module, x, ctx.evaluation, dout, accumulate, pack=owner.pack_spikes,
+                                need_output=False)
+        return (_mark_ours(dx), None, *accumulate.grads)
 
 
 class Recompute(ReversibleModule):
@@ -607,6 +734,9 @@ class Recompute(ReversibleModule):
         super().__init__()
         self.module = module
         self.preserve_rng = preserve_rng
+        # Calibrated here, not lazily inside the first backward: a training step must allocate the same
+        # at every call (the per-sample memory measure compares two steps event by event).
+        _baseline_refs()
 
     def forward(self, x: Tensor) -> Tensor:
         if self.use_reversible(x):

@@ -20,7 +20,7 @@ from typing import Iterator, Optional, Union
 import torch
 from torch import Tensor
 
-__all__ = ["pack_bits", "unpack_bits", "spikes_as_bits", "MIN_PACKED_NUMEL"]
+__all__ = ["pack_bits", "unpack_bits", "spikes_as_bits", "mark_binary", "MIN_PACKED_NUMEL"]
 
 # Tensors with fewer elements are not tested. Kept tiny on purpose: a threshold that a batch's tensor
 # crosses at one batch size and not at another would make the same step allocate differently at two
@@ -28,6 +28,23 @@ __all__ = ["pack_bits", "unpack_bits", "spikes_as_bits", "MIN_PACKED_NUMEL"]
 MIN_PACKED_NUMEL = 8
 
 _SHIFTS = torch.arange(8, dtype=torch.uint8)
+
+# Issue 18 (speed): packing as a product and unpacking as a table lookup. On this CPU build integer and
+# bool elementwise ops (shifts, casts to uint8, comparisons with a bool result) run 5-10 times slower than
+# float ops, and the shift/sum packing was a tenth of a reversible training step. For float32 / float64:
+# bits = spikes viewed [n / 8, 8] @ (1, 2, ..., 128) (exact: integers below 256), cast once on n / 8
+# values; unpack = rows of a [256, 8] table of bit patterns, gathered by the packed byte. Other dtypes
+# (half precision) keep the shift form. Everything is allocated by torch, so the allocator measures see it.
+_FAST = (torch.float32, torch.float64)
+_TABLES: dict = {}
+
+
+def _table(dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    key = (dtype, str(device))
+    if key not in _TABLES:
+        bits = (torch.arange(256)[:, None] >> torch.arange(8)) & 1
+        _TABLES[key] = (bits.to(dtype=dtype, device=device), (2.0 ** torch.arange(8)).to(dtype=dtype, device=device))
+    return _TABLES[key]
 
 
 class _Packed:
@@ -39,9 +56,15 @@ class _Packed:
 
 def pack_bits(t: Tensor) -> _Packed:
     """``t`` (values 0 or 1) as one bit per element, little-endian within each byte."""
-    flat = t.detach().reshape(-1).to(torch.uint8)
-    n = flat.numel()
+    n = t.numel()
     pad = (-n) % 8
+    if t.dtype in _FAST:
+        flat = t.detach().reshape(-1)
+        if pad:
+            flat = torch.cat((flat, flat.new_zeros(pad)))
+        bits = torch.mv(flat.view(-1, 8), _table(t.dtype, t.device)[1]).to(torch.uint8)
+        return _Packed(bits, t.shape, t.dtype, t.device, n)
+    flat = t.detach().reshape(-1).to(torch.uint8)
     if pad:
         flat = torch.cat((flat, flat.new_zeros(pad)))
     bits = (flat.view(-1, 8) << _SHIFTS.to(flat.device)).sum(-1, dtype=torch.uint8)
@@ -49,14 +72,54 @@ def pack_bits(t: Tensor) -> _Packed:
 
 
 def unpack_bits(p: _Packed) -> Tensor:
-    flat = (p.bits.unsqueeze(-1) >> _SHIFTS.to(p.bits.device)) & 1
-    return flat.reshape(-1)[: p.numel].to(p.dtype).reshape(p.shape)
+    if p.dtype in _FAST:
+        flat = torch.index_select(_table(p.dtype, p.bits.device)[0], 0, p.bits.int()).view(-1)
+    else:
+        flat = ((p.bits.unsqueeze(-1) >> _SHIFTS.to(p.bits.device)) & 1).reshape(-1).to(p.dtype)
+    return flat[: p.numel].reshape(p.shape)
+
+
+# Tensors known to hold only 0 and 1: the fused neurons' spike outputs mark themselves (``mark_binary``),
+# so the saved-tensor hook needs no pass over their values (issue 18, speed: the test was three bool ops
+# over every saved tensor). The mark records the version counter, which views share and every in-place op
+# bumps, so a spike tensor changed in place afterwards is tested again rather than trusted.
+_MARK = "_revsnn_binary_version"
+
+
+def mark_binary(t: Tensor) -> Tensor:
+    """Record that ``t`` (and every view of it, until it is modified in place) holds only 0 and 1."""
+    setattr(t, _MARK, t._version)
+    return t
+
+
+def _marked(t: Tensor) -> bool:
+    for u in (t, t._base):
+        if u is not None and getattr(u, _MARK, None) == u._version:
+            return True
+    return False
+
+
+def _all_binary(t: Tensor) -> bool:
+    return bool(torch.logical_or(t == 0, t == 1).all())
 
 
 def _is_binary(t: Tensor) -> bool:
-    if not t.is_floating_point() or t.numel() < MIN_PACKED_NUMEL or t.requires_grad and t.grad_fn is None:
-        return False  # leaves that require grad (parameters, user inputs) are kept as they are
-    return bool(torch.logical_or(t == 0, t == 1).all())
+    if not t.is_floating_point() or t.numel() < MIN_PACKED_NUMEL or t.grad_fn is None:
+        # Leaves and views of leaves (parameters, buffers, BatchNorm's statistics, inputs) are kept as
+        # they are: someone else holds them, so bits of them would add memory, not save it.
+        return False
+    if _marked(t):
+        return True
+    # 64 values spread over the whole tensor first, in Python: a real-valued tensor (a convolution's
+    # output saved by BatchNorm) almost always fails there, for the cost of one small copy instead of
+    # three passes over all of it; exact either way. Spread, not leading: the first time step's
+    # convolution output is mostly exact zeros (few neurons fire at t = 0), and a leading sample passed.
+    flat = t.detach().reshape(-1)
+    n = flat.numel()
+    sample = flat[:: max(1, n // 64)][:64].tolist()
+    if not all(v == 0.0 or v == 1.0 for v in sample):
+        return False
+    return n <= 64 or _all_binary(t)
 
 
 def _unpack(p: Union[Tensor, _Packed]) -> Tensor:

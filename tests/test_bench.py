@@ -2,6 +2,7 @@
 
 import json
 
+import torch
 from typer.testing import CliRunner
 
 from revsnn.cli.main import app
@@ -34,19 +35,24 @@ def test_bench_memory_json_rows_and_plot(tmp_path):
 
 
 def test_bench_train_speed_rows():
+    threads = torch.get_num_threads()
     result = runner.invoke(app, ["bench", "train-speed", "--batch-size", "4", "--time-steps", "1", "--repeats", "1",
-                                 "--json"])
+                                 "--threads", "1", "--json"])
     assert result.exit_code == 0, result.output
+    assert torch.get_num_threads() == threads  # --threads holds for the run only
     rows = json.loads(result.output)
     assert ("pararevsnn-digits (reversible)", "revsresnet-digits (reversible)") in {(r["a"], r["b"]) for r in rows}
     for r in rows:
-        assert r["ratio"] == r["median_a_s"] / r["median_b_s"] and r["repeats"] == 1
+        assert r["ratio"] == r["median_a_s"] / r["median_b_s"] and r["repeats"] == 1 and r["threads"] == 1
+        assert r["cpu_ratio"] == r["median_cpu_a_s"] / r["median_cpu_b_s"]
 
 
 def test_bench_bad_input():
     for args, message in [(["bench", "memory", "--models", "nope"], "Unknown model"),
                           (["bench", "memory", "--plot", "/no/such/dir/x.png"], "does not exist"),
                           (["bench", "memory", "--plot", "x.jpg"], ".png"),
+                          (["bench", "peers", "--threads", "0"], "--threads"),
+                          (["bench", "train-speed", "--threads", "0"], "--threads"),
                           (["bench", "train-speed", "--device", "cuda"] , "cuda")]:
         result = runner.invoke(app, args)
         if args[-1] == "cuda" and result.exit_code == 0:
@@ -81,7 +87,7 @@ def test_bench_peers_rows():
     from revsnn.bench_peers import missing_peers
 
     result = runner.invoke(app, ["bench", "peers", "--time-steps", "1", "--batch-size", "1", "--repeats", "1",
-                                 "--json"])
+                                 "--threads", "1", "--json"])
     assert result.exit_code == 0, result.output
     text = result.stdout  # spikingjelly may log on import; the JSON document is what starts a line with "{"
     out = json.loads(text[0 if text.startswith("{\n") else text.index("\n{\n") + 1:])
@@ -99,5 +105,13 @@ def test_bench_peers_rows():
         assert by[v]["retained_per_sample"] > 0, v
     # memory behaviour, not timing: the reversible model retains less than its plain twin
     assert by["revsnn reversible"]["retained_per_sample"] < by["revsnn plain"]["retained_per_sample"]
+    assert out["threads"] == 1
+    for pair, r in out["versus_peers"].items():  # ours over each peer, from the same rows
+        ours, peer = pair.split(" / ")
+        assert r["step_time"] == by[ours]["step_seconds"] / by[peer]["step_seconds"]
+        assert r["step_cpu_time"] == by[ours]["step_cpu_seconds"] / by[peer]["step_cpu_seconds"]
+        assert r["peak"] == by[ours]["peak_per_sample"] / by[peer]["peak_per_sample"]
+    if not missing_peers():
+        assert "revsnn reversible / spikingjelly memopt" in out["versus_peers"]
     result = runner.invoke(app, ["bench", "peers", "--model", "trevsnn-digits"])
     assert result.exit_code == 2 and "ResNets" in result.output and "Traceback" not in result.output

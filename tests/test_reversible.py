@@ -231,3 +231,41 @@ def test_parallel_schedule_on_cuda_streams():
     torch.testing.assert_close(dx_p, dx_s, rtol=1e-12, atol=1e-14)
     for name in g_p:
         torch.testing.assert_close(g_p[name], g_s[name], rtol=1e-12, atol=1e-14)
+
+
+def test_owned_gradient_is_accumulated_into_and_others_are_not_written(monkeypatch):
+    """A gradient our Recompute returned is the stream accumulators themselves (no copies, issue 18); a
+    gradient from anywhere else (here the user's, kept by a hook) is never written. Both give the twin's
+    gradients (independent truth: plain autograd)."""
+    import revsnn.reversible as rv
+    from revsnn.reversible import Recompute
+
+    seen = []
+    real = rv._backward_serial
+    monkeypatch.setattr(rv, "_backward_serial", lambda *a: seen.append(a[-1]) or real(*a))
+
+    def build():
+        torch.manual_seed(0)
+        seq = ReversibleSequence([RevNetCoupling(conv_branch(2, IF), conv_branch(2, IF)) for _ in range(2)])
+        return nn.Sequential(seq, Recompute(nn.Sequential(IF(), nn.Flatten(2)))).double()
+
+    x = torch.rand(3, 2, 4, 5, 5, dtype=torch.float64) * 3
+    w = torch.randn(3, 2, 4 * 25, dtype=torch.float64)
+    results = []
+    for model in (build(), plain_twin(build())):
+        xi = x.clone().requires_grad_(True)
+        ((model(xi) * w).sum()).backward()
+        results.append((xi.grad, [p.grad for p in model.parameters()]))
+    assert seen == [True]
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-10, atol=1e-12)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+    seen.clear()
+    model = build()
+    kept = []
+    xi = x.clone().requires_grad_(True)
+    h = model[0](xi)
+    h.register_hook(lambda g: kept.append((g, g.clone())) or None)
+    ((model[1](h) * w).sum()).backward()
+    assert seen == [False] and torch.equal(kept[0][0], kept[0][1])

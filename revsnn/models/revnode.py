@@ -71,6 +71,7 @@ from ..layers import TimeDistributed
 from ..memory import ActivationMeter
 from ..neurons import LIF, Sigmoid, SpikingNeuron, Surrogate, make_surrogate, reset_states, spike
 from ..reversible import ReversibleModule, stream_dtype
+from ..spikepack import _Packed, pack_bits, unpack_bits
 
 __all__ = [
     "RevLIFNode",
@@ -193,10 +194,29 @@ def unpack_spikes(packed: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor
 
 
 class _RevLIFFn(torch.autograd.Function):
+    """All T steps of the node in one autograd node, forward and a one-pass backward (issue 18, Deliver 5).
+
+    Forward, under no_grad: the step equations written as a few in-place ops a step (the same operands and
+    rounding as ``revlif_step``, so outputs are bit-identical to the twin's), the spike bits packed as
+    each step is done. Backward: one walk back in time with the closed-form local gradients, no autograd
+    graph per step (it used to rebuild and differentiate ``revlif_step`` at every step). With
+    ``gy = dL/dy_t`` and ``gv = dL/dv_t`` and the surrogate ``sg = surrogate.grad(h_t - theta)``::
+
+        gs      = gy - theta gv          (the reset's path only when detach_reset=False)
+        gh      = gv + gs sg             v_t = h_t - theta s_t, y_t = s_t + d_t
+        gd      = gy + gh                h_t = v_{t-1} + d_t
+        dL/dx_t = gd / tau               d_t = (x_t - v_{t-1}) / tau
+        dL/dv_{t-1} = gh - gd / tau
+
+    ``h_t`` and ``v_{t-1}`` come from the exact inverse, ``h_t = v_t + theta s_t`` and ``v_{t-1} = h_t - d_t``
+    with ``d_t = y_t - s_t``, as before.
+    """
+
     @staticmethod
     def forward(ctx, x_seq: Tensor, v0: Tensor, node: "RevLIFNode"):
         T, step_shape = x_seq.shape[0], x_seq.shape[1:]
         smooth = isinstance(node.surrogate, SmoothSigmoidSpike)
+        tau, theta = node.tau, node.v_threshold
         with torch.no_grad():
             y_seq = torch.empty_like(x_seq)
             if smooth:
@@ -206,10 +226,18 @@ class _RevLIFFn(torch.autograd.Function):
                                      device=x_seq.device)
             v = v0
             for t in range(T):
-                y, v, s, _ = node.step_full(x_seq[t], v)
-                y_seq[t] = y
-                record[t] = s if smooth else pack_spikes(s)
-                del y, s
+                if smooth:  # gradient checks only: the real-valued stand-in spike, stored as it is
+                    y, v, s, _ = node.step_full(x_seq[t], v)
+                    y_seq[t] = y
+                    record[t] = s
+                    continue
+                d = torch.sub(x_seq[t], v).div_(tau)     # d = (x - v) / tau
+                h = torch.add(v, d)                      # h = v + d
+                s = torch.gt(h, theta, out=torch.empty_like(h))  # strict >, as 0.0 / 1.0
+                torch.add(s, d, out=y_seq[t])            # y = s + d
+                v = h.sub_(s, alpha=theta)               # v = h - theta s (theta s is exact for s in {0, 1})
+                record[t] = _pack_step(s)
+                del d, h, s
         ctx.node = node
         ctx.smooth = smooth
         ctx.step_shape = step_shape
@@ -218,24 +246,37 @@ class _RevLIFFn(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, dy_seq: Tensor, dv: Tensor):
+    def backward(ctx, dy_seq: Optional[Tensor], dv: Optional[Tensor]):
         node: RevLIFNode = ctx.node
+        tau, theta = node.tau, node.v_threshold
         y_seq, v, record = ctx.saved_tensors
         dx_seq = torch.empty_like(y_seq)
+        gv = torch.zeros_like(v) if dv is None else dv
         for t in reversed(range(y_seq.shape[0])):
-            s = record[t] if ctx.smooth else unpack_spikes(record[t], ctx.step_shape)
-            with torch.no_grad():
-                x, v_prev = revlif_inverse(y_seq[t], v, s, node.tau, node.v_threshold)
-            x_leaf = x.requires_grad_(True)
-            v_leaf = v_prev.requires_grad_(True)
-            with torch.enable_grad():
-                y, v_next, _, _ = node.step_full(x_leaf, v_leaf, stored_spike=s)
-            gx, gv = torch.autograd.grad((y, v_next), (x_leaf, v_leaf), (dy_seq[t], dv))
-            dx_seq[t] = gx
-            dv = gv
-            v = v_prev.detach()
-            del y, v_next, x_leaf, v_leaf
-        return dx_seq, dv, None
+            s = record[t] if ctx.smooth else _unpack_step(record[t], ctx.step_shape, y_seq.dtype)
+            h = torch.add(v, s, alpha=theta)                 # h_t = v_t + theta s_t
+            d = torch.sub(y_seq[t], s)                       # d_t = y_t - s_t
+            v = h - d                                        # v_{t-1}
+            sg = node.surrogate.grad(h.sub_(theta))
+            gy = None if dy_seq is None else dy_seq[t]
+            gs = gy if node.detach_reset else (-theta * gv if gy is None else torch.sub(gy, gv, alpha=theta))
+            gh = gv.clone() if gs is None else torch.addcmul(gv, gs, sg)
+            gd = gh if gy is None else torch.add(gy, gh)     # a new tensor, or gh itself when gy is 0
+            gx = torch.div(gd, tau, out=dx_seq[t])
+            gv = gh.sub_(gx)                                 # gd is read (into gx) before gh changes
+            del s, h, d, sg, gs, gd
+        return dx_seq, gv, None
+
+
+def _pack_step(s: Tensor) -> Tensor:
+    """One step's 0.0 / 1.0 spikes as ``pack_spikes`` lays them out (bit k of byte j is element 8 j + k),
+    through revsnn.spikepack's float product (``pack_spikes`` itself goes through a bool cast, slow here)."""
+    return pack_bits(s).bits
+
+
+def _unpack_step(packed: Tensor, shape, dtype: torch.dtype) -> Tensor:
+    """``unpack_spikes`` straight to 0.0 / 1.0 of ``dtype`` (revsnn.spikepack's table gather)."""
+    return unpack_bits(_Packed(packed, torch.Size(shape), dtype, packed.device, math.prod(shape)))
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -269,11 +269,37 @@ class _TRevFn(torch.autograd.Function):
                 lower = x_t if i == 0 else c[i - 1]
                 upper = prev[i + 1] if (t > 0 and i < L - 1) else None
                 ps, aliases = param_aliases(level)
-                f, lower_leaf, upper_leaf, restore = _recompute(level, lower, upper, ctx.evaluations[t][i], aliases)
-                leaves = [lower_leaf] + ([upper_leaf] if upper_leaf is not None else [])
-                got = torch.autograd.grad(f, leaves + list(aliases.values()), g[i], allow_unused=True)
+                box = [g[i]]
+                g[i] = None  # handed over (in a box nothing else refers to): the blockwise backward drops it once used
+
+                def finish(f: Tensor, g_i: Tensor, i: int = i, column=column) -> None:
+                    # What this level's output gradient still gives, once f is known: the leak's shortcut
+                    # to c_i[t-1] and alpha's gradient.
+                    if t > 0:
+                        alpha = column.alpha[i]
+                        a = alpha.detach().view(1, -1, 1, 1)
+                        prev[i] = snapshot[t][i] if t in snapshot else (c[i] - f.detach()) / a
+                        shortcut = a * g_i
+                        g_prev[i] = shortcut if g_prev[i] is None else g_prev[i] + shortcut
+                        if alpha.requires_grad:
+                            accumulate([alpha], [(g_i * prev[i]).sum(dim=(0, 2, 3))])
+
+                if body.blockwise and _replayable(level):
+                    f, got, n_leaves, restore = _level_backward_blockwise(level, lower, upper, ctx.evaluations[t][i],
+                                                                          aliases, box, finish)
+                    lower_leaf = upper_leaf = None
+                    has_upper = upper is not None
+                else:
+                    f, lower_leaf, upper_leaf, restore = _recompute(level, lower, upper, ctx.evaluations[t][i],
+                                                                    aliases)
+                    leaves = [lower_leaf] + ([upper_leaf] if upper_leaf is not None else [])
+                    n_leaves, has_upper = len(leaves), upper_leaf is not None
+                    g_i = box.pop()
+                    got = torch.autograd.grad(f, leaves + list(aliases.values()), g_i, allow_unused=True)
+                    finish(f, g_i)
+                    del g_i
                 restore()
-                accumulate(ps, list(got[len(leaves):]))
+                accumulate(ps, list(got[n_leaves:]))
                 d_lower = got[0] if got[0] is not None else torch.zeros_like(lower)
                 if i == 0:
                     if ctx.static:
@@ -282,21 +308,102 @@ class _TRevFn(torch.autograd.Function):
                         dx[t] += d_lower
                 else:
                     g[i - 1] = g[i - 1] + d_lower
-                if upper_leaf is not None and got[1] is not None:
+                if has_upper and got[1] is not None:
                     g_prev[i + 1] = got[1] if g_prev[i + 1] is None else g_prev[i + 1] + got[1]
-                if t > 0:
-                    alpha = column.alpha[i]
-                    a = alpha.detach().view(1, -1, 1, 1)
-                    prev[i] = snapshot[t][i] if t in snapshot else (c[i] - f.detach()) / a
-                    shortcut = a * g[i]
-                    g_prev[i] = shortcut if g_prev[i] is None else g_prev[i] + shortcut
-                    if alpha.requires_grad:
-                        accumulate([alpha], [(g[i] * prev[i]).sum(dim=(0, 2, 3))])
-                del f, lower_leaf, upper_leaf
+                del f, lower_leaf, upper_leaf, got, d_lower
             if t > 0:
                 c = prev
                 g = [gp if gp is not None else torch.zeros_like(cp) for gp, cp in zip(g_prev, prev)]
         return (dx, None, *accumulate.grads)
+
+
+def _replayable(level: Level) -> bool:
+    """Whether the level's blocks may be re-run any number of times in backward with the same result:
+    no buffers (BatchNorm statistics), no dropout (RNG draws) and no stateful neuron inside them. True for
+    T-RevSNN's ConvNeXt blocks (stateless threshold neurons, no normalisation); anything else falls back
+    to recomputing the whole level at once."""
+    if any(True for _ in level.blocks.buffers()):
+        return False
+    # The fuse (Down, Up) is replayed too: its BatchNorm statistics are restored afterwards, but dropout or
+    # a stateful neuron there would not replay the same.
+    return not any(isinstance(m, nn.modules.dropout._DropoutNd) or getattr(m, "stateful", False)
+                   for m in level.modules())
+
+
+class _LevelBackward(nn.Module):
+    """One level's backward, block by block, run as the "forward" of ``_evaluate_again`` (so that it runs
+    under the forward's RNG, neuron states, autocast and spike packing, on the parameter aliases).
+
+    Why: recomputing a level's ``blocks_per_level`` blocks as one graph keeps every block's activations
+    at once, so the backward's peak grows with the blocks per level. The blocks are not invertible, so
+    their inputs cannot be reconstructed; instead the input of block k is replayed from the level's
+    inputs under no_grad (the fuse, then blocks 0 .. k-1) and only block k is recomputed under grad and
+    backpropagated, last block first. The peak is one block's graph plus one state whatever the depth,
+    for ``n (n - 1) / 2`` extra block forwards and ``n`` extra fuse forwards per level (one block and two
+    fuses at the paper's 2 blocks). Running statistics end as the forward left them (restored).
+    Returns ``(f detached, [d lower, (d upper,) *d aliases])``."""
+
+    def __init__(self, level: Level, upper: Optional[Tensor], grad: list, aliases: list[Tensor],
+                 on_output: Callable[[Tensor, Tensor], None]):
+        super().__init__()
+        self.level = level
+        self.upper = upper
+        self.grad = grad     # a one-element list, popped by forward, so that the gradient is freed once used
+        self.alias_list = aliases
+        self.on_output = on_output  # called with (f, the level's output gradient) as soon as f is known
+
+    def fuse(self, lower: Tensor) -> Tensor:
+        u = self.level.down(lower)
+        return u if self.upper is None else u + self.level.up(self.upper)
+
+    def forward(self, lower: Tensor):
+        aliases = self.alias_list
+        sums: list[Optional[Tensor]] = [None] * len(aliases)
+
+        def add(grads) -> None:
+            for j, gr in enumerate(grads):
+                if gr is not None:
+                    sums[j] = gr if sums[j] is None else sums[j] + gr
+
+        blocks = list(self.level.blocks)
+        g, f = self.grad.pop(), None
+        for k in range(len(blocks) - 1, -1, -1):
+            # Block k's input, replayed from the level's inputs (the fuse output is not kept between
+            # blocks: then exactly one state is alive beside block k's graph, at every depth). BatchNorm
+            # in the fuse updates its running statistics on each replay; _evaluate_again restores them.
+            with torch.no_grad():
+                h = self.fuse(lower)
+                for j in range(k):
+                    h = blocks[j](h)
+            h.requires_grad_(True)
+            out = blocks[k](h)
+            if f is None:
+                f = out.detach()
+                self.on_output(f, g)
+            got = torch.autograd.grad(out, [h, *aliases], g, allow_unused=True)
+            del out, h
+            g = got[0] if got[0] is not None else torch.zeros_like(f)
+            add(got[1:])
+        # The fuse last, under grad: its BatchNorm's backward then reads the statistics its forward used.
+        u = self.fuse(lower)
+        leaves = [lower] + ([self.upper] if self.upper is not None else [])
+        got = torch.autograd.grad(u, leaves + list(aliases), g, allow_unused=True)
+        del u
+        add(got[len(leaves):])
+        d_leaves = [d if d is not None else torch.zeros_like(leaf) for d, leaf in zip(got[:len(leaves)], leaves)]
+        return f, [*d_leaves, *sums]
+
+
+def _level_backward_blockwise(level: Level, lower: Tensor, upper: Optional[Tensor], ev: _Evaluation,
+                              aliases: dict[str, Tensor], grad: list, on_output: Callable[[Tensor, Tensor], None]):
+    """``_LevelBackward`` under ``_evaluate_again``: ``(f, gradients, number of input leaves, restore)``."""
+    lower_leaf = lower.detach().requires_grad_(True)
+    upper_leaf = None if upper is None else upper.detach().requires_grad_(True)
+    runner = _LevelBackward(level, upper_leaf, grad, list(aliases.values()), on_output)
+    del grad
+    named = {f"level.{name}": a for name, a in aliases.items()}
+    (f, got), restore = _evaluate_again(runner, lower_leaf, ev, named)
+    return f, got, 1 + (upper_leaf is not None), restore
 
 
 def _recompute(level: Level, lower: Tensor, upper: Optional[Tensor], ev: _Evaluation,
@@ -363,6 +470,9 @@ class TRevColumns(ReversibleModule):
         self.max_amplification = float(max_amplification)
         self.reversible = reversible
         self.preserve_rng = preserve_rng
+        # Backward recomputes a level block by block (``_LevelBackward``): flat peak in blocks per level.
+        # False recomputes each level as one graph (fewer block forwards, a peak that grows with depth).
+        self.blockwise = True
 
         shared = {(i, b): make_pw2_dw2(channels[i], kernel_size, expansion)
                   for i in range(L) for b in range(1, blocks_per_level, 2)} if reuse_pw2_dw2 else {}
