@@ -140,20 +140,11 @@ class _LoihiNeuronFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, drive: Tensor, pop: _Population):
-        a = torch.round(drive).to(torch.int64)
-        u = torch.zeros_like(a[0])
-        v = torch.zeros_like(a[0])
-        spikes, potentials = [], []
-        for t in range(a.shape[0]):
-            u, v, s = _update(u, v, a[t], pop)
-            potentials.append(v.to(torch.float64) / pop.scale)
-            spikes.append(s.to(torch.float64))
-            v = torch.where(s, torch.zeros_like(v), v)
-        h = torch.stack(potentials)
+        spikes, h = _integer_steps(drive, pop)
         ctx.save_for_backward(h)
         ctx.pop = pop
         ctx.x_dtype = x.dtype
-        return torch.stack(spikes)
+        return spikes
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -175,10 +166,22 @@ class _LoihiNeuronFn(torch.autograd.Function):
         return dx.to(ctx.x_dtype), None, None
 
 
-def _update(u, v, a, pop: _Population):
+def _integer_steps(drive: Tensor, pop: _Population) -> tuple[Tensor, Tensor]:
+    """Loihi's integer neuron over the rounded drive ``[T, B, N]``, from rest, as the quantised reference
+    executor steps it (``exporters/nodes.loihi_update``; hard reset): its spikes (float64 0/1) and float
+    potentials ``v / scale`` before the reset, each ``[T, B, N]``."""
     from revsnn.exporters.nodes import loihi_update
 
-    return loihi_update(u, v, a, pop.keep_u, pop.keep_v, pop.bias, pop.th)
+    a = torch.round(drive).to(torch.int64)
+    u = torch.zeros_like(a[0])
+    v = torch.zeros_like(a[0])
+    spikes, potentials = [], []
+    for t in range(a.shape[0]):
+        u, v, s = loihi_update(u, v, a[t], pop.keep_u, pop.keep_v, pop.bias, pop.th)
+        potentials.append(v.to(torch.float64) / pop.scale)
+        spikes.append(s.to(torch.float64))
+        v = torch.where(s, torch.zeros_like(v), v)
+    return torch.stack(spikes), torch.stack(potentials)
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -264,16 +267,8 @@ class LoihiAware(nn.Module):
         plan.spikes["input"] = x.detach().reshape(T, B, -1).to(torch.float64)
         self._plan = plan   # kept for the backward, whose reversible recompute runs the neurons again
         logits = self.model(x)
-        readout = plan.pops[plan.readout]
-        a = torch.round(plan.drive(plan.readout)).to(torch.int64)
-        u = torch.zeros_like(a[0])
-        v = torch.zeros_like(a[0])
-        steps = []
-        for t in range(T):   # the readout population, as the reference executor steps it
-            u, v, s = _update(u, v, a[t], readout)
-            steps.append(v.to(torch.float64) / readout.scale)
-            v = torch.where(s, torch.zeros_like(v), v)
-        plan.readout_steps = torch.stack(steps)
+        # the readout population, as the reference executor steps it
+        _, plan.readout_steps = _integer_steps(plan.drive(plan.readout), plan.pops[plan.readout])
         exact = plan.readout_steps[-1] if plan.readout_mode == "last" else plan.readout_steps.mean(0)
         return _StraightThrough.apply(logits, exact)
 
