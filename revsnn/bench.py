@@ -23,6 +23,7 @@ saved-tensor meter's breakdown beside them (``saved``, ``neuron_state``, ``other
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
@@ -38,7 +39,7 @@ from .neurons import reset_states
 from .reversible import ReversibleSequence, plain_twin
 
 __all__ = ["VARIANTS", "variants_of", "model_depth", "memory_rows", "train_step_seconds", "train_step_times",
-           "speed_rows", "DEFAULT_MEMORY_SWEEP"]
+           "speed_rows", "intra_op_threads", "DEFAULT_MEMORY_SWEEP"]
 
 VARIANTS = ("reversible", "reversible-recompute", "plain", "checkpoint")
 
@@ -139,10 +140,7 @@ def memory_rows(sweep: Iterable[tuple[str, Optional[list[int]]]], time_steps: in
     # event, and multi-threaded oneDNN kernels allocate per-thread scratch that differs between the two
     # steps, so the events would not line up and the figure would fall back to the slope of two peaks
     # (taken at two different moments). Bytes, not time, are measured here: one thread costs nothing.
-    threads = torch.get_num_threads()
-    if not device.startswith("cuda"):
-        torch.set_num_threads(1)
-    try:
+    with intra_op_threads(None if device.startswith("cuda") else 1):
         for name, scales in sweep:
             base = get_config(name)
             configs = [base] if not scales or base["family"] == "scnn" else [_with_depth(base, s) for s in scales]
@@ -154,9 +152,19 @@ def memory_rows(sweep: Iterable[tuple[str, Optional[list[int]]]], time_steps: in
                     rows.append(row)
                     if on_row:
                         on_row(row)
-    finally:
-        torch.set_num_threads(threads)
     return rows
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: Optional[int]):
+    """torch's intra-op threads set to ``threads`` for the block (None: left as they are), restored after."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 MEMORY_KEYS = ("retained", "peak", "saved", "neuron_state", "other", "transient")
@@ -218,13 +226,8 @@ def speed_rows(pairs: Iterable[tuple[str, str, str, str]], batch_size: int, time
     """For each (label, model A, variant A, model B, variant B)-style pair ``(a_name, a_variant, b_name,
     b_variant)``: the median training-step time of each and the ratio A / B, measured interleaved.
     ``threads`` sets torch's intra-op threads for the run (restored after)."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with intra_op_threads(threads):
         return _speed_rows(pairs, batch_size, time_steps, repeats, device, on_row)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _speed_rows(pairs, batch_size, time_steps, repeats, device, on_row) -> list[dict]:

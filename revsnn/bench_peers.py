@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from .bench import _variant, model_depth, train_step_times
+from .bench import _variant, intra_op_threads, model_depth, train_step_times
 from .errors import RevsnnError
 from .memory import memory_per_sample
 from .models import get_config
@@ -137,14 +137,8 @@ def peer_rows(model: str = "revsresnet-digits", time_steps: int = 4, batch_size:
     boundaries) over each peer variant. ``threads`` sets torch's intra-op threads for the run (restored
     after): on a shared machine one thread keeps every variant off the OpenMP barriers that load turns
     into waits, which punish the variants with many small ops most."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        result = _peer_rows(model, time_steps, batch_size, repeats, on_row)
-    finally:
-        torch.set_num_threads(before)
-    return result
+    with intra_op_threads(threads):
+        return _peer_rows(model, time_steps, batch_size, repeats, on_row)
 
 
 def _peer_rows(model: str, time_steps: int, batch_size: int, repeats: int,
