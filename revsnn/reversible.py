@@ -408,12 +408,8 @@ class _ProbeSource(torch.autograd.Function):
         return _mark_ours(g.clone())
 
 
-class _ProbeSink(torch.autograd.Function):
+class _ProbeSink(_ProbeSource):   # the same forward; its backward records instead of marking
     seen: list = []
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        return x.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -464,26 +460,30 @@ def _forward_serial(seq: "ReversibleSequence", x: Tensor):
     return torch.cat((x1, x2), dim=seq.split_dim), evaluations
 
 
+def _streams_and_accumulators(seq: "ReversibleSequence", y: "_Owned", dy: Tensor, dy_ours: bool):
+    """``(y1, y2, dy1, dy2, own_dy2)`` at the start of a sequence's backward (serial and parallel): the output's
+    two streams (taken from ``y``, which keeps no reference) and the stream-gradient accumulators.
+
+    The stream gradients are accumulated in place, into tensors of our own: autograd keeps ``dy`` alive (and
+    may share it) for the whole backward, so it is never written. dy1 is copied out at once and dy2 replaced
+    after the first block's F (``own_dy2`` False until then); from then on every block holds the same
+    tensors, so the first block's peak is the others' (flat in depth). When ``dy`` is ours (see _OURS) its
+    two halves are the accumulators themselves, and y1 is copied out of the sequence output, so that the
+    output's storage is freed with y2 in the first recompute: every block then holds its two streams and
+    ``dy``, the same at every depth."""
+    y1, y2 = seq.split(y.take())
+    dy1, dy2 = seq.split(dy)
+    if dy_ours:
+        return y1.clone(), y2, dy1, dy2, True
+    return y1, y2, dy1.clone(), dy2, False
+
+
 def _backward_serial(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: Tensor, accumulate,
                      dy_ours: bool = False) -> Tensor:
     # Every name is dropped (del) as soon as it is dead, so that at each block exactly the same tensors
     # are alive whatever the depth: the block's outputs (the first block's alias the sequence output,
     # released once reconstructed), their gradients and one recompute graph.
-    y1, y2 = seq.split(y.take())
-    dy1, dy2 = seq.split(dy)
-    # The stream gradients are accumulated in place, into tensors of our own: autograd keeps ``dy``
-    # alive (and may share it) for the whole backward, so it is never written. dy1 is copied out at once
-    # and dy2 replaced after the first block's F; from then on every block holds the same tensors, so
-    # the first block's peak is the others' (flat in depth).
-    # When ``dy`` is ours (see _OURS) its two halves are the accumulators themselves, and y1 is copied
-    # out of the sequence output, so that the output's storage is freed with y2 in the first recompute:
-    # every block then holds its two streams and ``dy``, the same at every depth.
-    if dy_ours:
-        y1 = y1.clone()
-        own_dy2 = True
-    else:
-        dy1 = dy1.clone()
-        own_dy2 = False
+    y1, y2, dy1, dy2, own_dy2 = _streams_and_accumulators(seq, y, dy, dy_ours)
     for block, (ev_f, ev_g) in zip(reversed(seq.blocks), reversed(evaluations)):
         # (a, b) -> y1 = a + F(b), y2 = b + G(y1). Each stream is handed over to the recompute that
         # reconstructs from it (b = y2 - G(y1), a = y1 - F(b)), which drops it before its backward; the
@@ -545,17 +545,8 @@ def _backward_parallel(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: 
     streams = _Streams(dy.device, seq.use_streams)
     blocks = list(seq.blocks)
     pack = seq.pack_spikes
-    y1, y2 = seq.split(y.take())
-    dy1, dy2 = seq.split(dy)
-    # As in _backward_serial: stream gradients in tensors of our own, accumulated in place (autograd's dy
-    # is never written), and each stream handed over to the recompute that reconstructs from it; as there,
-    # a ``dy`` of our own is accumulated into directly.
-    if dy_ours:
-        y1 = y1.clone()
-        own_dy2 = True
-    else:
-        dy1 = dy1.clone()
-        own_dy2 = False
+    # As in _backward_serial, each stream is handed over to the recompute that reconstructs from it.
+    y1, y2, dy1, dy2, own_dy2 = _streams_and_accumulators(seq, y, dy, dy_ours)
     k = len(blocks) - 1
     rest = _Owned(y2)
     del y2
