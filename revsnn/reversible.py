@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from .neurons import get_states, set_states
+from .chunked import check_chunk_size, check_chunkable, chunked_backward, record_batch_stats
 from .spikepack import spikes_as_bits
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "Recompute",
     "plain_twin",
     "set_reversible",
+    "set_backward_chunk",
 ]
 
 
@@ -112,6 +114,8 @@ class _Evaluation:
     # (device type, dtype) of the autocast the forward ran under, or None: the recompute in backward runs
     # outside the forward's autocast block, so it re-enters it to compute what the forward computed.
     autocast: Optional[tuple[str, torch.dtype]] = None
+    # The batch statistics of each BatchNorm inside, for a chunked backward (revsnn.chunked); None otherwise.
+    batch_stats: Optional[list] = None
 
 
 def _autocast_state(device: torch.device) -> Optional[tuple[str, torch.dtype]]:
@@ -139,19 +143,22 @@ def _rng_state(device: torch.device, preserve_rng: bool):
 
 
 def _evaluate_no_grad(fn: nn.Module, x: Tensor, preserve_rng: bool,
-                      keep_state: bool = True) -> tuple[Tensor, _Evaluation]:
+                      keep_state: bool = True, batch_stats: bool = False) -> tuple[Tensor, _Evaluation]:
     """Run ``fn`` under no_grad, recording what a recompute needs. With ``keep_state=False`` the neurons
     of ``fn`` are put back into their entry state (at rest, after a model's reset) instead of keeping
     their final membranes: one membrane per neuron and block would otherwise stay alive until the next
-    forward, memory that grows with depth. The recompute starts from the entry state either way."""
+    forward, memory that grows with depth. The recompute starts from the entry state either way.
+    ``batch_stats``: also record the BatchNorms' batch statistics, for a chunked backward."""
     entry = get_states(fn)
     cpu_rng, cuda_rng = _rng_state(x.device, preserve_rng)
     cast = _autocast_state(x.device)
-    out = fn(x)
+    stats = [] if batch_stats else None
+    with record_batch_stats(fn, stats) if batch_stats else contextlib.nullcontext():
+        out = fn(x)
     if keep_state:
-        return out, _Evaluation(entry, get_states(fn), cpu_rng, cuda_rng, cast)
+        return out, _Evaluation(entry, get_states(fn), cpu_rng, cuda_rng, cast, stats)
     set_states(fn, entry)
-    return out, _Evaluation(entry, entry, cpu_rng, cuda_rng, cast)
+    return out, _Evaluation(entry, entry, cpu_rng, cuda_rng, cast, stats)
 
 
 def param_aliases(fn: nn.Module) -> tuple[list[Tensor], dict[str, Tensor]]:
@@ -253,7 +260,8 @@ class ParamGrads:
 
 def _local_backward(fn: nn.Module, inp: Tensor, ev: _Evaluation, grad_out: Tensor, accumulate,
                     residual: Optional["_Owned"] = None, pack: bool = True,
-                    need_output: bool = True) -> tuple[Optional[Tensor], Tensor]:
+                    need_output: bool = True, chunk: Optional[int] = None,
+                    into: Optional[Tensor] = None) -> tuple[Optional[Tensor], Optional[Tensor]]:
     """Recompute ``fn(inp)`` under grad, backpropagate ``grad_out`` through it, restore ``fn``'s state.
 
     Returns ``(fn's output, detached; gradient with respect to inp)``; parameter gradients go to
@@ -263,8 +271,21 @@ def _local_backward(fn: nn.Module, inp: Tensor, ev: _Evaluation, grad_out: Tenso
     output (some op saved it), so two fewer stream tensors are alive at the backward's peak. With
     ``need_output=False`` (``Recompute``, which only wants the input gradient) the output is freed the
     same way and None is returned in its place.
+
+    With ``into`` (a stream-gradient accumulator of our own) the input gradient is added into it and None
+    returned in its place. With ``chunk`` (and the batch statistics recorded in ``ev``) the recompute and
+    its backward run ``chunk`` samples at a time (revsnn.chunked): the same numbers, a working set that does
+    not grow with the batch, and each chunk's input gradient added into ``into`` as soon as it is known.
     """
     params, aliases = param_aliases(fn)
+    if chunk is not None and ev.batch_stats is not None:
+        def run_context():
+            return contextlib.nullcontext() if ev.autocast is None else torch.autocast(ev.autocast[0], ev.autocast[1])
+
+        result, g_in = chunked_backward(fn, inp, ev.entry_states, ev.batch_stats, grad_out, chunk, params, aliases,
+                                        _parameters_as, run_context, accumulate, residual, into, need_output, pack)
+        set_states(fn, ev.exit_states)
+        return result, g_in
     leaf = inp.detach().requires_grad_(True)
     saved: set = set()
     out, restore = _evaluate_again(fn, leaf, ev, aliases, pack_spikes=pack, saved=saved)
@@ -286,6 +307,9 @@ def _local_backward(fn: nn.Module, inp: Tensor, ev: _Evaluation, grad_out: Tenso
     accumulate(params, g_params)
     if residual is None and need_output:
         result = out.detach()
+    if into is not None:
+        into += g_in
+        g_in = None
     return result, g_in
 
 
@@ -449,10 +473,10 @@ def _forward_serial(seq: "ReversibleSequence", x: Tensor):
     evaluations = []
     for block in seq.blocks:
         a, b = block._order(x1, x2)
-        f, ev_f = _evaluate_no_grad(block.F, b, seq.preserve_rng, seq.keep_state)
+        f, ev_f = _evaluate_no_grad(block.F, b, seq.preserve_rng, seq.keep_state, seq.chunked)
         y1 = a + f
         del f
-        g, ev_g = _evaluate_no_grad(block.G, y1, seq.preserve_rng, seq.keep_state)
+        g, ev_g = _evaluate_no_grad(block.G, y1, seq.preserve_rng, seq.keep_state, seq.chunked)
         y2 = b + g
         del g, a, b
         evaluations.append((ev_f, ev_g))
@@ -484,22 +508,22 @@ def _backward_serial(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: Te
     # are alive whatever the depth: the block's outputs (the first block's alias the sequence output,
     # released once reconstructed), their gradients and one recompute graph.
     y1, y2, dy1, dy2, own_dy2 = _streams_and_accumulators(seq, y, dy, dy_ours)
+    chunk = seq.backward_chunk
     for block, (ev_f, ev_g) in zip(reversed(seq.blocks), reversed(evaluations)):
         # (a, b) -> y1 = a + F(b), y2 = b + G(y1). Each stream is handed over to the recompute that
         # reconstructs from it (b = y2 - G(y1), a = y1 - F(b)), which drops it before its backward; the
         # output's two halves share one storage, freed once both are handed over.
         rest = _Owned(y2)
         del y2
-        b, dy1_from_g = _local_backward(block.G, y1, ev_g, dy2, accumulate, rest, seq.pack_spikes)
-        dy1 += dy1_from_g
-        del dy1_from_g
+        b, _ = _local_backward(block.G, y1, ev_g, dy2, accumulate, rest, seq.pack_spikes, chunk=chunk, into=dy1)
         rest = _Owned(y1)
         del y1
-        a, db_from_f = _local_backward(block.F, b, ev_f, dy1, accumulate, rest, seq.pack_spikes)
+        if chunk is not None and not own_dy2:
+            dy2, own_dy2 = dy2.clone(), True  # chunks add into it as they go: one copy, no second tensor
+        a, db_from_f = _local_backward(block.F, b, ev_f, dy1, accumulate, rest, seq.pack_spikes, chunk=chunk,
+                                       into=dy2 if own_dy2 else None)
         del rest
-        if own_dy2:
-            dy2 += db_from_f
-        else:
+        if db_from_f is not None:
             dy2 = dy2 + db_from_f
             own_dy2 = True
         del db_from_f
@@ -524,14 +548,15 @@ def _forward_parallel(seq: "ReversibleSequence", x: Tensor):
     x1, x2 = seq.split(x)
     ev_f = [None] * len(blocks)
     ev_g = [None] * len(blocks)
-    f, ev_f[0] = _evaluate_no_grad(blocks[0].F, x1, seq.preserve_rng, seq.keep_state)
+    f, ev_f[0] = _evaluate_no_grad(blocks[0].F, x1, seq.preserve_rng, seq.keep_state, seq.chunked)
     y1 = x2 + f
     for k, block in enumerate(blocks):
         with streams.on_side():
-            g, ev_g[k] = _evaluate_no_grad(block.G, y1, seq.preserve_rng, seq.keep_state)
+            g, ev_g[k] = _evaluate_no_grad(block.G, y1, seq.preserve_rng, seq.keep_state, seq.chunked)
         f_next = None
         if k + 1 < len(blocks):
-            f_next, ev_f[k + 1] = _evaluate_no_grad(blocks[k + 1].F, y1, seq.preserve_rng, seq.keep_state)
+            f_next, ev_f[k + 1] = _evaluate_no_grad(blocks[k + 1].F, y1, seq.preserve_rng, seq.keep_state,
+                                                         seq.chunked)
         streams.join(g)
         y2 = x1 + g
         x1, x2 = y1, y2
@@ -544,16 +569,16 @@ def _backward_parallel(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: 
                        dy_ours: bool = False) -> Tensor:
     streams = _Streams(dy.device, seq.use_streams)
     blocks = list(seq.blocks)
-    pack = seq.pack_spikes
+    pack, chunk = seq.pack_spikes, seq.backward_chunk
     # As in _backward_serial, each stream is handed over to the recompute that reconstructs from it.
     y1, y2, dy1, dy2, own_dy2 = _streams_and_accumulators(seq, y, dy, dy_ours)
     k = len(blocks) - 1
     rest = _Owned(y2)
     del y2
-    x1, dy1_from_g = _local_backward(blocks[k].G, y1, evaluations[k][1], dy2, accumulate, rest, pack)
-    dy1 += dy1_from_g           # x1: block k's X1, the input of F_k and of G_{k-1}
+    # x1: block k's X1, the input of F_k and of G_{k-1}; G_k's input gradient is added into dy1.
+    x1, _ = _local_backward(blocks[k].G, y1, evaluations[k][1], dy2, accumulate, rest, pack, chunk=chunk, into=dy1)
     dy1_total = dy1
-    del dy1, dy1_from_g
+    del dy1
     # Dead names are dropped at once. Without CUDA streams nothing runs side by side, so G_{k-1} runs
     # after F_k, once block k's dead tensors are freed, and reconstructs from F_k's result: the peak is
     # then the serial schedule's. With streams both recomputes are alive together, one state pair more
@@ -564,14 +589,16 @@ def _backward_parallel(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: 
         if concurrent and k > 0:
             with streams.on_side():
                 g_prev, dprev = _local_backward(blocks[k - 1].G, x1, evaluations[k - 1][1], dy1_total,
-                                                accumulate, pack=pack)
+                                                accumulate, pack=pack, chunk=chunk)
         rest = _Owned(y1)
         del y1
-        x2, dx1_from_f = _local_backward(blocks[k].F, x1, evaluations[k][0], dy1_total, accumulate, rest, pack)
+        if chunk is not None and not own_dy2:
+            dy2, own_dy2 = dy2.clone(), True  # as in _backward_serial
+        x2, dx1_from_f = _local_backward(blocks[k].F, x1, evaluations[k][0], dy1_total, accumulate, rest, pack,
+                                         chunk=chunk, into=dy2 if own_dy2 else None)
         del rest
         streams.join(g_prev, dprev)
-        if own_dy2:
-            dy2 += dx1_from_f
+        if dx1_from_f is None:
             dx1 = dy2
         else:
             dx1 = dy2 + dx1_from_f
@@ -580,8 +607,9 @@ def _backward_parallel(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: 
         if not concurrent and k > 0:
             rest = _Owned(x2)
             del x2
+            # Its input gradient goes straight into dx1 (block k-1's dY1, ours by now).
             x1_prev, dprev = _local_backward(blocks[k - 1].G, x1, evaluations[k - 1][1], dy1_total,
-                                             accumulate, rest, pack)
+                                             accumulate, rest, pack, chunk=chunk, into=dx1)
             del rest
         dx2 = dy1_total
         del dy1_total
@@ -596,7 +624,8 @@ def _backward_parallel(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: 
             x1 = x2 - g_prev
             del x2, g_prev
         del x1_prev
-        dy1 += dprev
+        if dprev is not None:
+            dy1 += dprev
         dy1_total = dy1
         del dy1, dprev
         k -= 1
@@ -618,6 +647,25 @@ class ReversibleModule(nn.Module):
     # Whether the recompute in backward keeps the spikes it saves as bits (revsnn.spikepack); off only to
     # measure what that saves.
     pack_spikes: bool = True
+    # Samples per chunk of the micro-batched backward (revsnn.chunked), or None: the recomputes in backward
+    # then run on the whole batch at once (faster; the default). Set it through the constructors or
+    # ``set_backward_chunk``, which check that every recomputed layer can be split into samples.
+    backward_chunk: Optional[int] = None
+
+    @property
+    def chunked(self) -> bool:
+        return self.backward_chunk is not None
+
+    def _chunked_functions(self) -> list[tuple[str, nn.Module]]:
+        """(name, function) of every function this module recomputes in backward."""
+        raise NotImplementedError
+
+    def set_backward_chunk(self, chunk: Optional[int]) -> None:
+        chunk = check_chunk_size(chunk)
+        if chunk is not None:
+            for name, fn in self._chunked_functions():
+                check_chunkable(fn, name)
+        self.backward_chunk = chunk
 
     def use_reversible(self, x: Tensor) -> bool:
         """Whether this call should run the reversible Function: in reversible mode, and only when a
@@ -639,6 +687,10 @@ class ReversibleSequence(ReversibleModule):
 
     ``parallel`` (ParaRevSNN couplings only): run block k's G beside block k+1's F, forward and backward,
     on two CUDA streams. On the CPU the same schedule runs serially and gives identical numbers.
+
+    ``backward_chunk``: recompute and backpropagate each branch that many samples at a time
+    (revsnn.chunked); same gradients, a backward peak that grows with the batch only by the streams and
+    their gradients, at the cost of recomputing each branch once more per BatchNorm in it.
     """
 
     def __init__(
@@ -648,6 +700,7 @@ class ReversibleSequence(ReversibleModule):
         reversible: bool = True,
         preserve_rng: bool = True,
         parallel: bool = True,
+        backward_chunk: Optional[int] = None,
     ):
         super().__init__()
         if len(blocks) == 0:
@@ -662,7 +715,11 @@ class ReversibleSequence(ReversibleModule):
         # ParaRevSNN's inter-block parallelism: only for sequences of parallel couplings.
         self.parallel_schedule = parallel and all(isinstance(b, ParaRevCoupling) for b in blocks)
         self.use_streams = True  # the side CUDA stream of the parallel schedule (no effect on the CPU)
+        self.set_backward_chunk(backward_chunk)
         _baseline_refs()  # as in Recompute
+
+    def _chunked_functions(self) -> list[tuple[str, nn.Module]]:
+        return [(f"blocks.{i}.{part}", getattr(b, part)) for i, b in enumerate(self.blocks) for part in ("F", "G")]
 
     def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.shape[self.split_dim] % 2:
@@ -697,7 +754,8 @@ class _RecomputeFn(torch.autograd.Function):
     def forward(ctx, x: Tensor, owner: "Recompute", *params: Tensor) -> Tensor:
         ctx.owner = owner
         with torch.no_grad():
-            out, ctx.evaluation = _evaluate_no_grad(owner.module, x, owner.preserve_rng, owner.keep_state)
+            out, ctx.evaluation = _evaluate_no_grad(owner.module, x, owner.preserve_rng, owner.keep_state,
+                                                    owner.chunked)
         ctx.save_for_backward(x)
         return out
 
@@ -708,7 +766,7 @@ class _RecomputeFn(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         accumulate = ParamGrads(list(owner.parameters()))
         _, dx = _local_backward(owner.module, x, ctx.evaluation, dout, accumulate, pack=owner.pack_spikes,
-                                need_output=False)
+                                need_output=False, chunk=owner.backward_chunk)
         return (_mark_ours(dx), None, *accumulate.grads)
 
 
@@ -721,13 +779,17 @@ class Recompute(ReversibleModule):
     network retains; the input it keeps is usually the output a reversible sequence keeps anyway.
     """
 
-    def __init__(self, module: nn.Module, preserve_rng: bool = True):
+    def __init__(self, module: nn.Module, preserve_rng: bool = True, chunk: Optional[int] = None):
         super().__init__()
         self.module = module
         self.preserve_rng = preserve_rng
+        self.set_backward_chunk(chunk)  # as ReversibleSequence's backward_chunk
         # Calibrated here, not lazily inside the first backward: a training step must allocate the same
         # at every call (the per-sample memory measure compares two steps event by event).
         _baseline_refs()
+
+    def _chunked_functions(self) -> list[tuple[str, nn.Module]]:
+        return [("module", self.module)]
 
     def forward(self, x: Tensor) -> Tensor:
         if self.use_reversible(x):
@@ -741,6 +803,16 @@ def plain_twin(model: nn.Module) -> nn.Module:
     Parameters, buffers and neuron states are copied, so the twin starts identical to ``model``.
     """
     return set_reversible(copy.deepcopy(model), False)
+
+
+def set_backward_chunk(model: nn.Module, chunk: Optional[int]) -> nn.Module:
+    """Chunk the backward of every ReversibleSequence and Recompute in ``model`` (``chunk`` samples at a
+    time; None: the whole batch). Raises ``revsnn.chunked.ChunkedBackwardError`` where a recomputed
+    function has a layer that cannot be split into samples."""
+    for m in model.modules():
+        if isinstance(m, (ReversibleSequence, Recompute)):
+            m.set_backward_chunk(chunk)
+    return model
 
 
 def set_reversible(model: nn.Module, reversible: bool) -> nn.Module:

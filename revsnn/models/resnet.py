@@ -11,12 +11,14 @@ Layout, over time-first tensors ``[T, B, C, H, W]``:
 
 Convolutions have no bias (BatchNorm follows). ``recompute_boundaries`` wraps the stem, the downsample
 layers and the head in ``Recompute``: they then keep only their inputs for backward, which for the
-downsample layers is the output the reversible sequence keeps anyway.
+downsample layers is the output the reversible sequence keeps anyway. ``backward_chunk`` (samples per
+chunk) runs every recompute in backward a few samples at a time (revsnn.chunked): the same gradients, a
+lower peak, a slower backward.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from torch import Tensor, nn
 
@@ -45,6 +47,7 @@ class RevSResNet(nn.Module):
         recompute_boundaries: bool = False,
         stem_stride: int = 1,
         stem_pool: bool = False,
+        backward_chunk: Optional[int] = None,
     ):
         super().__init__()
         if len(planes) != len(blocks) or not planes:
@@ -57,7 +60,7 @@ class RevSResNet(nn.Module):
             return make_neuron(neuron)
 
         def wrap(m: nn.Module) -> nn.Module:
-            return Recompute(m) if recompute_boundaries else m
+            return Recompute(m, chunk=backward_chunk) if recompute_boundaries else m
 
         # The DVS stem of the seeds (RevSResNet24): a stride-2 convolution and a 3x3 stride-2 average pool
         # bring 128x128 event frames to 32x32 before the reversible stages.
@@ -77,7 +80,8 @@ class RevSResNet(nn.Module):
                     TimeDistributed(nn.BatchNorm2d(2 * p)),
                 )))
             self.stages.append(ReversibleSequence(
-                [_COUPLINGS[coupling](conv_branch(p, sn), conv_branch(p, sn)) for _ in range(n)], split_dim=2))
+                [_COUPLINGS[coupling](conv_branch(p, sn), conv_branch(p, sn)) for _ in range(n)], split_dim=2,
+                backward_chunk=backward_chunk))
         self.head = wrap(nn.Sequential(
             sn(),
             TimeDistributed(nn.AdaptiveAvgPool2d(1)),
@@ -144,4 +148,5 @@ def build(config: dict[str, Any]) -> RevSResNet:
         recompute_boundaries=config.get("recompute_boundaries", False),
         stem_stride=config.get("stem_stride", 1),
         stem_pool=config.get("stem_pool", False),
+        backward_chunk=config.get("backward_chunk"),
     )
