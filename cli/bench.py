@@ -61,7 +61,7 @@ def memory(
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
     plot: Optional[Path] = typer.Option(None, help="Also draw memory against depth into this PNG file."),
 ) -> None:
-    """Memory per sample of a training step, by the allocator (retained when backward starts, and the peak), for each model: reversible, reversible with recomputed boundaries, plain twin, and the twin under torch.utils.checkpoint."""
+    """Memory per sample of a training step, by the allocator (retained when backward starts, and the peak), for each model: reversible, reversible with recomputed boundaries, the same with a chunked backward (ResNets), plain twin, and the twin under torch.utils.checkpoint."""
     from revsnn.bench import DEFAULT_MEMORY_SWEEP, memory_rows
 
     _check_device(device)
@@ -102,7 +102,7 @@ def _memory_table(rows: list[dict]) -> None:
     table = Table(title=f"Memory per sample of a training step (allocator: {rows[0]['method']}; slope of batch "
                         f"{b1} -> {b2}; T = {rows[0]['time_steps']}), KiB", header_style="bold")
     for col in ("model", "depth", "variant", "retained", "peak", "plain / this retained", "plain / this peak",
-                "saved", "neuron state", "transient"):
+                "saved", "neuron state", "transient", f"step peak at B = {b1}, {b2}"):
         table.add_column(col, justify="left" if col in ("model", "variant") else "right",
                          no_wrap=col in ("model", "variant"))
 
@@ -114,10 +114,13 @@ def _memory_table(rows: list[dict]) -> None:
         table.add_row(r["model"], str(r["depth"]), r["variant"], f"{r['retained_per_sample'] / 1024:,.1f}",
                       f"{r['peak_per_sample'] / 1024:,.1f}", ratio(r, "retained_per_sample"),
                       ratio(r, "peak_per_sample"), f"{r['saved_per_sample'] / 1024:,.1f}",
-                      f"{r['neuron_state_per_sample'] / 1024:,.1f}", f"{r['transient_per_sample'] / 1024:,.1f}")
+                      f"{r['neuron_state_per_sample'] / 1024:,.1f}", f"{r['transient_per_sample'] / 1024:,.1f}",
+                      " / ".join(f"{p / 1024:,.0f}" for p in r["peak_at_batch_sizes"]))
     console.print(table)
     console.print("retained: alive when backward starts; peak: the most alive during forward + backward; saved, "
-                  "neuron state: the saved-tensor meter's breakdown of retained; transient: peak - retained.")
+                  "neuron state: the saved-tensor meter's breakdown of retained; transient: peak - retained; step "
+                  "peak: the whole step's peak at each batch size (KiB, weight gradients and a chunked backward's "
+                  "working set included, which the per-sample slope leaves out).")
 
 
 def _memory_plot(rows: list[dict], path: Path) -> None:
@@ -129,7 +132,8 @@ def _memory_plot(rows: list[dict], path: Path) -> None:
     from revsnn.fileio import atomic_write, png_bytes
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    styles = {"reversible": "-o", "reversible-recompute": "-s", "plain": "--^", "checkpoint": ":v"}
+    styles = {"reversible": "-o", "reversible-recompute": "-s", "reversible-chunked": "-d", "plain": "--^",
+              "checkpoint": ":v"}
     for ax, key, title in ((axes[0], "peak_per_sample", "peak over forward + backward"),
                            (axes[1], "retained_per_sample", "retained when backward starts")):
         series: dict[tuple[str, str], list[tuple[int, float]]] = {}

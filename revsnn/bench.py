@@ -5,6 +5,10 @@ Memory variants of one model, all with identical parameters:
 - ``reversible``: the model as trained (reversible blocks keep only their sequence outputs);
 - ``reversible-recompute``: also recompute the non-reversible stem, downsample layers and head in
   backward (ResNet families) or the tokenizer, stage by stage (RevSFormer), keeping only their inputs;
+- ``reversible-chunked`` (ResNet families): ``reversible-recompute`` with every recompute in backward run
+  one sample at a time (``backward_chunk`` = ``CHUNK``, revsnn.chunked): the lowest peak, the slowest step;
+  its per-sample slope leaves out the chunk's own working set, which does not grow with the batch (the
+  rows carry the peak at both batch sizes, ``peak_at_batch_sizes``, to show what it costs);
 - ``plain``: the plain-autograd twin;
 - ``checkpoint``: the twin with ``torch.utils.checkpoint`` around every coupling block, what a user would
   otherwise reach for (it keeps each block's input; its recompute starts the block's neurons at rest,
@@ -41,7 +45,9 @@ from .reversible import ReversibleSequence, plain_twin
 __all__ = ["VARIANTS", "variants_of", "model_depth", "memory_rows", "train_step_seconds", "train_step_times",
            "speed_rows", "intra_op_threads", "DEFAULT_MEMORY_SWEEP"]
 
-VARIANTS = ("reversible", "reversible-recompute", "plain", "checkpoint")
+VARIANTS = ("reversible", "reversible-recompute", "reversible-chunked", "plain", "checkpoint")
+# Samples per chunk of the ``reversible-chunked`` variant: one, the least memory.
+CHUNK = 1
 
 
 class _Checkpointed(nn.Module):
@@ -63,6 +69,8 @@ class _Checkpointed(nn.Module):
 def _variant(config: dict[str, Any], variant: str) -> nn.Module:
     if variant == "reversible-recompute":
         return build_model({**config, "recompute_boundaries": True})
+    if variant == "reversible-chunked":
+        return build_model({**config, "recompute_boundaries": True, "backward_chunk": CHUNK})
     model = build_model(config)
     if variant == "reversible":
         return model
@@ -119,7 +127,8 @@ DEFAULT_MEMORY_SWEEP: list[tuple[str, Optional[list[int]]]] = [
 
 
 def variants_of(family: str) -> tuple[str, ...]:
-    """The variants that exist for a family: boundary recompute exists for the ResNets and RevSFormer, and
+    """The variants that exist for a family: boundary recompute exists for the ResNets and RevSFormer, the
+    chunked backward for the ResNets (RevSFormer's attention is not among the layers it can split), and
     the checkpoint variant wraps coupling blocks, which T-RevSNN columns and the reversible node do not
     have. The plain SCNN baseline has nothing reversible: only ``plain``."""
     if family == "scnn":
@@ -190,6 +199,10 @@ def _measure(config: dict[str, Any], variant: str, time_steps: int, batch_size: 
            "method": "cuda memory_allocated / max_memory_allocated" if device.startswith("cuda")
            else "cpu profiler memory events"}
     row.update({f"{k}_per_sample": per[k] for k in MEMORY_KEYS})
+    # What one step holds at each batch size (from the start of the step): the per-sample slope leaves out
+    # whatever does not grow with the batch, the weight gradients and a chunked backward's working set.
+    row["peak_at_batch_sizes"] = per["peak_at_batch_sizes"]
+    row["retained_at_batch_sizes"] = per["retained_at_batch_sizes"]
     return row
 
 

@@ -279,6 +279,11 @@ def chunked_backward(fn: nn.Module, inp: Tensor, entry_states: list, stats: list
     result = torch.empty_like(r) if r is not None else None
     g_in = None if into is not None else torch.zeros_like(inp)
     names = list(aliases)
+    # The parameter gradients, summed over the chunks in place: one set alive beside the chunk's own, however
+    # many chunks (summing out of place would hold three). The first chunk's are kept as autograd made them,
+    # unless they share the incoming gradient's storage (a parameter that is itself the output), never ours.
+    sums: list[Optional[Tensor]] = [None] * len(names)
+    out_storage = grad_out.untyped_storage().data_ptr()
     for sl in slices:
         leaf = inp[:, sl].detach().requires_grad_(True)
         with _frozen(stats, None, []):
@@ -295,8 +300,15 @@ def chunked_backward(fn: nn.Module, inp: Tensor, entry_states: list, stats: list
         with torch.no_grad():
             if got[0] is not None:
                 (into if into is not None else g_in)[:, sl] += got[0]
-        accumulate(params, list(got[1:]))
+            for i, g in enumerate(got[1:]):
+                if g is None:
+                    continue
+                if sums[i] is not None:
+                    sums[i] += g
+                else:
+                    sums[i] = g.clone() if g.untyped_storage().data_ptr() == out_storage else g
         del got, leaf
+    accumulate(params, sums)
     for s in stats:
         s.s1 = s.s2 = None
     return result, g_in

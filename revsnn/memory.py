@@ -296,7 +296,8 @@ def _aligned_peak(t1: list[int], t2: list[int], b1: int, b2: int) -> Optional[fl
 def memory_per_sample(model: nn.Module, make_input: Callable[[int], Tensor], batch_sizes: tuple[int, int],
                       loss_fn: Optional[Callable[[Tensor, int], Tensor]] = None) -> dict[str, float]:
     """Per-sample ``retained``, ``peak``, ``saved``, ``neuron_state``, ``other`` and ``transient`` bytes:
-    the slope of ``step_memory`` between two batch sizes. ``make_input(b)`` builds a batch of ``b``;
+    the slope of ``step_memory`` between two batch sizes; ``peak_at_batch_sizes`` and
+    ``retained_at_batch_sizes``: the two steps' own figures (bytes). ``make_input(b)`` builds a batch of ``b``;
     ``loss_fn(out, b)`` its loss (default: the sum of the output)."""
     b1, b2 = batch_sizes
     if b2 <= b1:
@@ -326,4 +327,6 @@ def memory_per_sample(model: nn.Module, make_input: Callable[[int], Tensor], bat
             per["peak"] = aligned
     per["other"] = per["retained"] - per["saved"] - per["neuron_state"]
     per["transient"] = per["peak"] - per["retained"]
+    per["peak_at_batch_sizes"] = [steps[0]["peak"], steps[1]["peak"]]
+    per["retained_at_batch_sizes"] = [steps[0]["retained"], steps[1]["retained"]]
     return per

@@ -509,8 +509,8 @@ def _memory(config: dict, time_steps: int, depths: tuple[int, ...]) -> tuple[lis
     for scale in depths:
         cfg = bench._with_depth(dict(config), scale)
         # The torch.utils.checkpoint variant is left to `revsnn bench memory`: its first call alone takes
-        # longer than the whole sweep here.
-        for variant in (v for v in bench.variants_of(family) if v != "checkpoint"):
+        # longer than the whole sweep here; so is the chunked backward (issue 18), a memory-for-time option.
+        for variant in (v for v in bench.variants_of(family) if v not in ("checkpoint", "reversible-chunked")):
             rows.append(bench._measure(cfg, variant, time_steps, 2, "cpu"))
     return rows, (f"{config.get('name')} at its own widths with depth scales {', '.join(map(str, depths))} "
                   "(fresh weights: memory does not depend on them), by the allocator (CPU profiler memory events, "
