@@ -468,19 +468,32 @@ class _Owned:
         return t
 
 
+def _sum(p: Tensor, q: Tensor, own: bool) -> Tensor:
+    """``p + q``, written into ``p`` where ``p`` is a stream of our own that nothing reads afterwards (a
+    block's input from the previous block of the same forward) and the in-place sum is the same sum."""
+    if own and p.shape == q.shape and torch.result_type(p, q) == p.dtype:
+        return p.add_(q)
+    return p + q
+
+
 def _forward_serial(seq: "ReversibleSequence", x: Tensor):
+    # Every stream is dropped (or summed into) as soon as it is dead: inside block k > 0 the previous block's
+    # outputs are ours, and keeping both until the block's end held two streams more than the first block
+    # (whose inputs are views of the caller's x) at the forward's peak, which then grew from depth 1 to 2.
     x1, x2 = seq.split(x)
     evaluations = []
-    for block in seq.blocks:
+    for i, block in enumerate(seq.blocks):
         a, b = block._order(x1, x2)
+        del x1, x2
         f, ev_f = _evaluate_no_grad(block.F, b, seq.preserve_rng, seq.keep_state, seq.chunked)
-        y1 = a + f
-        del f
+        y1 = _sum(a, f, own=i > 0)
+        del f, a
         g, ev_g = _evaluate_no_grad(block.G, y1, seq.preserve_rng, seq.keep_state, seq.chunked)
-        y2 = b + g
-        del g, a, b
+        y2 = _sum(b, g, own=i > 0)
+        del g, b
         evaluations.append((ev_f, ev_g))
         x1, x2 = y1, y2
+        del y1, y2
     return torch.cat((x1, x2), dim=seq.split_dim), evaluations
 
 
@@ -549,20 +562,34 @@ def _forward_parallel(seq: "ReversibleSequence", x: Tensor):
     ev_f = [None] * len(blocks)
     ev_g = [None] * len(blocks)
     f, ev_f[0] = _evaluate_no_grad(blocks[0].F, x1, seq.preserve_rng, seq.keep_state, seq.chunked)
+    # As in _forward_serial, dead streams are dropped or summed into at once (X2 is dead once Y1 is made).
     y1 = x2 + f
+    del f, x2
     for k, block in enumerate(blocks):
         with streams.on_side():
             g, ev_g[k] = _evaluate_no_grad(block.G, y1, seq.preserve_rng, seq.keep_state, seq.chunked)
+        y2 = None
+        if not streams.cuda:
+            # Nothing runs side by side: Y2 is summed before F_{k+1} runs, so that G_k's output is not alive
+            # through it (the host order, G_k then F_{k+1}, and so every number, are the same).
+            y2 = _sum(x1, g, own=k > 0)
+            del g, x1
         f_next = None
         if k + 1 < len(blocks):
             f_next, ev_f[k + 1] = _evaluate_no_grad(blocks[k + 1].F, y1, seq.preserve_rng, seq.keep_state,
                                                          seq.chunked)
-        streams.join(g)
-        y2 = x1 + g
-        x1, x2 = y1, y2
-        if f_next is not None:
-            y1 = x2 + f_next
-    return torch.cat((x1, x2), dim=seq.split_dim), list(zip(ev_f, ev_g))
+        if y2 is None:
+            streams.join(g)
+            # x1 is ours from the second block on (the previous Y1); every reader of it has finished (G of
+            # the previous block was joined, F of this one ran on the main stream before).
+            y2 = _sum(x1, g, own=k > 0)
+            del g, x1
+        if f_next is None:
+            break
+        x1 = y1                            # block k+1's X1, and its X2 = y2 (ours): Y1 = X2 + F(X1)
+        y1 = _sum(y2, f_next, own=True)
+        del y2, f_next
+    return torch.cat((y1, y2), dim=seq.split_dim), list(zip(ev_f, ev_g))
 
 
 def _backward_parallel(seq: "ReversibleSequence", evaluations, y: "_Owned", dy: Tensor, accumulate,

@@ -16,7 +16,8 @@ def test_bench_memory_json_rows_and_plot(tmp_path):
                                  "--time-steps", "2", "--batch-size", "1", "--json", "--plot", str(plot)])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert {r["variant"] for r in rows} == {"reversible", "reversible-recompute", "plain", "checkpoint"}
+    assert {r["variant"] for r in rows} == {"reversible", "reversible-recompute", "reversible-chunked", "plain",
+                                            "checkpoint"}
     keys = ("retained", "peak", "saved", "neuron_state", "other", "transient")
     for r in rows:
         assert {"model", "variant", "depth", "time_steps", "batch_sizes", "method"} <= set(r)
@@ -24,10 +25,11 @@ def test_bench_memory_json_rows_and_plot(tmp_path):
         # both are slopes between two batch sizes, so a peak below retained is possible: only positivity
         assert r["peak_per_sample"] > 0 and r["retained_per_sample"] > 0
         assert r["transient_per_sample"] == r["peak_per_sample"] - r["retained_per_sample"]
+        assert len(r["peak_at_batch_sizes"]) == 2 and min(r["peak_at_batch_sizes"]) > 0
     by = {(r["variant"], r["depth"]): r for r in rows}
     # Memory behaviour by the allocator, not timing: flat for the reversible model, growing for the twin.
     for key in ("retained_per_sample", "peak_per_sample"):
-        for variant in ("reversible", "reversible-recompute"):
+        for variant in ("reversible", "reversible-recompute", "reversible-chunked"):
             assert abs(by[(variant, 19)][key] / by[(variant, 11)][key] - 1) <= 0.05, (variant, key)
         assert by[("plain", 11)][key] < by[("plain", 19)][key]
         assert by[("reversible-recompute", 19)][key] < by[("reversible", 19)][key] < by[("plain", 19)][key]

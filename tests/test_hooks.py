@@ -53,6 +53,7 @@ FAMILIES = {
     "pararev-sequence": lambda: _sequence(ParaRevCoupling),
     "recompute": _recompute,
     "revsresnet-recompute-boundaries": _zoo("revsresnet-digits", recompute_boundaries=True),
+    "pararevsnn-chunked-backward": _zoo("pararevsnn-digits", recompute_boundaries=True, backward_chunk=1),
     "trevsnn-columns": _zoo("trevsnn-digits", time_steps=3, blocks_per_level=2),
     "revlif-node": _zoo("revnode-digits"),
 }

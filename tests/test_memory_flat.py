@@ -32,11 +32,11 @@ def _trev(n):
                    level_strides=[1])
 
 
-def _resnet(n):
+def _resnet(n, chunk=None):
     # Boundaries recomputed: the stage sequences then receive their gradient from a Recompute (owned, and
     # accumulated into in place), a path the bare sequences above do not take.
     torch.manual_seed(0)
-    return RevSResNet((1, HW, HW), 3, planes=(2, 3), blocks=(n, n), recompute_boundaries=True)
+    return RevSResNet((1, HW, HW), 3, planes=(2, 3), blocks=(n, n), recompute_boundaries=True, backward_chunk=chunk)
 
 
 def _per_sample(model, shape):
@@ -48,6 +48,10 @@ FAMILIES = {  # name: (builder of depth n, input shape of one step, the two dept
     "pararev": (lambda n: _sequence(ParaRevCoupling, n), (2 * C, HW, HW), (1, 4)),
     "trevsnn-columns": (_trev, (1, HW, HW), (1, 3)),
     "revsresnet-recompute-boundaries": (_resnet, (1, HW, HW), (1, 3)),
+    # The chunked backward (one sample a chunk; batch 2 -> 4, so both steps run several chunks).
+    # From two blocks a stage: the forward is its peak at this size, and a stage of one block holds one stream
+    # less there (its block reads the caller's input in place of a stream of its own; the twin grows anyway).
+    "revsresnet-chunked-backward": (lambda n: _resnet(n, chunk=1), (1, HW, HW), (2, 4)),
 }
 
 
