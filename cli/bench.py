@@ -228,6 +228,28 @@ def peers(
         console.print(f"{name}: {why}.", highlight=False)
 
 
+def _parse_pairs(text: str) -> list[tuple[str, str, str, str]]:
+    from revsnn.bench import variants_of
+    from revsnn.models import all_configs
+
+    known = all_configs()
+    pairs = []
+    for item in parse_list(text, "--pairs"):
+        sides = item.split("/")
+        parts = [side.split(":") for side in sides]
+        if len(sides) != 2 or any(len(p) != 2 for p in parts):
+            fail(f"--pairs needs MODEL:VARIANT/MODEL:VARIANT items, got {item!r}.")
+        for name, variant in parts:
+            if name not in known:
+                fail(f"Unknown model {name!r} in --pairs; `revsnn models` lists the known names.")
+            if variant not in variants_of(known[name]["family"]):
+                fail(f"{name} has no variant {variant!r} (--pairs); it has "
+                     f"{', '.join(variants_of(known[name]['family']))}.")
+        (a, va), (b, vb) = parts
+        pairs.append((a, va, b, vb))
+    return pairs
+
+
 @bench_app.command("train-speed")
 def train_speed(
     batch_size: int = typer.Option(64, "--batch-size", help="Batch size."),
@@ -237,6 +259,9 @@ def train_speed(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads for the run [default: "
                                                                   "torch's]; 1 on a shared machine."),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
+    pair_spec: Optional[str] = typer.Option(None, "--pairs", help="Comma-separated pairs to time instead, each "
+                                            "MODEL:VARIANT/MODEL:VARIANT with the variants of `bench memory`, "
+                                            "e.g. revsresnet37:reversible-chunked/revsresnet37:reversible-recompute."),
 ) -> None:
     """Time one training step of reversible against plain, and ParaRev against Rev, in the same run."""
     from revsnn.bench import speed_rows
@@ -251,7 +276,7 @@ def train_speed(
         ("pararevsnn-digits", "reversible", "pararevsnn-digits", "plain"),
         ("pararevsnn-digits", "reversible", "revsresnet-digits", "reversible"),
         ("revsformer-digits", "reversible", "revsformer-digits", "plain"),
-    ]
+    ] if pair_spec is None else _parse_pairs(pair_spec)
     from revsnn.limits import check_bench_memory
 
     # a training step at batch B (the estimate is for 2B, hence the half)

@@ -121,31 +121,43 @@ def _reduce_dims(x: Tensor) -> list[int]:
     return [d for d in range(x.dim()) if d != 1]
 
 
-def _stat_dtype(x: Tensor) -> torch.dtype:
-    return torch.promote_types(x.dtype, torch.float32)
+def _recording_forward(bn: nn.Module, into: list, x: Tensor) -> Tensor:
+    """nn.BatchNorm's training forward (torch/nn/modules/batchnorm.py, ``_BatchNorm.forward``: the same
+    momentum and ``num_batches_tracked`` rule), through ``torch.native_batch_norm``, which is what
+    ``F.batch_norm`` runs on the CPU (the same output to the bit) and also returns the batch mean and inverse
+    standard deviation it normalised with: recording them costs nothing (a separate ``var_mean`` pass took
+    as long as the BatchNorm itself)."""
+    if not _uses_batch_stats(bn):
+        return type(bn).forward(bn, x)  # normalises with its running statistics: per sample already
+    bn._check_input_dim(x)
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    keep = not bn.training or bn.track_running_stats
+    out, mean, invstd = torch.native_batch_norm(x, bn.weight, bn.bias, bn.running_mean if keep else None,
+                                                bn.running_var if keep else None, True, factor, bn.eps)
+    if any(s.module is bn for s in into):
+        raise ChunkedBackwardError(f"a {type(bn).__name__} runs twice in one recomputed function; the chunked "
+                                   "backward needs each BatchNorm once (train without backward_chunk).")
+    into.append(_BatchStats(bn, mean, invstd, x.numel() // x.shape[1]))
+    return out
 
 
 @contextlib.contextmanager
 def record_batch_stats(fn: nn.Module, into: list):
-    """Inside: every BatchNorm of ``fn`` that normalises with batch statistics appends a ``_BatchStats`` of
-    its input, in the order they run. A forward hook reads the input the BatchNorm itself normalised
-    (one more pass over it, per channel); the BatchNorm's own output and running statistics are untouched."""
-    def hook(module, args, output):
-        if not _uses_batch_stats(module):
-            return  # normalises with its running statistics: per sample already, nothing to freeze
-        x = args[0].detach()
-        var, mean = torch.var_mean(x.to(_stat_dtype(x)), dim=_reduce_dims(x), correction=0)
-        if any(s.module is module for s in into):
-            raise ChunkedBackwardError(f"a {type(module).__name__} runs twice in one recomputed function; the "
-                                       "chunked backward needs each BatchNorm once (train without backward_chunk).")
-        into.append(_BatchStats(module, mean, torch.rsqrt(var + module.eps), x.numel() // x.shape[1]))
-
-    handles = [m.register_forward_hook(hook) for m in fn.modules() if isinstance(m, _BATCHNORMS)]
+    """Inside: every BatchNorm of ``fn`` that normalises with batch statistics appends a ``_BatchStats`` to
+    ``into`` as it runs, in the order they run (``_recording_forward``)."""
+    bns = [m for m in fn.modules() if isinstance(m, _BATCHNORMS)]
+    for bn in bns:
+        # An instance attribute shadows the class's forward (nn.Module.__call__ looks up self.forward, so
+        # hooks still run); removed on exit.
+        bn.forward = (lambda bn: lambda x: _recording_forward(bn, into, x))(bn)
     try:
         yield
     finally:
-        for h in handles:
-            h.remove()
+        for bn in bns:
+            del bn.forward
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -156,38 +168,45 @@ def _view(t: Tensor, x: Tensor) -> Tensor:
     return t.view(1, -1, *([1] * (x.dim() - 2)))
 
 
+def _scale(bn: nn.Module, s: _BatchStats) -> Tensor:
+    return s.invstd if bn.weight is None else s.invstd * bn.weight.to(s.invstd.dtype)
+
+
 def _frozen_normalise(x: Tensor, bn: nn.Module, s: _BatchStats) -> Tensor:
-    y = (x.to(s.mean.dtype) - _view(s.mean, x)) * _view(s.invstd, x)
-    if bn.weight is not None:
-        y = y * _view(bn.weight, x) + _view(bn.bias, x)
-    return y.to(x.dtype)
+    # (x - mean) * (w invstd) + b: two passes over x.
+    centred = x.to(s.mean.dtype) - _view(s.mean, x)
+    if bn.bias is None:
+        return centred.mul_(_view(_scale(bn, s), x)).to(x.dtype)
+    return torch.addcmul(_view(bn.bias.to(s.mean.dtype), x), centred, _view(_scale(bn, s), x)).to(x.dtype)
 
 
 class _FrozenBatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], stats: _BatchStats, bn: nn.Module):
-        ctx.stats, ctx.affine = stats, weight is not None
-        ctx.save_for_backward(x, weight)
+        ctx.stats, ctx.bn = stats, bn
+        ctx.save_for_backward(x)
         with torch.no_grad():
             return _frozen_normalise(x, bn, stats)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy: Tensor):
-        x, weight = ctx.saved_tensors
+        (x,) = ctx.saved_tensors
         s: _BatchStats = ctx.stats
+        bn = ctx.bn
         dims = _reduce_dims(x)
         dy_ = dy.to(s.mean.dtype)
-        xhat = (x.to(s.mean.dtype) - _view(s.mean, x)) * _view(s.invstd, x)
-        scale = s.invstd if weight is None else s.invstd * weight.to(s.mean.dtype)
-        dx = None
+        xhat = (x.to(s.mean.dtype) - _view(s.mean, x)).mul_(_view(s.invstd, x))
+        dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dx = (dy_ - _view(s.s1 / s.n, x) - xhat * _view(s.s2 / s.n, x)).mul_(_view(scale, x)).to(x.dtype)
-        dw = db = None
-        if ctx.affine and ctx.needs_input_grad[1]:
-            dw = (dy_ * xhat).sum(dims).to(weight.dtype)   # this chunk's share of S2
-        if ctx.affine and ctx.needs_input_grad[2]:
-            db = dy_.sum(dims).to(weight.dtype)            # ... and of S1
+            # dx = k (dy - S1 / N - xhat S2 / N) with k = w invstd, as two fused passes over the chunk.
+            k = _scale(bn, s)
+            dx = torch.addcmul(_view(-k * s.s1 / s.n, x), xhat, _view(-k * s.s2 / s.n, x))
+            dx = dx.addcmul_(dy_, _view(k, x)).to(x.dtype)
+        if bn.weight is not None and ctx.needs_input_grad[1]:
+            dw = xhat.mul_(dy_).sum(dims).to(bn.weight.dtype)   # this chunk's share of S2
+        if bn.weight is not None and ctx.needs_input_grad[2]:
+            db = dy_.sum(dims).to(bn.weight.dtype)              # ... and of S1
         return dx, dw, db, None, None
 
 
@@ -245,33 +264,47 @@ def chunked_backward(fn: nn.Module, inp: Tensor, entry_states: list, stats: list
         s.s1 = s.s2 = None
     plain = {name: a.detach() for name, a in aliases.items()}  # the parameters' values, no graph
 
-    def run(sl: slice, x: Tensor, tensors: dict) -> Tensor:
-        set_states(fn, [_state_of_chunk(v, sl, batch) for v in entry_states])
-        with torch.enable_grad(), run_context(), spikes_as_bits(pack), parameters_as(fn, tensors):
-            return fn(x)
+    def running(tensors: dict, target: Optional[_BatchStats], captured: list, bits: bool):
+        # Entered once per pass, not per chunk: the contexts cost more than a small chunk's layers.
+        stack = contextlib.ExitStack()
+        try:
+            for c in (torch.enable_grad(), run_context(), spikes_as_bits(bits), parameters_as(fn, tensors),
+                      _frozen(stats, target, captured)):
+                stack.enter_context(c)
+        except BaseException:
+            stack.close()
+            raise
+        return stack
 
-    # One pass per BatchNorm, last to first: the gradient that reaches it, summed over the batch.
+    def run(sl: slice, x: Tensor) -> Tensor:
+        set_states(fn, [_state_of_chunk(v, sl, batch) for v in entry_states])
+        return fn(x)
+
+    # One pass per BatchNorm, last to first: the gradient that reaches it, summed over the batch. Spikes are
+    # not packed here: these graphs are a chunk's and short-lived, and packing costs time.
     for target in reversed(stats):
         captured: list = []
         s1 = s2 = None
-        for sl in slices:
-            captured.clear()
-            with _frozen(stats, target, captured):
-                out = run(sl, inp[:, sl].detach(), plain)
-            (x_in, leaf), = captured
-            g = None
-            if out.requires_grad:
-                g, = torch.autograd.grad(out, leaf, grad_out[:, sl], allow_unused=True)
-            del out
-            if g is None:
-                g = torch.zeros_like(leaf)
-            dims = _reduce_dims(x_in)
-            g = g.to(target.mean.dtype)
-            xhat = (x_in.to(target.mean.dtype) - _view(target.mean, x_in)) * _view(target.invstd, x_in)
-            part1, part2 = g.sum(dims), (g * xhat).sum(dims)
-            s1 = part1 if s1 is None else s1 + part1
-            s2 = part2 if s2 is None else s2 + part2
-            del g, xhat, x_in, leaf
+        with running(plain, target, captured, False):
+            for sl in slices:
+                captured.clear()
+                out = run(sl, inp[:, sl].detach())
+                (x_in, leaf), = captured
+                g = None
+                if out.requires_grad:
+                    g, = torch.autograd.grad(out, leaf, grad_out[:, sl], allow_unused=True)
+                del out
+                with torch.no_grad():
+                    if g is None:
+                        g = torch.zeros_like(leaf)
+                    dims = _reduce_dims(x_in)
+                    g = g.to(target.mean.dtype)
+                    xhat = (x_in.to(target.mean.dtype) - _view(target.mean, x_in)) * _view(target.invstd, x_in)
+                    part1, part2 = g.sum(dims), xhat.mul_(g).sum(dims)
+                    s1 = part1 if s1 is None else s1.add_(part1)
+                    s2 = part2 if s2 is None else s2.add_(part2)
+                del g, xhat, x_in, leaf
+        captured.clear()
         target.s1, target.s2 = s1, s2
 
     # The final pass: every chunk backpropagated in full.
@@ -284,30 +317,30 @@ def chunked_backward(fn: nn.Module, inp: Tensor, entry_states: list, stats: list
     # unless they share the incoming gradient's storage (a parameter that is itself the output), never ours.
     sums: list[Optional[Tensor]] = [None] * len(names)
     out_storage = grad_out.untyped_storage().data_ptr()
-    for sl in slices:
-        leaf = inp[:, sl].detach().requires_grad_(True)
-        with _frozen(stats, None, []):
-            out = run(sl, leaf, aliases)
-        with torch.no_grad():
-            if r is not None:
-                result[:, sl] = r[:, sl] - out
-            elif need_output:
-                if result is None:
-                    result = out.new_empty((out.shape[0], batch, *out.shape[2:]))
-                result[:, sl] = out
-        got = torch.autograd.grad(out, [leaf, *(aliases[n] for n in names)], grad_out[:, sl], allow_unused=True)
-        del out
-        with torch.no_grad():
-            if got[0] is not None:
-                (into if into is not None else g_in)[:, sl] += got[0]
-            for i, g in enumerate(got[1:]):
-                if g is None:
-                    continue
-                if sums[i] is not None:
-                    sums[i] += g
-                else:
-                    sums[i] = g.clone() if g.untyped_storage().data_ptr() == out_storage else g
-        del got, leaf
+    with running(aliases, None, [], pack):
+        for sl in slices:
+            leaf = inp[:, sl].detach().requires_grad_(True)
+            out = run(sl, leaf)
+            with torch.no_grad():
+                if r is not None:
+                    result[:, sl] = r[:, sl] - out
+                elif need_output:
+                    if result is None:
+                        result = out.new_empty((out.shape[0], batch, *out.shape[2:]))
+                    result[:, sl] = out
+            got = torch.autograd.grad(out, [leaf, *(aliases[n] for n in names)], grad_out[:, sl], allow_unused=True)
+            del out
+            with torch.no_grad():
+                if got[0] is not None:
+                    (into if into is not None else g_in)[:, sl] += got[0]
+                for i, g in enumerate(got[1:]):
+                    if g is None:
+                        continue
+                    if sums[i] is not None:
+                        sums[i] += g
+                    else:
+                        sums[i] = g.clone() if g.untyped_storage().data_ptr() == out_storage else g
+            del got, leaf
     accumulate(params, sums)
     for s in stats:
         s.s1 = s.s2 = None
