@@ -229,7 +229,7 @@ def peers(
 
 
 def _parse_pairs(text: str) -> list[tuple[str, str, str, str]]:
-    from revsnn.bench import variants_of
+    from revsnn.bench import variant_family, variants_of
     from revsnn.models import all_configs
 
     known = all_configs()
@@ -242,9 +242,9 @@ def _parse_pairs(text: str) -> list[tuple[str, str, str, str]]:
         for name, variant in parts:
             if name not in known:
                 fail(f"Unknown model {name!r} in --pairs; `revsnn models` lists the known names.")
-            if variant not in variants_of(known[name]["family"]):
+            if variant_family(variant) not in variants_of(known[name]["family"]):
                 fail(f"{name} has no variant {variant!r} (--pairs); it has "
-                     f"{', '.join(variants_of(known[name]['family']))}.")
+                     f"{', '.join(variants_of(known[name]['family']))} (reversible-chunked-N: N samples a chunk).")
         (a, va), (b, vb) = parts
         pairs.append((a, va, b, vb))
     return pairs
@@ -260,8 +260,9 @@ def train_speed(
                                                                   "torch's]; 1 on a shared machine."),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON instead of a table."),
     pair_spec: Optional[str] = typer.Option(None, "--pairs", help="Comma-separated pairs to time instead, each "
-                                            "MODEL:VARIANT/MODEL:VARIANT with the variants of `bench memory`, "
-                                            "e.g. revsresnet37:reversible-chunked/revsresnet37:reversible-recompute."),
+                                            "MODEL:VARIANT/MODEL:VARIANT with the variants of `bench memory` "
+                                            "(and reversible-chunked-N, N samples a chunk), e.g. "
+                                            "revsresnet37:reversible-chunked-4/revsresnet37:reversible-recompute."),
 ) -> None:
     """Time one training step of reversible against plain, and ParaRev against Rev, in the same run."""
     from revsnn.bench import speed_rows

@@ -42,7 +42,7 @@ from .models import build_model, get_config
 from .neurons import reset_states
 from .reversible import ReversibleSequence, plain_twin
 
-__all__ = ["VARIANTS", "variants_of", "model_depth", "memory_rows", "train_step_seconds", "train_step_times",
+__all__ = ["VARIANTS", "variants_of", "variant_family", "chunk_of", "model_depth", "memory_rows", "train_step_seconds", "train_step_times",
            "speed_rows", "intra_op_threads", "DEFAULT_MEMORY_SWEEP"]
 
 VARIANTS = ("reversible", "reversible-recompute", "reversible-chunked", "plain", "checkpoint")
@@ -69,8 +69,8 @@ class _Checkpointed(nn.Module):
 def _variant(config: dict[str, Any], variant: str) -> nn.Module:
     if variant == "reversible-recompute":
         return build_model({**config, "recompute_boundaries": True})
-    if variant == "reversible-chunked":
-        return build_model({**config, "recompute_boundaries": True, "backward_chunk": CHUNK})
+    if variant_family(variant) == "reversible-chunked":
+        return build_model({**config, "recompute_boundaries": True, "backward_chunk": chunk_of(variant)})
     model = build_model(config)
     if variant == "reversible":
         return model
@@ -80,6 +80,21 @@ def _variant(config: dict[str, Any], variant: str) -> nn.Module:
             if isinstance(m, ReversibleSequence):
                 m.blocks = nn.ModuleList(_Checkpointed(b) for b in m.blocks)
     return twin
+
+
+def chunk_of(variant: str) -> int:
+    """Samples per chunk of a ``reversible-chunked`` variant: ``CHUNK``, or N for ``reversible-chunked-N``
+    (``bench train-speed --pairs`` times other chunk sizes)."""
+    rest = variant[len("reversible-chunked"):]
+    return CHUNK if not rest else int(rest[1:])
+
+
+def variant_family(variant: str) -> str:
+    """``reversible-chunked`` for ``reversible-chunked-N`` (N a whole number of at least 1); else ``variant``."""
+    rest = variant[len("reversible-chunked"):] if variant.startswith("reversible-chunked") else None
+    if rest and rest[0] == "-" and rest[1:].isdigit() and int(rest[1:]) >= 1:
+        return "reversible-chunked"
+    return variant
 
 
 def model_depth(config: dict[str, Any]) -> int:

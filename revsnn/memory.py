@@ -21,7 +21,9 @@ before, are not in them), per sample as the slope between two batch sizes (which
 gradient buffers and everything else that does not scale with the batch). On the CPU the allocator's
 own report comes through the profiler's memory events (``torch.profiler`` with ``profile_memory``: each
 allocation and free with its size, in time order); on CUDA from ``memory_allocated`` and
-``max_memory_allocated``. The saved-tensor meter runs in the same step as a breakdown: ``saved``
+``max_memory_allocated``. On the CPU the peak per sample compares the two steps at the same moment: event
+by event where both make the same allocations, else top-level op by top-level op (the most bytes alive
+during each; ``_cpu_allocations``). The saved-tensor meter runs in the same step as a breakdown: ``saved``
 (tensors saved for backward), ``neuron_state`` (membranes held by neuron modules after the forward),
 ``other`` (the rest of what is retained: the input, the output, ``ctx`` attributes) and ``transient``
 (peak minus retained: what backward and forward allocate on top).
@@ -287,7 +289,7 @@ def _aligned_peak(t1: list[int], t2: list[int], b1: int, b2: int) -> Optional[fl
     the batch; their slope's maximum over i is the peak per sample. The slope of the two peaks can be
     off by whatever does not scale with the batch (weight gradients, the optimizer's buffers): at a small
     batch they move the moment of the peak, so it is compared at two different moments. None when the
-    two event sequences do not line up (a different number of allocations)."""
+    two sequences do not line up (a different number of allocations, or of units for the unit traces)."""
     if len(t1) != len(t2) or not t1:
         return None
     return max((a2 - a1) / (b2 - b1) for a1, a2 in zip(t1, t2))

@@ -152,3 +152,7 @@ def test_peak_below_the_unchunked_backward():
     assert chunked["peak"] < 0.75 * whole["peak"], (chunked, whole)
     assert twin["peak"] > 3 * chunked["peak"]
     assert chunked["peak_at_batch_sizes"][0] > 0
+    # The chunked steps' events never line up (twice the chunks at batch 4): the peak is compared op by op,
+    # and stays above what is retained, as a peak must.
+    for per_sample in (chunked, twin):
+        assert per_sample["peak"] >= per_sample["retained"]
