@@ -674,24 +674,32 @@ class ReversibleModule(nn.Module):
     # Whether the recompute in backward keeps the spikes it saves as bits (revsnn.spikepack); off only to
     # measure what that saves.
     pack_spikes: bool = True
-    # Samples per chunk of the micro-batched backward (revsnn.chunked), or None: the recomputes in backward
-    # then run on the whole batch at once (faster; the default). Set it through the constructors or
-    # ``set_backward_chunk``, which check that every recomputed layer can be split into samples.
-    backward_chunk: Optional[int] = None
+    _backward_chunk: Optional[int] = None
 
     @property
-    def chunked(self) -> bool:
-        return self.backward_chunk is not None
+    def backward_chunk(self) -> Optional[int]:
+        """Samples per chunk of the micro-batched backward (revsnn.chunked), or None: the recomputes in
+        backward then run on the whole batch at once (faster; the default). Setting it checks that every
+        recomputed layer can be split into samples (a ChunkedBackwardError, one sentence, if not)."""
+        return self._backward_chunk
 
-    def _chunked_functions(self) -> list[tuple[str, nn.Module]]:
-        """(name, function) of every function this module recomputes in backward."""
-        raise NotImplementedError
-
-    def set_backward_chunk(self, chunk: Optional[int]) -> None:
+    @backward_chunk.setter
+    def backward_chunk(self, chunk: Optional[int]) -> None:
         chunk = check_chunk_size(chunk)
         if chunk is not None:
             for name, fn in self._chunked_functions():
                 check_chunkable(fn, name)
+        self._backward_chunk = chunk
+
+    @property
+    def chunked(self) -> bool:
+        return self._backward_chunk is not None
+
+    def _chunked_functions(self) -> list[tuple[str, nn.Module]]:
+        """(name, function) of every function this module recomputes in backward."""
+        raise NotImplementedError(f"{type(self).__name__} has no chunked backward.")
+
+    def set_backward_chunk(self, chunk: Optional[int]) -> None:
         self.backward_chunk = chunk
 
     def use_reversible(self, x: Tensor) -> bool:

@@ -133,6 +133,9 @@ def test_refuses_what_it_cannot_split():
     assert seq.backward_chunk == 1
     set_backward_chunk(seq, None)
     assert seq.backward_chunk is None
+    # Setting the attribute checks too.
+    with pytest.raises(ChunkedBackwardError, match="dropout"):
+        ReversibleSequence([RevNetCoupling(conv_branch(2, IF, dropout=0.5), conv_branch(2, IF))]).backward_chunk = 2
 
 
 def test_peak_below_the_unchunked_backward():
