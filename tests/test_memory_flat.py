@@ -51,7 +51,7 @@ FAMILIES = {  # name: (builder of depth n, input shape of one step, the two dept
     # The chunked backward (one sample a chunk; batch 2 -> 4, so both steps run several chunks).
     # From two blocks a stage: the forward is its peak at this size, and a stage of one block holds one stream
     # less there (its block reads the caller's input in place of a stream of its own; the twin grows anyway).
-    "revsresnet-chunked-backward": (lambda n: _resnet(n, chunk=1), (1, HW, HW), (2, 4)),
+    "revsresnet-chunked-backward": (lambda n: _resnet(n, chunk=1), (1, HW, HW), (2, 3)),
 }
 
 
