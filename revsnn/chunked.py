@@ -46,7 +46,7 @@ from .layers import TimeDistributed
 from .neurons import SpikingNeuron, set_states
 from .spikepack import spikes_as_bits
 
-__all__ = ["ChunkedBackwardError", "check_chunkable", "check_chunk_size", "record_batch_stats",
+__all__ = ["ChunkedBackwardError", "check_chunkable", "check_chunk_size", "record_batch_stats", "releasing_membranes",
            "chunked_backward", "BATCH_DIM"]
 
 # Tensors are time-first [T, B, ...] (DESIGN §4): the samples are on dim 1.
@@ -158,6 +158,34 @@ def record_batch_stats(fn: nn.Module, into: list):
     finally:
         for bn in bns:
             del bn.forward
+
+
+@contextlib.contextmanager
+def releasing_membranes(fn: nn.Module, entry_states: list):
+    """Inside: each stateful neuron of ``fn`` is put back into its entry state as soon as its forward
+    returns, instead of when the whole function has run (``keep_state=False``: nothing reads the final
+    membranes). A function's forward otherwise holds every neuron's final membrane to its end: at
+    RevSResNet37's chunked peak, the first stage's no-grad forward of G, two membranes, half a stream a
+    sample. A neuron that runs twice in one function would then start its second run at rest: refused."""
+    from .neurons import neurons_of
+
+    ran: set = set()
+
+    def hook(module, args, output, entry):
+        if id(module) in ran:
+            raise ChunkedBackwardError(f"a {type(module).__name__} neuron runs twice in one recomputed function; "
+                                       "the chunked backward needs each neuron once (train without "
+                                       "backward_chunk).")
+        ran.add(id(module))
+        module.v = entry
+
+    handles = [n.register_forward_hook(lambda m, a, o, e=e: hook(m, a, o, e))
+               for n, e in zip(neurons_of(fn), entry_states)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 # --------------------------------------------------------------------------------------------------------

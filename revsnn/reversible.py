@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from .neurons import get_states, set_states
-from .chunked import check_chunk_size, check_chunkable, chunked_backward, record_batch_stats
+from .chunked import check_chunk_size, check_chunkable, chunked_backward, record_batch_stats, releasing_membranes
 from .spikepack import spikes_as_bits
 
 __all__ = [
@@ -153,7 +153,8 @@ def _evaluate_no_grad(fn: nn.Module, x: Tensor, preserve_rng: bool,
     cpu_rng, cuda_rng = _rng_state(x.device, preserve_rng)
     cast = _autocast_state(x.device)
     stats = [] if batch_stats else None
-    with record_batch_stats(fn, stats) if batch_stats else contextlib.nullcontext():
+    with record_batch_stats(fn, stats) if batch_stats else contextlib.nullcontext(), \
+            releasing_membranes(fn, entry) if batch_stats and not keep_state else contextlib.nullcontext():
         out = fn(x)
     if keep_state:
         return out, _Evaluation(entry, get_states(fn), cpu_rng, cuda_rng, cast, stats)

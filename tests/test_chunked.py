@@ -127,6 +127,11 @@ def test_refuses_what_it_cannot_split():
     twice = Recompute(nn.Sequential(bn, IF(), bn), chunk=1)
     with pytest.raises(ChunkedBackwardError, match="twice"):
         twice(torch.randn(2, 2, 2, 3, 3, requires_grad=True))
+    # So does a neuron (its membranes are released as soon as it has run, for the forward's peak).
+    sn = IF()
+    twice = Recompute(nn.Sequential(sn, TimeDistributed(nn.Conv2d(2, 2, 1)), sn), chunk=1)
+    with pytest.raises(ChunkedBackwardError, match="neuron runs twice"):
+        twice(torch.randn(2, 2, 2, 3, 3, requires_grad=True))
     # Dropout that is off (p = 0) is fine, and chunking can be turned off again.
     seq = ReversibleSequence([RevNetCoupling(conv_branch(2, IF, dropout=0.0), conv_branch(2, IF))])
     set_backward_chunk(seq, 1)
