@@ -187,7 +187,10 @@ def _from_batch_norm(t: Tensor) -> bool:
     g = t.grad_fn
     while g is not None and type(g).__name__ in _VIEWS:
         g = g.next_functions[0][0]
-    return g is not None and type(g).__name__ in ("NativeBatchNormBackward0", "CudnnBatchNormBackward0")
+    # _FrozenBatchNormBackward: revsnn.chunked's BatchNorm with the batch's statistics, which keeps only
+    # its input too (named, not imported: the chunked backward builds on this module, not the reverse).
+    return g is not None and type(g).__name__ in ("NativeBatchNormBackward0", "CudnnBatchNormBackward0",
+                                                  "_FrozenBatchNormBackward")
 
 
 class _FusedLIF(torch.autograd.Function):
