@@ -198,7 +198,8 @@ class _ProgressReporter:
         self.progress.console.print(f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  train {record['train_accuracy']:.1%}"
                       f"  test {record['test_accuracy']:.1%}"
                       + (f"  quantised {record['quantized_test_accuracy']:.1%}" if "quantized_test_accuracy" in record
-                         else "") + f"  ({record['seconds']:.1f} s)", highlight=False)
+                         else "") + (f"  validation {record['val_accuracy']:.1%}" if "val_accuracy" in record else "")
+                      + f"  ({record['seconds']:.1f} s)", highlight=False)
 
 
 @app.command()
@@ -458,6 +459,8 @@ def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir, .onnx 
         if "epochs_done" in s:
             table.add_row("epochs done", str(s["epochs_done"]))
             table.add_row("test accuracy", f"{s['test_accuracy']:.2%}")
+        if "selected_epoch" in s:   # issue 15: chosen on held-out training samples (revsnn.train.hold_out)
+            table.add_row("kept epoch", f"{s['selected_epoch']} (best on the held-out validation split)")
         table.add_row("revsnn version", str(s["revsnn_version"]))
         console.print(table)
         return
