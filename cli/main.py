@@ -265,6 +265,9 @@ def train(
     loihi_aware: bool = typer.Option(False, "--loihi-aware", help="Train with the forward Loihi 2 runs: the "
                                      "exporter's fixed-point network, straight-through gradients (rate or event "
                                      "input); see `revsnn finetune` to adapt a float checkpoint instead."),
+    val_fraction: float = typer.Option(0.0, "--val-fraction", help="Hold out this part of the training split "
+                                       "(seeded, the same samples whatever --seed) and write the epoch that does "
+                                       "best on it instead of the last one; 0: none held out."),
 ) -> None:
     """Train a model of the zoo, or your own (--model MODULE:FUNCTION), on the embedded digits (no download) or a data set you have on disk.
 
@@ -281,7 +284,8 @@ def train(
                         optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
                         milestones=parse_ints(milestones, "--milestones") if milestones else None,
                         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, mixup=mixup, ema=ema,
-                        grad_clip=grad_clip, amp=amp, precision=precision, sync_bn=sync_bn, overwrite=overwrite)
+                        grad_clip=grad_clip, amp=amp, precision=precision, sync_bn=sync_bn, overwrite=overwrite,
+                        val_fraction=val_fraction)
     from revsnn.distributed import is_main_process, train_on_processes
 
     reporter = _ProgressReporter()
@@ -300,6 +304,10 @@ def train(
     console.print(f"[green]{metrics['model']}[/green] on {metrics['data']}: test accuracy "
                   f"{metrics['test_accuracy']:.1%} after {metrics['epochs']} epochs ({metrics['train_seconds']:.0f} s "
                   f"of training, T = {metrics['time_steps']}, {metrics['encoding']} encoding).", highlight=False)
+    if metrics.get("selection"):   # --val-fraction: model.pt is the best held-out epoch, its test figure above
+        chosen = metrics["selection"]
+        console.print(f"model.pt is epoch {chosen['epoch']}, the best on {chosen['validation_samples']} held-out "
+                      f"training samples (validation accuracy {chosen['val_accuracy']:.1%}).", highlight=False)
     console.print(f"Wrote {out / 'model.pt'} and {out / 'metrics.json'}.", highlight=False)
 
 

@@ -137,3 +137,17 @@ def test_finetune_refuses_bad_selection_and_distillation_options(tmp_path, kw, w
     with pytest.raises(FinetuneError, match=words):
         finetune(tmp_path / "missing.pt", "loihi", 1, tmp_path / "out", **kw)
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_val_fraction_bad_values_are_one_sentence(tmp_path):
+    """`revsnn train --val-fraction 1` and `revsnn finetune --distill 2`: one sentence, exit 2, nothing written
+    (the options reach the library's checks; a training run through the CLI is too slow for here)."""
+    from typer.testing import CliRunner
+
+    from revsnn.cli.main import app
+
+    for args, words in ((["train", "--model", "scnn-digits", "--val-fraction", "1"], "--val-fraction"),
+                        (["finetune", str(tmp_path / "x.pt"), "--distill", "2"], "--distill")):
+        bad = CliRunner().invoke(app, args + ["--out", str(tmp_path / "bad")])
+        assert bad.exit_code == 2 and words in bad.output and "Traceback" not in bad.output, bad.output
+    assert not (tmp_path / "bad").exists()
