@@ -265,9 +265,9 @@ def train(
     loihi_aware: bool = typer.Option(False, "--loihi-aware", help="Train with the forward Loihi 2 runs: the "
                                      "exporter's fixed-point network, straight-through gradients (rate or event "
                                      "input); see `revsnn finetune` to adapt a float checkpoint instead."),
-    val_fraction: float = typer.Option(0.0, "--val-fraction", help="Hold out this part of the training split "
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Hold out this part of the training split "
                                        "(seeded, the same samples whatever --seed) and write the epoch that does "
-                                       "best on it instead of the last one; 0: none held out."),
+                                       "best on it instead of the last one [default: 0, none held out; --resume keeps the run's]."),
 ) -> None:
     """Train a model of the zoo, or your own (--model MODULE:FUNCTION), on the embedded digits (no download) or a data set you have on disk.
 

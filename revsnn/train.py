@@ -78,8 +78,9 @@ class TrainOptions:
     sync_bn: bool = False                 # BatchNorm over the global batch when several processes train
     overwrite: bool = False               # replace an existing run at ``out`` (else refused)
     # issue 15, epoch selection: hold out this fraction of the training split (seeded, the same digits whatever
-    # --seed) and write the epoch that does best on it, never the test split's best; 0: the last epoch
-    val_fraction: float = 0.0
+    # --seed) and write the epoch that does best on it, never the test split's best; 0 (None): the last epoch;
+    # --resume keeps the run's
+    val_fraction: Optional[float] = None
 
 
 # What a run uses where neither the command line, the preset nor the model says otherwise (the trainer's
@@ -400,7 +401,6 @@ def _train(opts: TrainOptions, reporter: Optional[Reporter], data, dctx: "dist_.
     out = Path(opts.out)
     ckpt_path, metrics_path = out / "model.pt", out / "metrics.json"
     splits = _load_data(opts, s, data)
-    splits, validation = hold_out(splits, s["val_fraction"])   # issue 15: the epoch kept is chosen on these
     warn = getattr(reporter, "warn", None) or note
     for line in s["notes"]:
         note(line)
@@ -437,6 +437,7 @@ def _train(opts: TrainOptions, reporter: Optional[Reporter], data, dctx: "dist_.
                              "a new --out.")
         kept = {k: v for k, v in resume_state["train"].items() if k in s and k not in ("epochs", "notes", "config")}
         s = {**s, **kept, "epochs": s["epochs"] if opts.epochs is not None else resume_state["train"]["epochs"]}
+    splits, validation = hold_out(splits, s["val_fraction"])   # issue 15: the epoch kept is chosen on these
 
     torch.manual_seed(s["seed"])
     model = build_model(config).to(device)
@@ -476,6 +477,8 @@ def _train(opts: TrainOptions, reporter: Optional[Reporter], data, dctx: "dist_.
     if validation is not None and resume_state is not None and resume_state.get("selection"):
         selection = dict(resume_state["selection"])
         chosen = build_model(config).to(device)
+        if s.get("precision") == "fp64":
+            chosen = chosen.double()
         chosen.load_state_dict(resume_state["state_dict"])
 
     train_settings = {k: v for k, v in s.items() if k not in ("config", "notes")}
