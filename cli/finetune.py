@@ -16,18 +16,19 @@ def finetune_command(
     target: str = typer.Option("loihi", "--for", help="The hardware whose arithmetic the forward follows: loihi."),
     epochs: int = typer.Option(3, "--epochs", help="Epochs of fine-tuning."),
     out: Path = typer.Option(..., "--out", help="Directory for the fine-tuned model.pt and metrics.json."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [default: a tenth of the checkpoint's]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [default: the checkpoint's / 30]."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size [default: the checkpoint's]."),
     seed: int = typer.Option(0, "--seed", help="Seed of data order and rate coding."),
-    # Defaults None, filled by revsnn.finetune (one place; importing it here would load torch for --help).
+    # Defaults None, filled by revsnn.finetune's DISTILL, TEMPERATURE, VAL_FRACTION (importing it here would load
+    # torch for --help; the help repeats their values).
     distill: Optional[float] = typer.Option(None, "--distill", help="Weight of the float checkpoint's softened "
                                             "logits (knowledge distillation) against the labels; 0: labels only "
-                                            "[default: revsnn.finetune.DISTILL]."),
+                                            "[default: 0.5]."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Softening of the logits in the "
-                                                "distillation term [default: revsnn.finetune.TEMPERATURE]."),
+                                                "distillation term [default: 2]."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Part of the training split held out "
                                                  "(seeded) to choose the epoch written, the start counting as epoch "
-                                                 "0; 0: the last epoch [default: revsnn.finetune.VAL_FRACTION]."),
+                                                 "0; 0: the last epoch [default: 0.2]."),
 ) -> None:
     """Fine-tune a float checkpoint with the forward Loihi 2 runs: the weights, biases and thresholds on the integer grid with the exporter's own per-layer scales, decays in 1/4096, 24-bit state, BatchNorm folded; gradients go straight through the rounding.
 
