@@ -151,3 +151,16 @@ def test_cli_val_fraction_bad_values_are_one_sentence(tmp_path):
         bad = CliRunner().invoke(app, args + ["--out", str(tmp_path / "bad")])
         assert bad.exit_code == 2 and words in bad.output and "Traceback" not in bad.output, bad.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_help_states_the_library_defaults():
+    """The CLI leaves the defaults to revsnn.finetune (None) and repeats their values in its help: they agree."""
+    import inspect
+
+    from revsnn.cli.finetune import finetune_command
+    from revsnn.finetune import DISTILL, LR_DIVISOR, TEMPERATURE, VAL_FRACTION
+
+    params = inspect.signature(finetune_command).parameters
+    for name, value in (("distill", DISTILL), ("temperature", TEMPERATURE), ("val_fraction", VAL_FRACTION)):
+        assert params[name].default.default is None and f"[default: {value:g}]" in params[name].default.help, name
+    assert f"/ {LR_DIVISOR}]" in params["lr"].default.help
