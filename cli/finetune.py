@@ -23,9 +23,9 @@ def finetune_command(
     # torch for --help; the help repeats their values).
     distill: Optional[float] = typer.Option(None, "--distill", help="Weight of the float checkpoint's softened "
                                             "logits (knowledge distillation) against the labels; 0: labels only "
-                                            "[default: 0.5]."),
+                                            "[default: 0.9]."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Softening of the logits in the "
-                                                "distillation term [default: 2]."),
+                                                "distillation term [default: 4]."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Part of the training split held out "
                                                  "(seeded) to choose the epoch written, the start counting as epoch "
                                                  "0; 0: the last epoch [default: 0.2]."),
