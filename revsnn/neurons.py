@@ -29,6 +29,7 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor, nn
 
+from .graphtask import keeps_graph
 from .spikepack import mark_binary
 
 __all__ = [
@@ -177,16 +178,28 @@ def threshold_step(u: Tensor, v_threshold: float = 0.5, surrogate: Surrogate = R
 # The fused multi-step neuron: one autograd Function over all T steps.
 
 
+_VIEWS = ("ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0")
+
+
+def _from_batch_norm(t: Tensor) -> bool:
+    """Whether ``t`` is (a view of) a BatchNorm's output, by its autograd node: the producer that keeps
+    its input for backward and never its output."""
+    g = t.grad_fn
+    while g is not None and type(g).__name__ in _VIEWS:
+        g = g.next_functions[0][0]
+    return g is not None and type(g).__name__ in ("NativeBatchNormBackward0", "CudnnBatchNormBackward0")
+
+
 class _FusedLIF(torch.autograd.Function):
     """LIF (``tau``) or IF (``tau=None``) over a whole sequence ``[T, ...]`` in one autograd node.
 
     Why our own instead of step-by-step autograd: that records ~6 nodes per step and saves two floats per
-    neuron and step (``h - theta`` for the surrogate and ``1 - s`` for the reset); this saves only its
-    input ``x_seq`` (and ``v0`` when one was given) and recomputes the membranes ``h`` in backward, one
-    cheap elementwise pass over time before the backward pass. Saving the input rather than ``h`` costs
-    the same bytes where the input is used by nothing else, and nothing where it is kept anyway: inside a
-    reversible block the first neuron's input is the block's input, which the recompute holds regardless,
-    and the same storage is counted once (issue 18: the reversible peak). Under ``no_grad`` nothing is
+    neuron and step (``h - theta`` for the surrogate and ``1 - s`` for the reset); this saves one
+    sequence: the membranes ``h`` where the input is a BatchNorm's output (which then nobody keeps, so
+    ``h`` costs the same bytes), else the input ``x_seq`` (with ``v0`` when one was given), which may be
+    held anyway, recomputing ``h`` in backward in one elementwise pass over time.
+    Inside a reversible block the first neuron's input is the block's input, which the recompute holds
+    regardless, and the same storage is counted once (issue 18: the reversible peak). Under ``no_grad`` nothing is
     saved and no ``h`` sequence is allocated at all. The forward computes the very expressions of
     ``lif_step`` / ``if_step`` (same operands, same rounding), so outputs are bit-identical; gradients
     follow the chain rule of those expressions.
@@ -257,25 +270,52 @@ class _FusedLIF(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_seq: Tensor, v0: Optional[Tensor], tau: Optional[float], v_threshold: float,
                 v_reset: float, surrogate: Surrogate, detach_reset: bool):
-        s_seq, _, v = _FusedLIF._run(x_seq, v0, tau, v_threshold, v_reset, keep="spikes")
+        needs_grad = any(ctx.needs_input_grad[:2])
+        # What to keep for backward (nothing under no_grad). Where the input is a BatchNorm's output
+        # (conv -> BN -> neuron, the layout of every branch), this neuron is its only keeper (BatchNorm's
+        # backward keeps its input, not its output), so the membranes h cost the same bytes and save the
+        # backward a second pass of the recurrence over time (issue 18, speed: ~3T small ops, a third of
+        # the neuron's backward). Any other input may be kept anyway (a leaf, a reversible sequence's
+        # output that its Function holds, a stream), where keeping it costs nothing and h would cost one
+        # more membrane sequence.
+        keep_h = needs_grad and _from_batch_norm(x_seq)
+        if keep_h:
+            h_seq, quiet, v = _FusedLIF._run(x_seq, v0, tau, v_threshold, v_reset, keep="membranes")
+            s_seq = quiet.neg_().add_(1.0)  # 1 - (h <= theta) is (h > theta), exactly, in quiet's storage
+            ctx.save_for_backward(h_seq, None)
+        else:
+            s_seq, _, v = _FusedLIF._run(x_seq, v0, tau, v_threshold, v_reset, keep="spikes")
+            if needs_grad:
+                ctx.save_for_backward(x_seq, v0)
+        ctx.kept_membranes = keep_h
         mark_binary(s_seq)  # 0 / 1 by construction: the recompute keeps it as bits without testing it
-        if any(ctx.needs_input_grad[:2]):  # nothing to keep under no_grad
-            ctx.save_for_backward(x_seq, v0)
         ctx.constants = (tau, v_threshold, v_reset, surrogate, detach_reset)
         return s_seq, v
 
     @staticmethod
+    def _membranes(ctx) -> tuple[Tensor, Tensor]:
+        """The membranes before reset and ``quiet = 1 - s``, from what the forward kept: recomputed from
+        the input with the forward's expressions (bit-identical), or the kept membranes themselves
+        (copied when the graph is kept, because the backward turns them into the gradient in place)."""
+        saved, v0 = ctx.saved_tensors
+        tau, v_threshold, v_reset, _, _ = ctx.constants
+        if not ctx.kept_membranes:
+            buf, quiet, _ = _FusedLIF._run(saved, v0, tau, v_threshold, v_reset, keep="membranes")
+            return buf, quiet
+        buf = saved.clone() if keeps_graph() else saved
+        return buf, torch.le(buf, v_threshold, out=torch.empty_like(buf))
+
+    @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, ds_seq: Optional[Tensor], dv_last: Optional[Tensor]):
-        x_seq, v0 = ctx.saved_tensors
         tau, v_threshold, v_reset, surrogate, detach_reset = ctx.constants
+        has_v0 = ctx.needs_input_grad[1]
+        # The membranes before reset, into the buffer that then receives the input gradient.
+        buf, quiet = _FusedLIF._membranes(ctx)
         if not detach_reset:
-            buf, _, _ = _FusedLIF._run(x_seq, v0, tau, v_threshold, v_reset, keep="membranes")
-            return _FusedLIF._backward_reset_grad(buf, ds_seq, dv_last, v0, tau, v_threshold, v_reset, surrogate)
-        # The membranes before reset, recomputed with the forward's expressions (bit-identical), into
-        # the buffer that then receives the input gradient.
-        buf, quiet, _ = _FusedLIF._run(x_seq, v0, tau, v_threshold, v_reset, keep="membranes")
-        del x_seq
+            del quiet
+            return _FusedLIF._backward_reset_grad(buf, ds_seq, dv_last, has_v0, tau, v_threshold, v_reset,
+                                                  surrogate)
         # dh_t = ds_t sg(h_t - theta) + c (1 - s_t) dh_{t+1} (and dv_last at t = T - 1): v_t = h_t where
         # no spike (else the constant v_reset, the reset detached), and h_{t+1} depends on v_t with slope
         # c = 1 - 1/tau (LIF) or 1 (IF). Everything but the recurrence is one op over the whole sequence.
@@ -296,13 +336,13 @@ class _FusedLIF(torch.autograd.Function):
         for t in range(T - 1, 0, -1):
             buf[t - 1].addcmul_(buf[t], quiet[t - 1], value=c)
         del quiet
-        dv0 = buf[0] * c if ctx.needs_input_grad[1] else None  # before buf becomes dx
+        dv0 = buf[0] * c if has_v0 else None  # before buf becomes dx
         if tau is not None:
             buf.div_(tau)  # x enters h as x / tau
         return buf, dv0, None, None, None, None, None
 
     @staticmethod
-    def _backward_reset_grad(buf, ds_seq, dv_last, v0, tau, v_threshold, v_reset, surrogate):
+    def _backward_reset_grad(buf, ds_seq, dv_last, want_dv0, tau, v_threshold, v_reset, surrogate):
         """The backward when the reset carries gradient (``detach_reset=False``): the membrane path also
         gets ``dv (v_reset - h) sg`` through the spike, which needs h and sg at once; step by step."""
         dv = dv_last
@@ -327,7 +367,7 @@ class _FusedLIF(torch.autograd.Function):
                 dv = dh.sub_(dq)
                 del dq
             del dh
-        return buf, (dv if v0 is not None else None), None, None, None, None, None
+        return buf, (dv if want_dv0 else None), None, None, None, None, None
 
 
 def multistep(x_seq: Tensor, v0: Optional[Tensor], tau: Optional[float], v_threshold: float = 1.0,

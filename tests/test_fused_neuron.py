@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from revsnn.memory import activation_bytes
-from revsnn.neurons import IF, LIF, ATan, Rectangular, Sigmoid
+from revsnn.neurons import IF, LIF, ATan, Rectangular, Sigmoid, _from_batch_norm
 
 
 def _pair(neuron):
@@ -62,3 +62,46 @@ def test_fused_keeps_one_float_per_neuron_and_step():
     assert b_fused == x.numel() * 4          # its input (the caller's x itself), nothing else
     # step by step: h - theta for the surrogate and 1 - s for the reset, every step but the last's reset
     assert b_steps == (2 * 8 - 1) * x[0].numel() * 4
+
+
+def _bn_then(bn, x):
+    """x [T, B, F] through a BatchNorm over F, as TimeDistributed runs one: the neuron's input is then a
+    view of a BatchNorm's output."""
+    T, B, F = x.shape
+    return bn(x.reshape(T * B, F)).reshape(T, B, F)
+
+
+@pytest.mark.parametrize("name", list(NEURONS))
+@pytest.mark.parametrize("with_v0", [False, True])
+def test_fused_after_batch_norm_keeps_membranes_and_equals_step_by_step(name, with_v0):
+    # A BatchNorm's output as input makes the fused neuron keep its membranes instead of its input (no
+    # second pass over time in backward); the result must not change. retain_graph: a second backward
+    # through the same graph must give the same gradients again (the kept membranes are not overwritten).
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(6, 3, 4, generator=g, dtype=torch.float64)
+    w = torch.randn(6, 3, 4, generator=g, dtype=torch.float64)
+    v0 = 0.5 * torch.randn(3, 4, generator=g, dtype=torch.float64) if with_v0 else None
+    bn = torch.nn.BatchNorm1d(4).double()
+    with torch.no_grad():
+        bn.weight.copy_(1.0 + torch.rand(4, generator=g, dtype=torch.float64))
+    assert _from_batch_norm(_bn_then(bn, x0.clone().requires_grad_(True)))
+    got = []
+    for fused in (True, False):
+        neuron = NEURONS[name]().double()
+        neuron.fused = fused
+        x = x0.clone().requires_grad_(True)
+        v = None if v0 is None else v0.clone().requires_grad_(True)
+        neuron.v = v
+        out = neuron(_bn_then(bn, x))
+        loss = (out * w).sum() + (neuron.v * w[0]).sum()
+        loss.backward(retain_graph=True)
+        first = (x.grad.clone(), None if v is None else v.grad.clone())
+        loss.backward()
+        got.append((out.detach(), first, x.grad, None if v is None else v.grad))
+    (out_f, first_f, dx_f, dv_f), (out_s, first_s, dx_s, dv_s) = got
+    assert out_f.sum() > 0 and torch.equal(out_f, out_s)
+    torch.testing.assert_close(first_f[0], first_s[0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(dx_f, 2 * first_f[0], rtol=1e-12, atol=1e-14)
+    if with_v0:
+        torch.testing.assert_close(first_f[1], first_s[1], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(dv_f, 2 * first_f[1], rtol=1e-12, atol=1e-14)
