@@ -511,8 +511,8 @@ def loihi_report(model: nn.Module, time_steps: int, encoding: str, data, samples
 # --------------------------------------------------------------------------------------------------------
 # The checkpoint on the grid: its float weights are the dequantised values of what the Loihi-aware forward ran.
 #
-# Why a projection at write time, not after every optimizer step: fine-tuning runs at a tenth of the learning
-# rate, so one Adam step moves a weight by about 3e-4 while the grid's half spacing is about 2e-3 (vThMant 253):
+# Why a projection at write time, not after every optimizer step: fine-tuning runs at a thirtieth of the
+# learning rate, so one Adam step moves a weight by about 1e-4 while the grid's half spacing is about 2e-3 (vThMant 253):
 # rounding after every step would undo every update and the training would stand still. The optimizer keeps
 # its latent float weights (straight through, as the forward is defined); what is written, evaluated as "the
 # float model" and exported is their projection, whose quantisation is the network the latent weights ran.
