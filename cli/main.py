@@ -198,7 +198,8 @@ class _ProgressReporter:
         self.progress.console.print(f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}  train {record['train_accuracy']:.1%}"
                       f"  test {record['test_accuracy']:.1%}"
                       + (f"  quantised {record['quantized_test_accuracy']:.1%}" if "quantized_test_accuracy" in record
-                         else "") + f"  ({record['seconds']:.1f} s)", highlight=False)
+                         else "") + (f"  validation {record['val_accuracy']:.1%}" if "val_accuracy" in record else "")
+                      + f"  ({record['seconds']:.1f} s)", highlight=False)
 
 
 @app.command()
@@ -264,6 +265,9 @@ def train(
     loihi_aware: bool = typer.Option(False, "--loihi-aware", help="Train with the forward Loihi 2 runs: the "
                                      "exporter's fixed-point network, straight-through gradients (rate or event "
                                      "input); see `revsnn finetune` to adapt a float checkpoint instead."),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Hold out this part of the training split "
+                                       "(seeded, the same samples whatever --seed) and write the epoch that does "
+                                       "best on it instead of the last one [default: 0, none held out; --resume keeps the run's]."),
 ) -> None:
     """Train a model of the zoo, or your own (--model MODULE:FUNCTION), on the embedded digits (no download) or a data set you have on disk.
 
@@ -280,7 +284,8 @@ def train(
                         optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
                         milestones=parse_ints(milestones, "--milestones") if milestones else None,
                         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, mixup=mixup, ema=ema,
-                        grad_clip=grad_clip, amp=amp, precision=precision, sync_bn=sync_bn, overwrite=overwrite)
+                        grad_clip=grad_clip, amp=amp, precision=precision, sync_bn=sync_bn, overwrite=overwrite,
+                        val_fraction=val_fraction)
     from revsnn.distributed import is_main_process, train_on_processes
 
     reporter = _ProgressReporter()
@@ -299,6 +304,10 @@ def train(
     console.print(f"[green]{metrics['model']}[/green] on {metrics['data']}: test accuracy "
                   f"{metrics['test_accuracy']:.1%} after {metrics['epochs']} epochs ({metrics['train_seconds']:.0f} s "
                   f"of training, T = {metrics['time_steps']}, {metrics['encoding']} encoding).", highlight=False)
+    if metrics.get("selection"):   # --val-fraction: model.pt is the best held-out epoch, its test figure above
+        chosen = metrics["selection"]
+        console.print(f"model.pt is epoch {chosen['epoch']}, the best on {chosen['validation_samples']} held-out "
+                      f"training samples (validation accuracy {chosen['val_accuracy']:.1%}).", highlight=False)
     console.print(f"Wrote {out / 'model.pt'} and {out / 'metrics.json'}.", highlight=False)
 
 
@@ -458,6 +467,8 @@ def info(file: Path = typer.Argument(..., help="A .pt checkpoint, a .nir, .onnx 
         if "epochs_done" in s:
             table.add_row("epochs done", str(s["epochs_done"]))
             table.add_row("test accuracy", f"{s['test_accuracy']:.2%}")
+        if "selected_epoch" in s:   # issue 15: chosen on held-out training samples (revsnn.train.hold_out)
+            table.add_row("kept epoch", f"{s['selected_epoch']} (best on the held-out validation split)")
         table.add_row("revsnn version", str(s["revsnn_version"]))
         console.print(table)
         return

@@ -360,5 +360,9 @@ def summarize_checkpoint(model: nn.Module, payload: dict[str, Any]) -> dict[str,
     if history:
         summary["epochs_done"] = payload.get("epoch")
         summary["test_accuracy"] = history[-1]["test_accuracy"]
+    selection = payload.get("selection")
+    if isinstance(selection, dict) and "epoch" in selection:   # issue 15: the weights are the kept epoch's
+        summary["selected_epoch"] = selection["epoch"]
+        summary["test_accuracy"] = selection.get("test_accuracy")
     summary["revsnn_version"] = payload.get("revsnn_version")
     return summary

@@ -103,7 +103,8 @@ def check_count(value: Any, option: str, low: int = 1, high: Optional[int] = Non
 
 
 _RESUME_OPTIONS = (("lr", "--lr"), ("time_steps", "--time-steps"), ("batch_size", "--batch-size"),
-                   ("encoding", "--encoding"), ("seed", "--seed"))
+                   ("encoding", "--encoding"), ("seed", "--seed"),
+                   ("val_fraction", "--val-fraction"))   # issue 15: the held-out split is the run's
 
 
 def check_train_start(opts, settings: dict[str, Any]) -> None:

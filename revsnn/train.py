@@ -32,7 +32,7 @@ from .models import USER_FAMILY, build_model, builder_config, get_config
 from . import distributed as dist_
 from .precision import PrecisionError, autocast, grad_scaler, resolve_precision
 
-__all__ = ["TrainOptions", "TrainError", "Reporter", "train", "evaluate", "resolve_options"]
+__all__ = ["TrainOptions", "TrainError", "Reporter", "train", "evaluate", "resolve_options", "hold_out", "validate"]
 
 
 class TrainError(RevsnnError):
@@ -77,6 +77,10 @@ class TrainOptions:
     precision: Optional[str] = None       # fp32, bf16, fp16 (autocast) or fp64; None: fp16 if amp on CUDA
     sync_bn: bool = False                 # BatchNorm over the global batch when several processes train
     overwrite: bool = False               # replace an existing run at ``out`` (else refused)
+    # issue 15, epoch selection: hold out this fraction of the training split (seeded, the same digits whatever
+    # --seed) and write the epoch that does best on it, never the test split's best; 0 (None): the last epoch;
+    # --resume keeps the run's
+    val_fraction: Optional[float] = None
 
 
 # What a run uses where neither the command line, the preset nor the model says otherwise (the trainer's
@@ -146,6 +150,7 @@ def resolve_options(opts: TrainOptions) -> dict[str, Any]:
         "batch_size": pick("batch_size", opts.batch_size, defaults.get("batch_size", 64)),
         "encoding": pick("encoding", opts.encoding, "events" if events else defaults.get("encoding", "direct")),
         "seed": 0 if opts.seed is None else opts.seed,
+        "val_fraction": float(getattr(opts, "val_fraction", 0.0) or 0.0),
     }
     for key in _PROTOCOL_KEYS:
         settings[key] = pick(key, getattr(opts, key, None), _BUILTIN[key])
@@ -212,6 +217,8 @@ def resolve_options(opts: TrainOptions) -> dict[str, Any]:
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= low and (high is None or v < high)):
             raise TrainError(f"--{key.replace('_', '-')} must be a number of at least {low}"
                              + (f" and below {high}" if high is not None else "") + f", got {v}.")
+    if not (math.isfinite(settings["val_fraction"]) and 0 <= settings["val_fraction"] < 1):
+        raise TrainError(f"--val-fraction must be at least 0 and below 1, got {settings['val_fraction']}.")
     if settings["ema"] is not None and not 0 < settings["ema"] < 1:
         raise TrainError(f"--ema must be a decay between 0 and 1, got {settings['ema']}.")
     if settings["grad_clip"] is not None and not settings["grad_clip"] > 0:
@@ -284,6 +291,48 @@ def evaluate(model: nn.Module, data_x, data_y: Optional[torch.Tensor] = None, ti
     return correct / len(data_y)
 
 
+# The held-out digits do not depend on --seed: runs of several seeds (or a resumed run) select on one set.
+VALIDATION_SEED = 15
+
+
+def hold_out(splits, fraction: float):
+    """``(splits without the held-out samples, splits whose test split is them)``: a seeded random
+    ``fraction`` of the training split (at least one sample, and one left to train on), for choosing the epoch
+    to keep; ``(splits, None)`` for ``fraction`` 0. The test split is untouched (and never read for selection)."""
+    import dataclasses
+
+    if not fraction:
+        return splits, None
+    n = len(splits.train)
+    k = int(round(n * fraction))
+    if not 1 <= k < n:
+        raise TrainError(f"--val-fraction {fraction} of {n} training samples holds out {k}; give a fraction that "
+                         "leaves at least one sample on each side.")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    held, kept = order[:k].sort().values.tolist(), order[k:].sort().values.tolist()
+    subset = torch.utils.data.Subset
+    return (dataclasses.replace(splits, train=subset(splits.train, kept)),
+            dataclasses.replace(splits, test=subset(splits.train, held)))
+
+
+@torch.no_grad()
+def validate(model: nn.Module, validation, time_steps: int, encoding: str, device: torch.device = torch.device("cpu"),
+             workers: int = 0, dtype: Optional[torch.dtype] = None, seed: int = 1234) -> dict[str, float]:
+    """Accuracy and mean cross-entropy on ``validation.test`` (``hold_out``'s held-out split), rate coding
+    drawn from a fixed generator as ``evaluate`` does, so that every epoch is judged on the same spikes."""
+    from .data import make_loader, to_input
+
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    n = len(validation.test)
+    correct, loss = 0, 0.0
+    for x, y in make_loader(validation.test, list(torch.arange(n).split(256)), workers):
+        logits = model(to_input(x, validation, time_steps, encoding, generator).to(device, dtype)).cpu().double()
+        correct += int((logits.argmax(1) == y).sum())
+        loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+    return {"val_accuracy": correct / n, "val_loss": loss / n}
+
+
 def _lr_factor(s: dict[str, Any], epoch: int, step: int, steps: int) -> float:
     """The schedule in closed form (resuming needs only the epoch): linear warm-up per step, then cosine per
     epoch over the remaining epochs, or step decay by ``gamma`` at each milestone."""
@@ -322,12 +371,13 @@ def _load_data(opts: TrainOptions, s: dict[str, Any], data) -> Any:
         raise TrainError(str(exc)) from exc
 
 
-def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None, loihi=None) -> dict:
+def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None, loihi=None, objective=None) -> dict:
     """Train ``opts.model`` and return the metrics written to ``DIR/metrics.json``.
 
     ``data``: an ``ImageData`` or ``DataSplits`` to use instead of reading ``opts.data``. Under torchrun (or
     ``revsnn.distributed.launch``) every process calls this; they train one model with DDP. ``loihi``: a
     function that wraps the built model in the Loihi-aware forward (``revsnn/finetune.py``, which passes it).
+    ``objective``: ``(logits, labels, input) -> loss`` instead of the cross-entropy (fine-tuning's distillation).
     """
     s = resolve_options(opts)  # bad options fail before any process group is joined
     dctx, device = dist_.setup(opts.device)
@@ -335,13 +385,13 @@ def train(opts: TrainOptions, reporter: Optional[Reporter] = None, data=None, lo
         if dctx.world > s["batch_size"]:
             raise TrainError(f"{dctx.world} processes cannot share a batch of {s['batch_size']}; give --batch-size "
                              f"{dctx.world} or more.")
-        return _train(opts, reporter if dctx.main else _Silent(), data, dctx, device, loihi)
+        return _train(opts, reporter if dctx.main else _Silent(), data, dctx, device, loihi, objective)
     finally:
         dist_.teardown(dctx)
 
 
 def _train(opts: TrainOptions, reporter: Optional[Reporter], data, dctx: "dist_.DistContext",
-           device: torch.device, loihi=None) -> dict:
+           device: torch.device, loihi=None, objective=None) -> dict:
     from .data import DataError, make_loader, to_input
 
     reporter = reporter or _Silent()
@@ -387,6 +437,7 @@ def _train(opts: TrainOptions, reporter: Optional[Reporter], data, dctx: "dist_.
                              "a new --out.")
         kept = {k: v for k, v in resume_state["train"].items() if k in s and k not in ("epochs", "notes", "config")}
         s = {**s, **kept, "epochs": s["epochs"] if opts.epochs is not None else resume_state["train"]["epochs"]}
+    splits, validation = hold_out(splits, s["val_fraction"])   # issue 15: the epoch kept is chosen on these
 
     torch.manual_seed(s["seed"])
     model = build_model(config).to(device)
@@ -421,6 +472,14 @@ def _train(opts: TrainOptions, reporter: Optional[Reporter], data, dctx: "dist_.
             scaler.load_state_dict(resume_state["scaler"])
         history = list(resume_state.get("history", []))
         start_epoch = int(resume_state["epoch"])
+    # Epoch selection (issue 15): the best candidate on the held-out split so far, and its model to write.
+    selection, chosen = None, None
+    if validation is not None and resume_state is not None and resume_state.get("selection"):
+        selection = dict(resume_state["selection"])
+        chosen = build_model(config).to(device)
+        if s.get("precision") == "fp64":
+            chosen = chosen.double()
+        chosen.load_state_dict(resume_state["state_dict"])
 
     train_settings = {k: v for k, v in s.items() if k not in ("config", "notes")}
     if splits.kind == "events":
@@ -432,6 +491,37 @@ def _train(opts: TrainOptions, reporter: Optional[Reporter], data, dctx: "dist_.
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(s["label_smoothing"]))
     pin = device.type == "cuda"
     net = dist_.wrap_model(model, dctx, device) if loihi is None else runner  # DDP with several processes
+    eval_dtype = torch.float64 if precision == "fp64" else None
+
+    def consider(epoch: int, candidate: nn.Module, record: dict) -> None:
+        """Validation figures into ``record``; ``candidate`` becomes the model written if it is the best so far
+        (higher validation accuracy, then lower validation loss; an earlier epoch wins a full tie). Reads the
+        held-out part of the training split only, never the test split."""
+        nonlocal selection, chosen
+        if validation is None:
+            return
+        v = validate(candidate, validation, s["time_steps"], s["encoding"], device, opts.workers, eval_dtype)
+        record.update(v)
+        if selection is None or (v["val_accuracy"], -v["val_loss"]) > (selection["val_accuracy"], -selection["val_loss"]):
+            import copy
+
+            chosen = copy.deepcopy(candidate)
+            kept = {k: selection[k] for k in ("start",) if selection is not None and k in selection}
+            selection = {"epoch": epoch, **v, "test_accuracy": record.get("test_accuracy"),
+                         "by": "validation accuracy, then validation loss", "validation_samples": len(validation.test),
+                         "validation_fraction": s["val_fraction"], "validation_seed": VALIDATION_SEED, **kept}
+
+    if validation is not None and loihi is not None and resume_state is None and dctx.main:
+        # Fine-tuning's epoch 0: the start projected onto its grid, i.e. the float checkpoint's own quantised
+        # network, is a candidate too (fine-tuning that loses on held-out data is then not written).
+        start, grid = runner.deployable()
+        start.config = config
+        start_record = {"epoch": 0, "test_accuracy": evaluate(start, splits, time_steps=s["time_steps"],
+                                                              encoding=s["encoding"], device=device,
+                                                              workers=opts.workers, dtype=eval_dtype),
+                        "grid_exact": grid["exact"]}
+        consider(0, start, start_record)
+        selection["start"] = start_record
     for epoch in range(start_epoch, s["epochs"]):
         runner.train()
         batches = _batches(len(splits.train), s["batch_size"], generator)
@@ -462,8 +552,11 @@ def _train(opts: TrainOptions, reporter: Optional[Reporter], data, dctx: "dist_.
                     mix = (lam, y[perm])
                 with autocast(device, precision):
                     logits = net(x)
-                    loss = loss_fn(logits, y) if mix is None else \
-                        mix[0] * loss_fn(logits, y) + (1 - mix[0]) * loss_fn(logits, mix[1])
+                    if objective is not None:   # fine-tuning's distillation (revsnn/finetune.py), which has no mixup
+                        loss = objective(logits, y, x)
+                    else:
+                        loss = loss_fn(logits, y) if mix is None else \
+                            mix[0] * loss_fn(logits, y) + (1 - mix[0]) * loss_fn(logits, mix[1])
                 if not torch.isfinite(loss):
                     raise TrainError(f"the loss became {loss.item()} in epoch {epoch + 1}; lower --lr.")
                 optimizer.zero_grad(set_to_none=True)
@@ -508,26 +601,36 @@ def _train(opts: TrainOptions, reporter: Optional[Reporter], data, dctx: "dist_.
             raise TrainError(str(exc)) from exc
         record = {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": total_correct / seen,
                   "test_accuracy": test_acc, **quantized, "seconds": time.perf_counter() - t0}
-        history.append(record)
         deployed.config = config
+        if dctx.main:
+            consider(epoch + 1, deployed, record)
+        history.append(record)
         extra = {"raw_state_dict": model.state_dict(), "ema": ema.state_dict()} if ema is not None else {}
         if scaler is not None:
             extra["scaler"] = scaler.state_dict()
-        if loihi is not None:   # resume continues from the latent (unsnapped) weights the optimizer holds
-            extra["raw_state_dict"] = model.state_dict()
+        if loihi is not None or selection is not None:   # resume continues from the latent weights the
+            extra["raw_state_dict"] = model.state_dict()      # optimizer holds (not the snapped or selected ones)
+        if selection is not None:
+            chosen.config = config
+            extra["selection"] = selection
         if dctx.main:  # one writer; atomic, so a rank killed meanwhile leaves the previous epoch's files
-            save_checkpoint(ckpt_path, deployed, optimizer=optimizer.state_dict(), epoch=epoch + 1,
-                            train=train_settings, rng={"generator": generator.get_state(), "torch": torch.get_rng_state()},
+            save_checkpoint(ckpt_path, deployed if chosen is None else chosen, optimizer=optimizer.state_dict(),
+                            epoch=epoch + 1, train=train_settings,
+                            rng={"generator": generator.get_state(), "torch": torch.get_rng_state()},
                             history=history, data=splits.record(), **extra)
-            metrics = _metrics(opts.model, train_settings, history, epoch + 1, splits.record())
+            metrics = _metrics(opts.model, train_settings, history, epoch + 1, splits.record(), selection)
             write_json(metrics_path, metrics)
         dist_.barrier(dctx)
         reporter.end_epoch(record)
-    return _metrics(opts.model, train_settings, history, len(history), splits.record())
+    return _metrics(opts.model, train_settings, history, len(history), splits.record(), selection)
 
 
 def _metrics(model: str, settings: dict[str, Any], history: list[dict[str, Any]], epochs_done: int,
-             data: Optional[dict] = None) -> dict:
+             data: Optional[dict] = None, selection: Optional[dict] = None) -> dict:
+    extra = {}
+    if selection is not None:   # model.pt holds the selected epoch: its test accuracy is the run's figure
+        extra = {"test_accuracy": selection["test_accuracy"], "selected_epoch": selection["epoch"],
+                 "selection": selection}
     return {
         "model": model,
         "data": (data or {}).get("name", "digits"),
@@ -542,4 +645,5 @@ def _metrics(model: str, settings: dict[str, Any], history: list[dict[str, Any]]
         "history": history,
         "settings": settings,
         "data_record": data,
+        **extra,
     }
