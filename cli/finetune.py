@@ -46,12 +46,14 @@ def finetune_command(
         reporter.progress.stop()
     loihi = metrics["loihi"]
     table = Table(title=f"{metrics['model']}: Loihi-aware fine-tuning, {loihi['after']['samples']} test samples")
-    for col in ("", "accuracy float", "accuracy quantised", "prediction agreement", "spike agreement"):
-        table.add_column(col, justify="right" if col else "left")
+    # Short labels that do not wrap: the row names fit an 80-column terminal beside the four figures.
+    table.add_column("", justify="left", no_wrap=True)
+    for col in ("accuracy float", "accuracy quantised", "prediction agreement", "spike agreement"):
+        table.add_column(col, justify="right")
     chosen = metrics.get("selection")
     after = f"after {metrics['epochs']} epochs" if chosen is None else \
-        f"after fine-tuning (epoch {chosen['epoch']} of {metrics['epochs']})"
-    for label, key in (("before (float checkpoint)", "before"), (after, "after")):
+        f"kept: epoch {chosen['epoch']}/{metrics['epochs']}"
+    for label, key in (("float checkpoint", "before"), (after, "after")):
         r = loihi[key]
         table.add_row(label, f"{r['float_accuracy']:.1%}", f"{r['quantized_accuracy']:.1%}",
                       f"{r['prediction_agreement']:.1%}", f"{(r['spike_agreement'] or 0.0):.2%}")
