@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from .neurons import get_states, set_states
 from .chunked import check_chunk_size, check_chunkable, chunked_backward, record_batch_stats, releasing_membranes
+from .graphtask import keeps_graph
 from .spikepack import spikes_as_bits
 
 __all__ = [
@@ -374,20 +375,12 @@ class _ReversibleFn(torch.autograd.Function):
         backward = _backward_parallel if seq.parallel_schedule else _backward_serial
         evaluations = ctx.evaluations
         owned = _Owned(ctx.y)
-        keeps = _keeps_graph()
+        keeps = keeps_graph()
         if not keeps:
             ctx.y = None  # no reference left here: freed once the last block is undone
         ours = not keeps and _ours(dy, ctx.y_dtype)
         dx = backward(seq, evaluations, owned, dy, accumulate, ours)
         return (dx, None, *accumulate.grads)
-
-
-def _keeps_graph() -> bool:
-    """Whether the running backward was asked to keep the graph (``retain_graph=True``, e.g. gradcheck):
-    then the sequence output must survive it. The query is private to torch (no public one exists);
-    where it is missing, assume the graph is kept, which only costs memory."""
-    query = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-    return True if query is None else bool(query())
 
 
 # A gradient that one of our own Functions returned (Recompute's input gradient) carries this attribute.
@@ -400,7 +393,7 @@ _OURS = "_revsnn_gradient_owned"
 
 
 def _mark_ours(t: Optional[Tensor]) -> Optional[Tensor]:
-    if t is not None and not _keeps_graph():
+    if t is not None and not keeps_graph():
         setattr(t, _OURS, True)
     return t
 
