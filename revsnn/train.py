@@ -263,6 +263,21 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
 
 
 @torch.no_grad()
+def _test_logits(model: nn.Module, splits, time_steps: int, encoding: str, device: torch.device, batch_size: int,
+                 seed: int, workers: int, dtype: Optional[torch.dtype]):
+    """``(logits on the CPU, labels)`` over ``splits.test`` in order, batch by batch; rate coding draws from
+    a generator seeded with ``seed``, so the same call sees the same spikes (``evaluate``, ``validate``)."""
+    from .data import make_loader, to_input
+
+    generator = torch.Generator().manual_seed(seed)
+    n = len(splits.test)
+    loader = make_loader(splits.test, list(torch.arange(n).split(batch_size)), workers,
+                         pin_memory=device.type == "cuda")
+    for x, y in loader:
+        xin = to_input(x, splits, time_steps, encoding, generator).to(device, dtype, non_blocking=True)
+        yield model(xin).cpu(), y
+
+
 def evaluate(model: nn.Module, data_x, data_y: Optional[torch.Tensor] = None, time_steps: int = 4,
              encoding: str = "direct", device: torch.device = torch.device("cpu"), batch_size: int = 256,
              seed: int = 1234, workers: int = 0, dtype: Optional[torch.dtype] = None) -> float:
@@ -270,20 +285,14 @@ def evaluate(model: nn.Module, data_x, data_y: Optional[torch.Tensor] = None, ti
 
     ``data_x`` is either images ``[N, C, H, W]`` (with ``data_y``) or a ``DataSplits``, whose test split is read.
     """
-    from .data import DataSplits, make_loader, to_input
+    from .data import DataSplits
 
     model.eval()
-    generator = torch.Generator().manual_seed(seed)
     if isinstance(data_x, DataSplits):
-        splits = data_x
-        n = len(splits.test)
-        loader = make_loader(splits.test, list(torch.arange(n).split(batch_size)), workers,
-                             pin_memory=device.type == "cuda")
-        correct = 0
-        for x, y in loader:
-            xin = to_input(x, splits, time_steps, encoding, generator).to(device, dtype, non_blocking=True)
-            correct += (model(xin).argmax(1).cpu() == y).sum().item()
-        return correct / max(1, n)
+        correct = sum((logits.argmax(1) == y).sum().item() for logits, y in
+                      _test_logits(model, data_x, time_steps, encoding, device, batch_size, seed, workers, dtype))
+        return correct / max(1, len(data_x.test))
+    generator = torch.Generator().manual_seed(seed)
     correct = 0
     for i in range(0, len(data_y), batch_size):
         x = encode(data_x[i:i + batch_size], time_steps, encoding, generator).to(device, dtype)
@@ -320,14 +329,11 @@ def validate(model: nn.Module, validation, time_steps: int, encoding: str, devic
              workers: int = 0, dtype: Optional[torch.dtype] = None, seed: int = 1234) -> dict[str, float]:
     """Accuracy and mean cross-entropy on ``validation.test`` (``hold_out``'s held-out split), rate coding
     drawn from a fixed generator as ``evaluate`` does, so that every epoch is judged on the same spikes."""
-    from .data import make_loader, to_input
-
     model.eval()
-    generator = torch.Generator().manual_seed(seed)
     n = len(validation.test)
     correct, loss = 0, 0.0
-    for x, y in make_loader(validation.test, list(torch.arange(n).split(256)), workers):
-        logits = model(to_input(x, validation, time_steps, encoding, generator).to(device, dtype)).cpu().double()
+    for logits, y in _test_logits(model, validation, time_steps, encoding, device, 256, seed, workers, dtype):
+        logits = logits.double()
         correct += int((logits.argmax(1) == y).sum())
         loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
     return {"val_accuracy": correct / n, "val_loss": loss / n}
