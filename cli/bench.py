@@ -187,8 +187,12 @@ def node_memory(
 def peers(
     model: str = typer.Option("revsresnet-digits", "--model", help="A ResNet of the zoo (revsresnet / pararevsnn)."),
     time_steps: int = typer.Option(4, "--time-steps", help="Time steps T."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Batch size B (memory: slope between B and 2B)."),
-    repeats: int = typer.Option(5, help="Timed training steps per variant (median reported)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Batch size B of the memory measure (per sample: the "
+                                                           "slope between B and 2B)."),
+    step_batch_size: Optional[int] = typer.Option(None, "--step-batch-size", help="Batch size of the timed "
+                                                  "training steps [default: the model's training batch size]."),
+    repeats: int = typer.Option(5, help="Rounds of timed training steps, every variant once a round (time "
+                                        "ratios: the median over rounds of the ratio within a round)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads for the run [default: "
                                                                   "torch's]; 1 on a shared machine."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
@@ -197,21 +201,26 @@ def peers(
     from revsnn.bench_peers import peer_rows
 
     _check_models([model])
-    if min(time_steps, batch_size, repeats) < 1:
-        fail("--time-steps, --batch-size and --repeats must be at least 1.")
+    if min(time_steps, batch_size, repeats) < 1 or (step_batch_size is not None and step_batch_size < 1):
+        fail("--time-steps, --batch-size, --step-batch-size and --repeats must be at least 1.")
     if threads is not None and threads < 1:
         fail(f"--threads must be at least 1, got {threads}.")
+    from revsnn.bench_peers import step_batch_default
     from revsnn.limits import check_bench_memory
 
-    check_bench_memory([(model, None)], time_steps, batch_size, command="bench peers")  # before measuring
+    step_batch = step_batch_size if step_batch_size is not None else step_batch_default(model)
+    # before measuring: the memory measure's larger batch and the timed batch
+    check_bench_memory([(model, None)], time_steps, max(batch_size, (step_batch + 1) // 2), command="bench peers")
     with console.status("measuring ...") as status:  # a PeerError is a RevsnnError: the app prints it
         result = peer_rows(model, time_steps, batch_size, repeats,
-                           on_row=lambda r: status.update(f"measured {r['variant']}"), threads=threads)
+                           on_row=lambda r: status.update(f"measured {r['variant']}"), threads=threads,
+                           step_batch_size=step_batch)
     if json_out:
         print(json.dumps(result, indent=2))
         return
-    table = Table(title=f"{model} (depth {result['depth']}), T = {time_steps}, batch {batch_size} -> "
-                        f"{2 * batch_size}, CPU; ratios to revsnn reversible", header_style="bold")
+    table = Table(title=f"{model} (depth {result['depth']}), T = {time_steps}, CPU; memory per sample: batch "
+                        f"{batch_size} -> {2 * batch_size}; step time: batch {step_batch}, median of "
+                        f"{repeats}; ratios to revsnn reversible", header_style="bold")
     for col in ("variant", "peak KiB", "retained KiB", "step ms", "CPU ms", "peak x", "retained x", "time x", "CPU x"):
         table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
     for r in result["rows"]:

@@ -129,20 +129,37 @@ def _build(config: dict, variant: str, example: torch.Tensor) -> nn.Module:
     return net
 
 
+def step_batch_default(model: str) -> int:
+    """The batch a training step is timed at unless told: the model's own training batch size (its
+    preset's), since that is the step users run; 8 for a config without one."""
+    return int(get_config(model).get("train", {}).get("batch_size", 8))
+
+
 def peer_rows(model: str = "revsresnet-digits", time_steps: int = 4, batch_size: int = 8, repeats: int = 5,
               on_row: Optional[Callable[[dict[str, Any]], None]] = None,
-              threads: Optional[int] = None) -> dict[str, Any]:
-    """Memory (allocator, per sample, batch B -> 2B) and median step time of every variant; ratios are
-    ``variant / revsnn reversible``, and ``versus_peers`` gives revsnn reversible (and with recomputed
-    boundaries) over each peer variant. ``threads`` sets torch's intra-op threads for the run (restored
-    after): on a shared machine one thread keeps every variant off the OpenMP barriers that load turns
-    into waits, which punish the variants with many small ops most."""
+              threads: Optional[int] = None, step_batch_size: Optional[int] = None) -> dict[str, Any]:
+    """Memory (allocator, per sample, batch B -> 2B) and step time (at ``step_batch_size``, by default the
+    model's training batch) of every variant; ratios are ``variant / revsnn reversible``, and
+    ``versus_peers`` gives revsnn reversible (and with recomputed boundaries) over each peer variant.
+
+    Steps are timed in rounds, every variant once per round in a fixed order; a time ratio is the median
+    over rounds of the two variants' ratio within a round, which cancels the machine's slow drifts (on a
+    shared machine a variant's own median moved by 15% from run to run, and a ratio of two medians with
+    it). ``threads`` sets torch's intra-op threads for the run (restored after): on a shared machine one
+    thread keeps every variant off the OpenMP barriers that load turns into waits, which punish the
+    variants with many small ops most."""
     with intra_op_threads(threads):
-        return _peer_rows(model, time_steps, batch_size, repeats, on_row)
+        return _peer_rows(model, time_steps, batch_size, repeats, on_row,
+                          step_batch_size if step_batch_size is not None else step_batch_default(model))
+
+
+def _paired_ratio(a: list[float], b: list[float]) -> float:
+    """Median over rounds of ``a / b`` (the two variants' times in the same round)."""
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def _peer_rows(model: str, time_steps: int, batch_size: int, repeats: int,
-               on_row: Optional[Callable[[dict[str, Any]], None]]) -> dict[str, Any]:
+               on_row: Optional[Callable[[dict[str, Any]], None]], step_batch_size: int) -> dict[str, Any]:
     threads = torch.get_num_threads()
     config = get_config(model)
     if config["family"] not in ("revsresnet", "pararevsnn"):
@@ -157,12 +174,13 @@ def _peer_rows(model: str, time_steps: int, batch_size: int, repeats: int,
     shape, classes = config["input_shape"], config["num_classes"]
     loss_fn = nn.CrossEntropyLoss()
     torch.manual_seed(0)
-    example = torch.rand(time_steps, batch_size, *shape)
-    labels = torch.randint(0, classes, (batch_size,))
+    example = torch.rand(time_steps, step_batch_size, *shape)
+    labels = torch.randint(0, classes, (step_batch_size,))
+    traced = torch.rand(time_steps, batch_size, *shape)  # what memopt plans its checkpoints on
     models = {}
     for v in variants:
         torch.manual_seed(0)
-        models[v] = _build(config, v, example).train()
+        models[v] = _build(config, v, traced).train()
     times: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
     for v in variants:  # warm-up, then interleaved timing
         train_step_times(models[v], example, labels, 1)
@@ -175,26 +193,32 @@ def _peer_rows(model: str, time_steps: int, batch_size: int, repeats: int,
                                 lambda out, b: loss_fn(out, torch.randint(0, classes, (b,))))
         row = {"variant": v, "peak_per_sample": per["peak"], "retained_per_sample": per["retained"],
                "step_seconds": statistics.median(w for w, _ in times[v]),
-               "step_cpu_seconds": statistics.median(c for _, c in times[v])}
+               "step_cpu_seconds": statistics.median(c for _, c in times[v]),
+               "step_seconds_each": [w for w, _ in times[v]], "step_cpu_seconds_each": [c for _, c in times[v]]}
         rows.append(row)
         if on_row:
             on_row(row)
     base = rows[0]
+
+    def ratios(a: dict, b: dict) -> dict[str, float]:
+        return {"peak": a["peak_per_sample"] / b["peak_per_sample"],
+                "retained": a["retained_per_sample"] / b["retained_per_sample"],
+                "step_time": _paired_ratio(a["step_seconds_each"], b["step_seconds_each"]),
+                "step_cpu_time": _paired_ratio(a["step_cpu_seconds_each"], b["step_cpu_seconds_each"])}
+
     for r in rows:
-        for key, ratio in (("peak_per_sample", "peak_ratio"), ("retained_per_sample", "retained_ratio"),
-                           ("step_seconds", "step_time_ratio"), ("step_cpu_seconds", "step_cpu_ratio")):
-            r[ratio] = r[key] / base[key]
+        q = ratios(r, base)
+        r.update(peak_ratio=q["peak"], retained_ratio=q["retained"], step_time_ratio=q["step_time"],
+                 step_cpu_ratio=q["step_cpu_time"])
     by = {r["variant"]: r for r in rows}
     versus = {}
     for ours in ("revsnn reversible", "revsnn reversible-recompute"):
         for peer in ("spikingjelly BPTT", "spikingjelly memopt", "snntorch BPTT"):
             if peer in by:
-                versus[f"{ours} / {peer}"] = {
-                    k: by[ours][key] / by[peer][key] for k, key in
-                    (("peak", "peak_per_sample"), ("retained", "retained_per_sample"), ("step_time", "step_seconds"),
-                     ("step_cpu_time", "step_cpu_seconds"))}
+                versus[f"{ours} / {peer}"] = ratios(by[ours], by[peer])
     return {"model": model, "depth": model_depth(config), "time_steps": time_steps,
-            "batch_sizes": [batch_size, 2 * batch_size], "repeats": repeats, "device": "cpu",
+            "batch_sizes": [batch_size, 2 * batch_size], "step_batch_size": step_batch_size,
+            "repeats": repeats, "device": "cpu",
             "threads": threads, "load_average": os.getloadavg()[0], "versus_peers": versus,
             "missing": {name: f"not installed; `pip install {PEERS[name]}` adds it" for name in missing},
             "rows": rows}

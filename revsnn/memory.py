@@ -32,6 +32,7 @@ during each; ``_cpu_allocations``). The saved-tensor meter runs in the same step
 from __future__ import annotations
 
 import gc
+import os
 import weakref
 from typing import Callable, Iterable, Optional
 
@@ -257,6 +258,11 @@ def _measured_step(model: nn.Module, make_input: Callable[[], Tensor],
 
     from torch.profiler import ProfilerActivity, profile, record_function
 
+    # torch's profiler back end (kineto) prints two log lines to stderr at every start and stop
+    # ("USDT: ... profiler_start"), dozens per bench run, at any of its documented log levels up to 5;
+    # 6 silences them. Read when the profiler first starts, so setting it here is in time; a user's own
+    # setting wins.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         with record_function(_FORWARD_MARK):
             loss = forward()

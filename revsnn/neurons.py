@@ -291,7 +291,9 @@ class _FusedLIF(torch.autograd.Function):
             if needs_grad:
                 ctx.save_for_backward(x_seq, v0)
         ctx.kept_membranes = keep_h
-        mark_binary(s_seq)  # 0 / 1 by construction: the recompute keeps it as bits without testing it
+        # 0 / 1 by construction: the recompute keeps it as bits without testing it, or, where the membranes
+        # are kept, as nothing but a reference to them (revsnn.spikepack).
+        mark_binary(s_seq, h_seq if keep_h else None, v_threshold)
         ctx.constants = (tau, v_threshold, v_reset, surrogate, detach_reset)
         return s_seq, v
 

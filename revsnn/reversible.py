@@ -39,6 +39,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .neurons import get_states, set_states
 from .chunked import check_chunk_size, check_chunkable, chunked_backward, record_batch_stats, releasing_membranes
@@ -143,6 +144,19 @@ def _rng_state(device: torch.device, preserve_rng: bool):
     return torch.get_rng_state(), cuda
 
 
+def _drew_random(cpu_rng: Optional[Tensor], cuda_rng: Optional[tuple[int, Tensor]]):
+    """The RNG states recorded before an evaluation, or None for a generator the evaluation did not draw
+    from: a function that drew no random number (no dropout; the usual spiking block) draws none when it
+    is recomputed on the same inputs, so its recompute needs no RNG to be set and restored (three state
+    copies and a context manager per recompute, issue 18 speed). One more state read here, and a compare
+    of a few KB, is cheaper."""
+    if cpu_rng is not None and torch.equal(torch.get_rng_state(), cpu_rng):
+        cpu_rng = None
+    if cuda_rng is not None and torch.equal(torch.cuda.get_rng_state(cuda_rng[0]), cuda_rng[1]):
+        cuda_rng = None
+    return cpu_rng, cuda_rng
+
+
 def _evaluate_no_grad(fn: nn.Module, x: Tensor, preserve_rng: bool,
                       keep_state: bool = True, batch_stats: bool = False) -> tuple[Tensor, _Evaluation]:
     """Run ``fn`` under no_grad, recording what a recompute needs. With ``keep_state=False`` the neurons
@@ -157,6 +171,7 @@ def _evaluate_no_grad(fn: nn.Module, x: Tensor, preserve_rng: bool,
     with record_batch_stats(fn, stats) if batch_stats else contextlib.nullcontext(), \
             releasing_membranes(fn, entry) if batch_stats and not keep_state else contextlib.nullcontext():
         out = fn(x)
+    cpu_rng, cuda_rng = _drew_random(cpu_rng, cuda_rng)
     if keep_state:
         return out, _Evaluation(entry, get_states(fn), cpu_rng, cuda_rng, cast, stats)
     set_states(fn, entry)
@@ -210,31 +225,68 @@ def _evaluate_again(fn: nn.Module, x: Tensor, ev: _Evaluation,
     after the local backward: BatchNorm's backward reads the running-statistics tensors the recompute
     used, so they must not be modified in place before then.
     """
-    buffers = [b.detach().clone() for b in fn.buffers()]
-    cuda_devices = [ev.cuda_rng[0]] if ev.cuda_rng is not None else []
-    with torch.random.fork_rng(devices=cuda_devices, enabled=ev.cpu_rng is not None):
-        if ev.cpu_rng is not None:
-            torch.set_rng_state(ev.cpu_rng)
-        if ev.cuda_rng is not None:
-            torch.cuda.set_rng_state(ev.cuda_rng[1], ev.cuda_rng[0])
+    frozen, others = _statistics_of(fn)
+    buffers = [b.detach().clone() for b in others]
+    cpu_state = cuda_state = None
+    if ev.cpu_rng is not None:
+        cpu_state = torch.get_rng_state()
+        torch.set_rng_state(ev.cpu_rng)
+    if ev.cuda_rng is not None:
+        cuda_state = torch.cuda.get_rng_state(ev.cuda_rng[0])
+        torch.cuda.set_rng_state(ev.cuda_rng[1], ev.cuda_rng[0])
+    try:
         set_states(fn, ev.entry_states)
         cast = contextlib.nullcontext() if ev.autocast is None else torch.autocast(ev.autocast[0], ev.autocast[1])
         # The recomputed graph is the backward's working set, its peak: spikes it saves (a convolution's
         # input) are kept as bits there (revsnn.spikepack), 32 times fewer bytes in float32.
-        with torch.enable_grad(), cast, spikes_as_bits(pack_spikes, saved):
+        with torch.enable_grad(), cast, spikes_as_bits(pack_spikes, saved), _frozen_statistics(frozen):
             if aliases is None:
                 out = fn(x)
             else:
                 with _parameters_as(fn, aliases):
                     out = fn(x)
+    finally:
+        if cpu_state is not None:
+            torch.set_rng_state(cpu_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state, ev.cuda_rng[0])
 
     def restore() -> None:
         set_states(fn, ev.exit_states)
         with torch.no_grad():
-            for b, saved in zip(fn.buffers(), buffers):
+            for b, saved in zip(others, buffers):
                 b.copy_(saved)
 
     return out, restore
+
+
+def _statistics_of(fn: nn.Module) -> tuple[list[nn.Module], list[Tensor]]:
+    """``(batch norms, other buffers)`` of ``fn``: the BatchNorms that would update their running statistics
+    in this call (training, tracking), and every buffer not theirs, which a recompute might modify and which
+    is therefore saved and restored around it."""
+    frozen, others = [], []
+    for m in fn.modules():
+        if isinstance(m, _BatchNorm) and m.training and m.track_running_stats:
+            frozen.append(m)
+        else:
+            others.extend(b for b in m._buffers.values() if b is not None)
+    return frozen, others
+
+
+@contextlib.contextmanager
+def _frozen_statistics(batch_norms: list[nn.Module]):
+    """Inside: the BatchNorms given normalise with the batch's statistics without updating their running
+    ones (``track_running_stats`` off, in training mode: the same output to the bit, since training
+    normalises with the batch either way). A recompute then leaves the statistics as the forward left
+    them, updated once, without a copy of every statistic before it and a copy back after its backward
+    (issue 18, speed: the copies were a fifth of a small block's recompute overhead)."""
+    for bn in batch_norms:
+        bn.track_running_stats = False
+    try:
+        yield
+    finally:
+        for bn in batch_norms:
+            bn.track_running_stats = True
 
 
 def _grads(out: Tensor, leaf: Tensor, params: list[Tensor], grad_out: Tensor) -> tuple[Tensor, list]:

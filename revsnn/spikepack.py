@@ -84,11 +84,22 @@ def unpack_bits(p: _Packed) -> Tensor:
 # over every saved tensor). The mark records the version counter, which views share and every in-place op
 # bumps, so a spike tensor changed in place afterwards is tested again rather than trusted.
 _MARK = "_revsnn_binary_version"
+_SOURCE = "_revsnn_spikes_of"
 
 
-def mark_binary(t: Tensor) -> Tensor:
-    """Record that ``t`` (and every view of it, until it is modified in place) holds only 0 and 1."""
+def mark_binary(t: Tensor, membranes: Optional[Tensor] = None, v_threshold: float = 0.0) -> Tensor:
+    """Record that ``t`` (and every view of it, until it is modified in place) holds only 0 and 1.
+
+    With ``membranes``: ``t`` is exactly ``membranes > v_threshold``, and ``membranes`` is kept for
+    backward by the neuron that fired ``t``. A saved view of ``t`` then costs nothing: it is kept as a
+    reference to the membranes and recomputed from them on use (one comparison), not packed (issue 18,
+    speed: packing and unpacking were most of what keeping spikes as bits cost, and this also drops the
+    bits). Safe because every reader of ``t`` is downstream of that neuron, so its backward, which unpacks,
+    runs before the neuron's own backward turns the membranes into its gradient in place; the membranes'
+    version is checked on use all the same."""
     setattr(t, _MARK, t._version)
+    if membranes is not None:
+        setattr(t, _SOURCE, (membranes, membranes._version, float(v_threshold)))
     return t
 
 
@@ -103,13 +114,30 @@ def _all_binary(t: Tensor) -> bool:
     return bool(torch.logical_or(t == 0, t == 1).all())
 
 
+# Nodes whose output is a weighted sum or a normalisation: real-valued in any network that trains (a
+# convolution of spikes with trained weights is not 0 / 1). A tensor they produced is kept as it is without
+# sampling its values; were one ever binary, it is merely not packed, which changes no number.
+_REAL_VALUED = frozenset({"ConvolutionBackward0", "NativeBatchNormBackward0", "CudnnBatchNormBackward0",
+                          "AddmmBackward0", "MmBackward0", "BmmBackward0", "_FrozenBatchNormBackward"})
+_VIEWS = frozenset({"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "AsStridedBackward0"})
+
+
+def _real_valued_producer(t: Tensor) -> bool:
+    g = t.grad_fn
+    while g is not None and type(g).__name__ in _VIEWS:
+        g = g.next_functions[0][0]
+    return g is not None and type(g).__name__ in _REAL_VALUED
+
+
 def _is_binary(t: Tensor) -> bool:
-    if not t.is_floating_point() or t.numel() < MIN_PACKED_NUMEL or t.grad_fn is None:
+    if t.grad_fn is None or not t.is_floating_point() or t.numel() < MIN_PACKED_NUMEL:
         # Leaves and views of leaves (parameters, buffers, BatchNorm's statistics, inputs) are kept as
         # they are: someone else holds them, so bits of them would add memory, not save it.
         return False
     if _marked(t):
         return True
+    if _real_valued_producer(t):
+        return False
     # 64 values spread over the whole tensor first, in Python: a real-valued tensor (a convolution's
     # output saved by BatchNorm) almost always fails there, for the cost of one small copy instead of
     # three passes over all of it; exact either way. Spread, not leading: the first time step's
@@ -122,8 +150,44 @@ def _is_binary(t: Tensor) -> bool:
     return n <= 64 or _all_binary(t)
 
 
-def _unpack(p: Union[Tensor, _Packed]) -> Tensor:
-    return unpack_bits(p) if isinstance(p, _Packed) else p
+class _Derived:
+    """A saved spike tensor kept as the membranes it was fired from (``mark_binary(..., membranes)``)."""
+    __slots__ = ("membranes", "version", "v_threshold", "shape", "dtype")
+
+    def __init__(self, membranes: Tensor, version: int, v_threshold: float, shape: torch.Size, dtype: torch.dtype):
+        self.membranes, self.version, self.v_threshold = membranes, version, v_threshold
+        self.shape, self.dtype = shape, dtype
+
+    def spikes(self) -> Tensor:
+        h = self.membranes
+        if h._version != self.version:
+            raise RuntimeError("The membranes a saved spike tensor is recomputed from were modified in place "
+                               "before it was used (revsnn.spikepack); backward cannot reproduce the spikes.")
+        # 1 - (h <= theta), the neuron's own expression for its spikes (a NaN membrane fires there).
+        quiet = torch.le(h, self.v_threshold, out=torch.empty(h.shape, dtype=self.dtype, device=h.device))
+        return quiet.neg_().add_(1.0).view(self.shape)
+
+
+def _derived(t: Tensor) -> Optional[_Derived]:
+    """``t`` as a ``_Derived`` when it is the whole of a marked spike tensor with membranes (itself or a
+    contiguous view of all of it, unmodified), else None."""
+    base = t if t._base is None else t._base
+    source = getattr(base, _SOURCE, None)
+    if source is None or getattr(base, _MARK, None) != base._version:
+        return None
+    h, version, v_threshold = source
+    if (h._version != version or not t.is_contiguous() or not base.is_contiguous() or t.storage_offset() != 0
+            or t.numel() != h.numel() or t.dtype != base.dtype):
+        return None
+    return _Derived(h, version, v_threshold, t.shape, t.dtype)
+
+
+def _unpack(p: Union[Tensor, _Packed, _Derived]) -> Tensor:
+    if isinstance(p, _Packed):
+        return unpack_bits(p)
+    if isinstance(p, _Derived):
+        return p.spikes()
+    return p
 
 
 @contextlib.contextmanager
@@ -137,9 +201,13 @@ def spikes_as_bits(enabled: bool = True, saved: Optional[set] = None) -> Iterato
         yield
         return
 
-    def pack(t: Tensor) -> Union[Tensor, _Packed]:
+    def pack(t: Tensor) -> Union[Tensor, _Packed, _Derived]:
+        if t.grad_fn is None and t.requires_grad:
+            # Leaves that require grad (parameters, the recompute's input), a third of what is saved:
+            # never packed (see _is_binary) and never a recompute's output, so nothing to record.
+            return t
         if enabled and _is_binary(t):
-            return pack_bits(t)
+            return _derived(t) or pack_bits(t)
         if saved is not None:
             saved.add(t.untyped_storage().data_ptr())
         return t

@@ -1,6 +1,7 @@
 """`revsnn bench`: the commands run and report what they promise (numbers are never asserted as timings)."""
 
 import json
+import statistics
 
 import torch
 from typer.testing import CliRunner
@@ -88,8 +89,8 @@ def test_bench_infer_rows():
 def test_bench_peers_rows():
     from revsnn.bench_peers import missing_peers
 
-    result = runner.invoke(app, ["bench", "peers", "--time-steps", "1", "--batch-size", "1", "--repeats", "1",
-                                 "--threads", "1", "--json"])
+    result = runner.invoke(app, ["bench", "peers", "--time-steps", "1", "--batch-size", "1", "--repeats", "3",
+                                 "--step-batch-size", "2", "--threads", "1", "--json"])
     assert result.exit_code == 0, result.output
     text = result.stdout  # spikingjelly may log on import; the JSON document is what starts a line with "{"
     out = json.loads(text[0 if text.startswith("{\n") else text.index("\n{\n") + 1:])
@@ -108,10 +109,19 @@ def test_bench_peers_rows():
     # memory behaviour, not timing: the reversible model retains less than its plain twin
     assert by["revsnn reversible"]["retained_per_sample"] < by["revsnn plain"]["retained_per_sample"]
     assert out["threads"] == 1
+    assert out["step_batch_size"] == 2 and out["batch_sizes"] == [1, 2]
+    for r in out["rows"]:
+        assert len(r["step_seconds_each"]) == 3 and r["step_seconds"] == statistics.median(r["step_seconds_each"])
+
+    def paired(a, b):  # the median over rounds of the ratio within a round
+        return statistics.median(x / y for x, y in zip(a, b))
+
+    for r in out["rows"]:
+        assert r["step_time_ratio"] == paired(r["step_seconds_each"], base["step_seconds_each"])
     for pair, r in out["versus_peers"].items():  # ours over each peer, from the same rows
         ours, peer = pair.split(" / ")
-        assert r["step_time"] == by[ours]["step_seconds"] / by[peer]["step_seconds"]
-        assert r["step_cpu_time"] == by[ours]["step_cpu_seconds"] / by[peer]["step_cpu_seconds"]
+        assert r["step_time"] == paired(by[ours]["step_seconds_each"], by[peer]["step_seconds_each"])
+        assert r["step_cpu_time"] == paired(by[ours]["step_cpu_seconds_each"], by[peer]["step_cpu_seconds_each"])
         assert r["peak"] == by[ours]["peak_per_sample"] / by[peer]["peak_per_sample"]
     if not missing_peers():
         assert "revsnn reversible / spikingjelly memopt" in out["versus_peers"]

@@ -71,3 +71,62 @@ def test_bits_lower_the_reversible_peak_and_keep_gradients():
     assert floats["peak"] - bits["peak"] >= 0.75 * stream, (floats, bits)
     twin = memory_per_sample(plain_twin(_branch_seq(2)).train(), lambda b: torch.rand(2, b, 8, 8, 8), (2, 4))
     assert bits["peak"] < twin["peak"]
+
+
+def test_spikes_of_kept_membranes_are_kept_as_a_reference_and_recomputed_exactly():
+    # conv -> BN -> IF -> conv: the neuron keeps its membranes (its input is a BatchNorm's output), so the
+    # second convolution's saved input (the spikes) is kept as nothing but a reference to them and
+    # recomputed on use; what backward computes is the same to the bit as without any hooks.
+    from revsnn import spikepack
+    from revsnn.neurons import reset_states
+
+    torch.manual_seed(3)
+    net = nn.Sequential(TimeDistributed(nn.Conv2d(4, 4, 3, padding=1)), TimeDistributed(nn.BatchNorm2d(4)),
+                        IF(v_threshold=0.5), TimeDistributed(nn.Conv2d(4, 4, 3, padding=1)))
+    x = torch.randn(3, 2, 4, 6, 6)
+
+    def run(ctx):
+        net.zero_grad(set_to_none=True)
+        reset_states(net)
+        leaf = x.clone().requires_grad_(True)
+        with ctx:
+            out = net(leaf)
+        out.square().sum().backward()
+        return [leaf.grad, *[p.grad for p in net.parameters()]]
+
+    kinds = []
+    original = spikepack._derived
+
+    def counting(t):
+        d = original(t)
+        kinds.append(type(d).__name__)
+        return d
+
+    spikepack._derived = counting
+    try:
+        derived = run(spikes_as_bits())
+    finally:
+        spikepack._derived = original
+    plain = run(torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t))
+    assert kinds == ["_Derived"]  # the one binary tensor saved: the second convolution's input
+    for a, b in zip(derived, plain):
+        assert torch.equal(a, b)
+
+
+def test_recomputed_spikes_refuse_modified_membranes():
+    from revsnn.spikepack import _derived, _unpack, mark_binary
+
+    h = torch.randn(2, 3, 4)
+    s = mark_binary((h > 0.1).float(), h, 0.1)
+    view = s.view(6, 4)
+    view.requires_grad_(False)
+    d = _derived(view)
+    assert d is not None and torch.equal(_unpack(d), view)
+    h.add_(1.0)
+    try:
+        _unpack(d)
+    except RuntimeError as e:
+        assert "modified in place" in str(e)
+    else:
+        raise AssertionError("a spike tensor was recomputed from membranes changed after it was saved")
+    assert _derived(view) is None  # a stale source is packed as bits instead
