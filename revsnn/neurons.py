@@ -30,7 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from .graphtask import keeps_graph
-from .spikepack import mark_binary
+from . import spikepack
+from .spikepack import FromMembranes, SpikeSource, mark_binary
 
 __all__ = [
     "ATan",
@@ -234,12 +235,14 @@ class _FusedLIF(torch.autograd.Function):
         return q.div_(tau).add_(v)                   # addition commutes exactly: q + v == v + q
 
     @staticmethod
-    def _reset(h: Tensor, s: Tensor, v_reset: float) -> Tensor:
+    def _reset(h: Tensor, s: Tensor, v_reset: float, into_new: bool = False) -> Tensor:
         """``h (1 - s) + v_reset s`` in place on ``h`` (ours): exactly h where s = 0 and exactly v_reset
-        where s = 1, the step functions' ``_hard_reset``. With v_reset = 0 it is ``h - h s``, one op."""
+        where s = 1, the step functions' ``_hard_reset``. With v_reset = 0 it is ``h - h s``, one op.
+        ``into_new``: the same into a new tensor, ``h`` kept (the same operations, so the same bits)."""
         if v_reset == 0.0:
-            return h.addcmul_(h, s, value=-1.0)
-        return h.mul_(torch.sub(1.0, s)).add_(s, alpha=v_reset)
+            return torch.addcmul(h, h, s, value=-1.0) if into_new else h.addcmul_(h, s, value=-1.0)
+        quiet = torch.sub(1.0, s)
+        return (torch.mul(h, quiet) if into_new else h.mul_(quiet)).add_(s, alpha=v_reset)
 
     @staticmethod
     def _run(x_seq: Tensor, v0: Optional[Tensor], tau: Optional[float], v_threshold: float, v_reset: float,
@@ -248,20 +251,25 @@ class _FusedLIF(torch.autograd.Function):
 
         Returns ``(seq, quiet, v_T)``. ``keep="spikes"``: ``seq`` is ``[T, ...]`` of the spikes, ``quiet``
         None. ``keep="membranes"``: ``seq`` holds the membranes before reset and ``quiet`` is ``1 - s``
-        (1.0 where no spike), the factor the membrane gradient passes through. ``v_T`` is the last
-        membrane. Masks are floats written by ``torch.gt`` / ``torch.le`` with a float ``out``: on this
+        (1.0 where no spike), the factor the membrane gradient passes through. ``keep="both"``: ``seq``
+        holds the membranes and ``quiet`` the spikes themselves (the forward that keeps its membranes).
+        ``v_T`` is the last membrane. Masks are floats written by ``torch.gt`` / ``torch.le`` with a float ``out``: on this
         CPU build a bool result or a bool operand (``masked_fill``, ``where``) costs 5-10 times a float
         op. ``h > theta`` is the contract's spike; for floats it is the same test as ``h - theta > 0``
         (the difference of two floats is 0 only where they are equal, and rounding keeps its sign)."""
         T = x_seq.shape[0]
         seq = torch.empty_like(x_seq)
-        quiet = torch.empty_like(x_seq) if keep == "membranes" else None
+        quiet = torch.empty_like(x_seq) if keep != "spikes" else None
         v = v0
         for t in range(T):
             if quiet is None:
                 h = _FusedLIF._charge(x_seq[t], v, tau, v_reset)
                 s = torch.gt(h, v_threshold, out=seq[t])
                 v = _FusedLIF._reset(h, s, v_reset)
+            elif keep == "both":
+                h = _FusedLIF._charge(x_seq[t], v, tau, v_reset, out=seq[t])  # stays for the backward
+                s = torch.gt(h, v_threshold, out=quiet[t])
+                v = _FusedLIF._reset(h, s, v_reset, into_new=True)
             else:
                 h = _FusedLIF._charge(x_seq[t], v, tau, v_reset, out=seq[t])  # stays for the backward
                 q = torch.le(h, v_threshold, out=quiet[t])
@@ -282,18 +290,23 @@ class _FusedLIF(torch.autograd.Function):
         # output that its Function holds, a stream), where keeping it costs nothing and h would cost one
         # more membrane sequence.
         keep_h = needs_grad and _from_batch_norm(x_seq)
+        source = None
+        ctx.replay = None
         if keep_h:
-            h_seq, quiet, v = _FusedLIF._run(x_seq, v0, tau, v_threshold, v_reset, keep="membranes")
-            s_seq = quiet.neg_().add_(1.0)  # 1 - (h <= theta) is (h > theta), exactly, in quiet's storage
+            h_seq, s_seq, v = _FusedLIF._run(x_seq, v0, tau, v_threshold, v_reset, keep="both")
             ctx.save_for_backward(h_seq, None)
+            if spikepack.packing():
+                source = FromMembranes(h_seq, v_threshold, s_seq.dtype)
         else:
             s_seq, _, v = _FusedLIF._run(x_seq, v0, tau, v_threshold, v_reset, keep="spikes")
             if needs_grad:
                 ctx.save_for_backward(x_seq, v0)
+                if spikepack.packing():
+                    source = ctx.replay = _Replay(x_seq, v0, tau, v_threshold, v_reset)
         ctx.kept_membranes = keep_h
-        # 0 / 1 by construction: the recompute keeps it as bits without testing it, or, where the membranes
-        # are kept, as nothing but a reference to them (revsnn.spikepack).
-        mark_binary(s_seq, h_seq if keep_h else None, v_threshold)
+        # 0 / 1 by construction: a recompute (revsnn.spikepack) keeps it without testing it, and as nothing
+        # but a way to make it again from what this neuron keeps: its membranes, or its input (_Replay).
+        mark_binary(s_seq, source)
         ctx.constants = (tau, v_threshold, v_reset, surrogate, detach_reset)
         return s_seq, v
 
@@ -305,6 +318,9 @@ class _FusedLIF(torch.autograd.Function):
         saved, v0 = ctx.saved_tensors
         tau, v_threshold, v_reset, _, _ = ctx.constants
         if not ctx.kept_membranes:
+            replayed = ctx.replay.take_membranes() if ctx.replay is not None else None
+            if replayed is not None:  # our own: the readers of the spikes replayed the recurrence already
+                return replayed, torch.le(replayed, v_threshold, out=torch.empty_like(replayed))
             buf, quiet, _ = _FusedLIF._run(saved, v0, tau, v_threshold, v_reset, keep="membranes")
             return buf, quiet
         buf = saved.clone() if keeps_graph() else saved
@@ -373,6 +389,41 @@ class _FusedLIF(torch.autograd.Function):
                 del dq
             del dh
         return buf, (dv if want_dv0 else None), None, None, None, None, None
+
+
+class _Replay(SpikeSource):
+    """The spikes of a fused neuron that kept its input (not its membranes): made again by running the
+    recurrence over the input once more, the run that the neuron's own backward needs anyway for its
+    membranes. The first reader of the spikes to unpack them runs it (``keep="both"``); the membranes are
+    kept here and handed to the neuron's backward, which comes right after its readers' and then does not
+    run it again. So the spikes cost neither bits nor a pass to pack and unpack them, and the backward no
+    extra pass (issue 18, speed). The membranes are alive from the readers' backward to the neuron's."""
+
+    __slots__ = ("x_seq", "v0", "versions", "constants", "kept")
+
+    def __init__(self, x_seq: Tensor, v0: Optional[Tensor], tau: Optional[float], v_threshold: float,
+                 v_reset: float):
+        self.x_seq, self.v0, self.constants = x_seq, v0, (tau, v_threshold, v_reset)
+        self.versions = (x_seq._version, None if v0 is None else v0._version)
+        self.kept: Optional[tuple[Tensor, Tensor]] = None
+
+    def valid(self) -> bool:
+        return self.versions == (self.x_seq._version, None if self.v0 is None else self.v0._version)
+
+    def spikes(self) -> Tensor:
+        if self.kept is None:
+            tau, v_threshold, v_reset = self.constants
+            h, s, _ = _FusedLIF._run(self.x_seq, self.v0, tau, v_threshold, v_reset, keep="both")
+            self.kept = (h, s)
+        return self.kept[1]
+
+    def take_membranes(self) -> Optional[Tensor]:
+        """The membranes of the replay, handed over (None if no reader replayed); the spikes are dropped."""
+        if self.kept is None or not self.valid():
+            self.kept = None
+            return None
+        h, self.kept = self.kept[0], None
+        return h
 
 
 def multistep(x_seq: Tensor, v0: Optional[Tensor], tau: Optional[float], v_threshold: float = 1.0,

@@ -20,7 +20,8 @@ from typing import Iterator, Optional, Union
 import torch
 from torch import Tensor
 
-__all__ = ["pack_bits", "unpack_bits", "spikes_as_bits", "mark_binary", "MIN_PACKED_NUMEL"]
+__all__ = ["pack_bits", "unpack_bits", "spikes_as_bits", "mark_binary", "SpikeSource", "FromMembranes",
+           "MIN_PACKED_NUMEL"]
 
 # Tensors with fewer elements are not tested. Kept tiny on purpose: a threshold that a batch's tensor
 # crosses at one batch size and not at another would make the same step allocate differently at two
@@ -87,20 +88,59 @@ _MARK = "_revsnn_binary_version"
 _SOURCE = "_revsnn_spikes_of"
 
 
-def mark_binary(t: Tensor, membranes: Optional[Tensor] = None, v_threshold: float = 0.0) -> Tensor:
+class SpikeSource:
+    """How a spike tensor can be made again in backward without keeping it: ``spikes()`` returns the
+    whole tensor (its dtype, the marked tensor's shape), ``valid()`` whether its ingredients are unchanged
+    since the spikes were fired. ``mark_binary(t, source)`` attaches one."""
+
+    def valid(self) -> bool:
+        raise NotImplementedError
+
+    def spikes(self) -> Tensor:
+        raise NotImplementedError
+
+
+class FromMembranes(SpikeSource):
+    """Spikes that are exactly ``membranes > v_threshold``, the membranes kept for backward by the neuron
+    that fired them: recomputed by that one comparison."""
+
+    __slots__ = ("membranes", "version", "v_threshold", "dtype")
+
+    def __init__(self, membranes: Tensor, v_threshold: float, dtype: torch.dtype):
+        self.membranes, self.version, self.v_threshold, self.dtype = membranes, membranes._version, float(v_threshold), dtype
+
+    def valid(self) -> bool:
+        return self.membranes._version == self.version
+
+    def spikes(self) -> Tensor:
+        h = self.membranes
+        # h > theta into a float tensor: the very operation the neuron fired with (revsnn.neurons).
+        return torch.gt(h, self.v_threshold, out=torch.empty(h.shape, dtype=self.dtype, device=h.device))
+
+
+def mark_binary(t: Tensor, source: Optional[SpikeSource] = None) -> Tensor:
     """Record that ``t`` (and every view of it, until it is modified in place) holds only 0 and 1.
 
-    With ``membranes``: ``t`` is exactly ``membranes > v_threshold``, and ``membranes`` is kept for
-    backward by the neuron that fired ``t``. A saved view of ``t`` then costs nothing: it is kept as a
-    reference to the membranes and recomputed from them on use (one comparison), not packed (issue 18,
+    With ``source``: ``t`` can be made again from what its neuron keeps for backward anyway. A saved view
+    of ``t`` then costs nothing: it is kept as that source and made again on use, not packed (issue 18,
     speed: packing and unpacking were most of what keeping spikes as bits cost, and this also drops the
-    bits). Safe because every reader of ``t`` is downstream of that neuron, so its backward, which unpacks,
-    runs before the neuron's own backward turns the membranes into its gradient in place; the membranes'
-    version is checked on use all the same."""
+    bits). Safe because every reader of ``t`` is downstream of its neuron, so the reader's backward, which
+    unpacks, runs before the neuron's own backward (which may turn what it kept into its gradient in
+    place); the source is checked on use all the same."""
     setattr(t, _MARK, t._version)
-    if membranes is not None:
-        setattr(t, _SOURCE, (membranes, membranes._version, float(v_threshold)))
+    if source is not None:
+        setattr(t, _SOURCE, source)
     return t
+
+
+_ACTIVE = [0]  # how many spikes_as_bits contexts that pack are open
+
+
+def packing() -> bool:
+    """Whether saved spikes are being packed here (inside ``spikes_as_bits``): only then is a
+    ``SpikeSource`` worth attaching. Outside, a source would keep what it refers to alive for as long as
+    anyone holds the spikes (a monitor that records them), for nothing."""
+    return _ACTIVE[0] > 0
 
 
 def _marked(t: Tensor) -> bool:
@@ -151,35 +191,29 @@ def _is_binary(t: Tensor) -> bool:
 
 
 class _Derived:
-    """A saved spike tensor kept as the membranes it was fired from (``mark_binary(..., membranes)``)."""
-    __slots__ = ("membranes", "version", "v_threshold", "shape", "dtype")
+    """A saved spike tensor kept as its ``SpikeSource`` (``mark_binary(t, source)``)."""
+    __slots__ = ("source", "shape")
 
-    def __init__(self, membranes: Tensor, version: int, v_threshold: float, shape: torch.Size, dtype: torch.dtype):
-        self.membranes, self.version, self.v_threshold = membranes, version, v_threshold
-        self.shape, self.dtype = shape, dtype
+    def __init__(self, source: SpikeSource, shape: torch.Size):
+        self.source, self.shape = source, shape
 
     def spikes(self) -> Tensor:
-        h = self.membranes
-        if h._version != self.version:
-            raise RuntimeError("The membranes a saved spike tensor is recomputed from were modified in place "
-                               "before it was used (revsnn.spikepack); backward cannot reproduce the spikes.")
-        # 1 - (h <= theta), the neuron's own expression for its spikes (a NaN membrane fires there).
-        quiet = torch.le(h, self.v_threshold, out=torch.empty(h.shape, dtype=self.dtype, device=h.device))
-        return quiet.neg_().add_(1.0).view(self.shape)
+        if not self.source.valid():
+            raise RuntimeError("What a saved spike tensor is made again from was modified in place before it "
+                               "was used (revsnn.spikepack); backward cannot reproduce the spikes.")
+        return self.source.spikes().view(self.shape)
 
 
 def _derived(t: Tensor) -> Optional[_Derived]:
-    """``t`` as a ``_Derived`` when it is the whole of a marked spike tensor with membranes (itself or a
-    contiguous view of all of it, unmodified), else None."""
+    """``t`` as a ``_Derived`` when it is the whole of a marked spike tensor with a source (itself or a
+    contiguous view of all of it, unmodified, the source's ingredients unmodified), else None."""
     base = t if t._base is None else t._base
     source = getattr(base, _SOURCE, None)
-    if source is None or getattr(base, _MARK, None) != base._version:
+    if source is None or getattr(base, _MARK, None) != base._version or not source.valid():
         return None
-    h, version, v_threshold = source
-    if (h._version != version or not t.is_contiguous() or not base.is_contiguous() or t.storage_offset() != 0
-            or t.numel() != h.numel() or t.dtype != base.dtype):
+    if not t.is_contiguous() or not base.is_contiguous() or t.storage_offset() != 0 or t.numel() != base.numel():
         return None
-    return _Derived(h, version, v_threshold, t.shape, t.dtype)
+    return _Derived(source, t.shape)
 
 
 def _unpack(p: Union[Tensor, _Packed, _Derived]) -> Tensor:
@@ -212,5 +246,11 @@ def spikes_as_bits(enabled: bool = True, saved: Optional[set] = None) -> Iterato
             saved.add(t.untyped_storage().data_ptr())
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, _unpack):
-        yield
+    if enabled:
+        _ACTIVE[0] += 1
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, _unpack):
+            yield
+    finally:
+        if enabled:
+            _ACTIVE[0] -= 1

@@ -116,8 +116,10 @@ def test_spikes_of_kept_membranes_are_kept_as_a_reference_and_recomputed_exactly
 def test_recomputed_spikes_refuse_modified_membranes():
     from revsnn.spikepack import _derived, _unpack, mark_binary
 
+    from revsnn.spikepack import FromMembranes
+
     h = torch.randn(2, 3, 4)
-    s = mark_binary((h > 0.1).float(), h, 0.1)
+    s = mark_binary((h > 0.1).float(), FromMembranes(h, 0.1, torch.float32))
     view = s.view(6, 4)
     view.requires_grad_(False)
     d = _derived(view)
@@ -130,3 +132,48 @@ def test_recomputed_spikes_refuse_modified_membranes():
     else:
         raise AssertionError("a spike tensor was recomputed from membranes changed after it was saved")
     assert _derived(view) is None  # a stale source is packed as bits instead
+
+
+def test_spikes_of_a_neuron_that_kept_its_input_are_replayed_once_for_both_backwards():
+    # IF -> conv: the neuron keeps its input (not a BatchNorm's output), so its spikes, the convolution's
+    # saved input, are made again by one run of the recurrence, whose membranes the neuron's backward then
+    # takes instead of running it itself: two runs in all, as without hooks, and the same numbers.
+    from revsnn import neurons, spikepack
+    from revsnn.neurons import reset_states
+
+    torch.manual_seed(4)
+    net = nn.Sequential(IF(v_threshold=0.5), TimeDistributed(nn.Conv2d(4, 4, 3, padding=1)))
+    x = torch.randn(3, 2, 4, 6, 6)
+    runs, kinds = [], []
+    run_original, derived_original = neurons._FusedLIF._run, spikepack._derived
+
+    def counting_run(*args, **kwargs):
+        runs.append(kwargs.get("keep", args[-1] if len(args) > 5 else None))
+        return run_original(*args, **kwargs)
+
+    def counting_derived(t):
+        d = derived_original(t)
+        kinds.append(type(getattr(d, "source", None)).__name__)
+        return d
+
+    def run(ctx):
+        net.zero_grad(set_to_none=True)
+        reset_states(net)
+        leaf = x.clone().requires_grad_(True)
+        with ctx:
+            out = net(leaf)
+        out.square().sum().backward()
+        return [leaf.grad, *[p.grad for p in net.parameters()]]
+
+    neurons._FusedLIF._run, spikepack._derived = staticmethod(counting_run), counting_derived
+    try:
+        replayed = run(spikes_as_bits())
+        replay_runs = list(runs)
+        runs.clear()
+        plain = run(torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t))
+    finally:
+        neurons._FusedLIF._run, spikepack._derived = staticmethod(run_original), derived_original
+    assert kinds == ["_Replay"]
+    assert replay_runs == ["spikes", "both"] and runs == ["spikes", "membranes"]
+    for a, b in zip(replayed, plain):
+        assert torch.equal(a, b)
