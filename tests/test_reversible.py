@@ -269,3 +269,22 @@ def test_owned_gradient_is_accumulated_into_and_others_are_not_written(monkeypat
     h.register_hook(lambda g: kept.append((g, g.clone())) or None)
     ((model[1](h) * w).sum()).backward()
     assert seen == [False] and torch.equal(kept[0][0], kept[0][1])
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_random_stream_after_backward_is_the_twins(dropout):
+    # A recompute sets the RNG to what its forward saw and restores it after, only where that forward drew
+    # random numbers (dropout); without any, it touches no RNG. Either way the numbers drawn after a
+    # training step are the plain twin's: the recompute neither consumes nor replays the stream.
+    seq = make_sequence(2, dropout=dropout)
+    twin = plain_twin(seq)
+    x = torch.randn(2, 2, 6, 5, 5, dtype=torch.float64)
+    w = torch.randn(2, 2, 6, 5, 5, dtype=torch.float64)
+    after = []
+    for model in (seq, twin):
+        reset_states(model)
+        out, dx, _ = run(model, x, w, seed=7)
+        after.append((dx, torch.rand(4)))
+    (dx_r, drawn_r), (dx_p, drawn_p) = after
+    torch.testing.assert_close(dx_r, dx_p, rtol=1e-9, atol=1e-12)
+    assert torch.equal(drawn_r, drawn_p)
