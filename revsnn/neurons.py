@@ -430,6 +430,11 @@ def multistep(x_seq: Tensor, v0: Optional[Tensor], tau: Optional[float], v_thres
               v_reset: float = 0.0, surrogate: Surrogate = ATan(), detach_reset: bool = True) -> tuple[Tensor, Tensor]:
     """All T steps of a LIF (``tau``) or IF (``tau=None``) neuron at once: ``(spikes [T, ...], v_T)``.
     ``v0=None`` starts at rest (0) without allocating or saving a zero membrane."""
+    if not torch.is_grad_enabled() or not (x_seq.requires_grad or (v0 is not None and v0.requires_grad)):
+        # Nothing to differentiate (a reversible block's forward, inference): the same run without the
+        # autograd Function around it, whose apply costs as much as a few of the run's small ops.
+        s_seq, _, v = _FusedLIF._run(x_seq, v0, tau, v_threshold, v_reset, keep="spikes")
+        return mark_binary(s_seq), v
     return _FusedLIF.apply(x_seq, v0, tau, v_threshold, v_reset, surrogate, detach_reset)
 
 
