@@ -230,7 +230,8 @@ def peers(
     console.print(table)
     for pair, r in result["versus_peers"].items():
         console.print(f"{pair}: peak {r['peak']:.2f}x, retained {r['retained']:.2f}x, step time "
-                      f"{r['step_time']:.2f}x (CPU time {r['step_cpu_time']:.2f}x)", highlight=False)
+                      f"{r['step_time']:.2f}x (CPU time {r['step_cpu_time']:.2f}x; ratio of the medians "
+                      f"{r['step_time_of_medians']:.2f}x)", highlight=False)
     console.print(f"{result['threads']} thread(s), load average {result['load_average']:.1f} while measuring.",
                   highlight=False)
     for name, why in result["missing"].items():

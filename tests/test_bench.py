@@ -123,6 +123,7 @@ def test_bench_peers_rows():
         assert r["step_time"] == paired(by[ours]["step_seconds_each"], by[peer]["step_seconds_each"])
         assert r["step_cpu_time"] == paired(by[ours]["step_cpu_seconds_each"], by[peer]["step_cpu_seconds_each"])
         assert r["peak"] == by[ours]["peak_per_sample"] / by[peer]["peak_per_sample"]
+        assert r["step_time_of_medians"] == by[ours]["step_seconds"] / by[peer]["step_seconds"]
     if not missing_peers():
         assert "revsnn reversible / spikingjelly memopt" in out["versus_peers"]
     result = runner.invoke(app, ["bench", "peers", "--model", "trevsnn-digits"])
