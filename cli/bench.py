@@ -191,8 +191,9 @@ def peers(
                                                            "slope between B and 2B)."),
     step_batch_size: Optional[int] = typer.Option(None, "--step-batch-size", help="Batch size of the timed "
                                                   "training steps [default: the model's training batch size]."),
-    repeats: int = typer.Option(5, help="Rounds of timed training steps, every variant once a round (time "
-                                        "ratios: the median over rounds of the ratio within a round)."),
+    repeats: int = typer.Option(15, help="Rounds of timed training steps, every variant once a round (time "
+                                         "ratios: the median over rounds of the ratio within a round; one "
+                                         "step's time varies by about 20% on a shared machine)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads for the run [default: "
                                                                   "torch's]; 1 on a shared machine."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
