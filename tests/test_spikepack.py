@@ -73,26 +73,29 @@ def test_bits_lower_the_reversible_peak_and_keep_gradients():
     assert bits["peak"] < twin["peak"]
 
 
+def _grads_under(net, x, ctx):
+    """The input and parameter gradients of one step of ``net`` with its forward under ``ctx``."""
+    from revsnn.neurons import reset_states
+
+    net.zero_grad(set_to_none=True)
+    reset_states(net)
+    leaf = x.clone().requires_grad_(True)
+    with ctx:
+        out = net(leaf)
+    out.square().sum().backward()
+    return [leaf.grad, *[p.grad for p in net.parameters()]]
+
+
 def test_spikes_of_kept_membranes_are_kept_as_a_reference_and_recomputed_exactly():
     # conv -> BN -> IF -> conv: the neuron keeps its membranes (its input is a BatchNorm's output), so the
     # second convolution's saved input (the spikes) is kept as nothing but a reference to them and
     # recomputed on use; what backward computes is the same to the bit as without any hooks.
     from revsnn import spikepack
-    from revsnn.neurons import reset_states
 
     torch.manual_seed(3)
     net = nn.Sequential(TimeDistributed(nn.Conv2d(4, 4, 3, padding=1)), TimeDistributed(nn.BatchNorm2d(4)),
                         IF(v_threshold=0.5), TimeDistributed(nn.Conv2d(4, 4, 3, padding=1)))
     x = torch.randn(3, 2, 4, 6, 6)
-
-    def run(ctx):
-        net.zero_grad(set_to_none=True)
-        reset_states(net)
-        leaf = x.clone().requires_grad_(True)
-        with ctx:
-            out = net(leaf)
-        out.square().sum().backward()
-        return [leaf.grad, *[p.grad for p in net.parameters()]]
 
     kinds = []
     original = spikepack._derived
@@ -104,10 +107,10 @@ def test_spikes_of_kept_membranes_are_kept_as_a_reference_and_recomputed_exactly
 
     spikepack._derived = counting
     try:
-        derived = run(spikes_as_bits())
+        derived = _grads_under(net, x, spikes_as_bits())
     finally:
         spikepack._derived = original
-    plain = run(torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t))
+    plain = _grads_under(net, x, torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t))
     assert kinds == ["_Derived"]  # the one binary tensor saved: the second convolution's input
     for a, b in zip(derived, plain):
         assert torch.equal(a, b)
@@ -139,7 +142,6 @@ def test_spikes_of_a_neuron_that_kept_its_input_are_replayed_once_for_both_backw
     # saved input, are made again by one run of the recurrence, whose membranes the neuron's backward then
     # takes instead of running it itself: two runs in all, as without hooks, and the same numbers.
     from revsnn import neurons, spikepack
-    from revsnn.neurons import reset_states
 
     torch.manual_seed(4)
     net = nn.Sequential(IF(v_threshold=0.5), TimeDistributed(nn.Conv2d(4, 4, 3, padding=1)))
@@ -156,21 +158,12 @@ def test_spikes_of_a_neuron_that_kept_its_input_are_replayed_once_for_both_backw
         kinds.append(type(getattr(d, "source", None)).__name__)
         return d
 
-    def run(ctx):
-        net.zero_grad(set_to_none=True)
-        reset_states(net)
-        leaf = x.clone().requires_grad_(True)
-        with ctx:
-            out = net(leaf)
-        out.square().sum().backward()
-        return [leaf.grad, *[p.grad for p in net.parameters()]]
-
     neurons._FusedLIF._run, spikepack._derived = staticmethod(counting_run), counting_derived
     try:
-        replayed = run(spikes_as_bits())
+        replayed = _grads_under(net, x, spikes_as_bits())
         replay_runs = list(runs)
         runs.clear()
-        plain = run(torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t))
+        plain = _grads_under(net, x, torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t))
     finally:
         neurons._FusedLIF._run, spikepack._derived = staticmethod(run_original), derived_original
     assert kinds == ["_Replay"]
