@@ -222,12 +222,18 @@ def peers(
     table = Table(title=f"{model} (depth {result['depth']}), T = {time_steps}, CPU; memory per sample: batch "
                         f"{batch_size} -> {2 * batch_size}; step time: batch {step_batch}, median of "
                         f"{repeats}; ratios to revsnn reversible", header_style="bold")
-    for col in ("variant", "peak KiB", "retained KiB", "step ms", "CPU ms", "peak x", "retained x", "time x", "CPU x"):
-        table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
-    for r in result["rows"]:
-        table.add_row(r["variant"], f"{r['peak_per_sample'] / 1024:,.1f}", f"{r['retained_per_sample'] / 1024:,.1f}",
-                      f"{1e3 * r['step_seconds']:.1f}", f"{1e3 * r['step_cpu_seconds']:.1f}", f"{r['peak_ratio']:.2f}",
-                      f"{r['retained_ratio']:.2f}", f"{r['step_time_ratio']:.2f}", f"{r['step_cpu_ratio']:.2f}")
+    # Step CPU time only (wall time is in --json and in the lines below): with the wall columns the table
+    # needed 100 columns, and at 80 (a pipe, a small terminal) rich cut every number to an ellipsis.
+    # Headers may wrap onto two lines, numbers never (each column is at least as wide as its longest one).
+    cells = [[f"{r['peak_per_sample'] / 1024:,.1f}", f"{r['retained_per_sample'] / 1024:,.1f}",
+              f"{1e3 * r['step_cpu_seconds']:.1f}", f"{r['peak_ratio']:.2f}", f"{r['retained_ratio']:.2f}",
+              f"{r['step_cpu_ratio']:.2f}"] for r in result["rows"]]
+    table.add_column("variant", justify="left", overflow="fold")
+    for i, col in enumerate(("peak KiB", "retained KiB", "step CPU ms", "peak x", "retained x", "CPU x")):
+        width = max(len(c[i]) for c in cells)
+        table.add_column(col, justify="right", min_width=width, max_width=max(8, width))
+    for r, row in zip(result["rows"], cells):
+        table.add_row(r["variant"], *row)
     console.print(table)
     for pair, r in result["versus_peers"].items():
         console.print(f"{pair}: peak {r['peak']:.2f}x, retained {r['retained']:.2f}x, step time "
