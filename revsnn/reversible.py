@@ -18,12 +18,14 @@ the last block's input is reconstructed; the allocator measures see it, the save
 grad from the reconstructed inputs, which serves both reconstruction and the local backward. Around each
 recompute it restores what the forward saw and leaves behind what the forward left behind:
 
-- RNG state (CPU, and CUDA for the input's device), so dropout draws the same mask;
+- RNG state (CPU, and CUDA for the input's device), so dropout draws the same mask; a function whose
+  forward drew no random number is recomputed without touching the RNG;
 - neuron membranes at entry (the known initial state: at rest after a model's reset); the forward
   leaves the neurons in that state too rather than keeping each block's final membranes, which would
   grow with depth (``keep_state=True`` keeps them, as the plain twin does, for chunked input);
 - every buffer (BatchNorm running statistics, ``num_batches_tracked``), which the recompute would
-  otherwise update a second time (the original RevSNN code does).
+  otherwise update a second time (the original RevSNN code does): training BatchNorms are recomputed with
+  ``track_running_stats`` off, any other buffer is copied and restored.
 
 Parameter gradients are returned from ``backward`` as gradients of the Function's parameter inputs, so
 they reach ``.grad`` through autograd's own accumulation (and DDP's hooks fire).
@@ -222,8 +224,9 @@ def _evaluate_again(fn: nn.Module, x: Tensor, ev: _Evaluation,
     """Re-run ``fn`` under grad exactly as the forward ran it (on the parameter ``aliases`` if given).
 
     Returns the output and a function that puts ``fn``'s state back as the forward left it. Call it only
-    after the local backward: BatchNorm's backward reads the running-statistics tensors the recompute
-    used, so they must not be modified in place before then.
+    after the local backward: a module's backward may read a buffer the recompute used, so none may be
+    modified in place before then. (Training BatchNorms are run without updating their statistics instead,
+    ``_frozen_statistics``, so theirs need no copy.)
     """
     frozen, others = _statistics_of(fn)
     buffers = [b.detach().clone() for b in others]
@@ -238,7 +241,7 @@ def _evaluate_again(fn: nn.Module, x: Tensor, ev: _Evaluation,
         set_states(fn, ev.entry_states)
         cast = contextlib.nullcontext() if ev.autocast is None else torch.autocast(ev.autocast[0], ev.autocast[1])
         # The recomputed graph is the backward's working set, its peak: spikes it saves (a convolution's
-        # input) are kept as bits there (revsnn.spikepack), 32 times fewer bytes in float32.
+        # input) are made again on use from what their neuron keeps, or kept as bits (revsnn.spikepack).
         with torch.enable_grad(), cast, spikes_as_bits(pack_spikes, saved), _frozen_statistics(frozen):
             if aliases is None:
                 out = fn(x)
