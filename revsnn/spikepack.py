@@ -10,6 +10,10 @@ is four lines.
 
 The reversible Functions use it around every recompute in backward, where the recomputed block's graph is
 the backward's working set (the peak); the plain twin stays plain autograd, as users run it.
+
+Spikes that can be made again from what their neuron keeps for backward anyway (``SpikeSource``: the
+neuron's membranes, or its input and one more run of its recurrence, which its own backward then reuses)
+are not even packed: a saved view of them is kept as that source, no bytes and no pass to pack or unpack.
 """
 
 from __future__ import annotations
