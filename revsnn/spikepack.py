@@ -19,6 +19,7 @@ are not even packed: a saved view of them is kept as that source, no bytes and n
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Iterator, Optional, Union
 
 import torch
@@ -137,14 +138,17 @@ def mark_binary(t: Tensor, source: Optional[SpikeSource] = None) -> Tensor:
     return t
 
 
-_ACTIVE = [0]  # how many spikes_as_bits contexts that pack are open
+# How many spikes_as_bits contexts that pack are open, per thread: saved-tensor hooks are per thread too
+# (a recompute on CUDA runs in autograd's device thread, hooks and forward alike), so a forward running
+# meanwhile in another thread attaches no source it would never use.
+_ACTIVE = threading.local()
 
 
 def packing() -> bool:
-    """Whether saved spikes are being packed here (inside ``spikes_as_bits``): only then is a
-    ``SpikeSource`` worth attaching. Outside, a source would keep what it refers to alive for as long as
+    """Whether saved spikes are being packed here (inside ``spikes_as_bits``, in this thread): only then is
+    a ``SpikeSource`` worth attaching. Outside, a source would keep what it refers to alive for as long as
     anyone holds the spikes (a monitor that records them), for nothing."""
-    return _ACTIVE[0] > 0
+    return getattr(_ACTIVE, "depth", 0) > 0
 
 
 def _marked(t: Tensor) -> bool:
@@ -251,10 +255,10 @@ def spikes_as_bits(enabled: bool = True, saved: Optional[set] = None) -> Iterato
         return t
 
     if enabled:
-        _ACTIVE[0] += 1
+        _ACTIVE.depth = getattr(_ACTIVE, "depth", 0) + 1
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, _unpack):
             yield
     finally:
         if enabled:
-            _ACTIVE[0] -= 1
+            _ACTIVE.depth -= 1

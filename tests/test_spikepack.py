@@ -170,3 +170,18 @@ def test_spikes_of_a_neuron_that_kept_its_input_are_replayed_once_for_both_backw
     assert replay_runs == ["spikes", "both"] and runs == ["spikes", "membranes"]
     for a, b in zip(replayed, plain):
         assert torch.equal(a, b)
+
+
+def test_packing_is_per_thread():
+    # A forward in another thread while this one packs attaches no spike source: hooks are per thread.
+    import threading
+
+    from revsnn.spikepack import packing
+
+    seen = []
+    with spikes_as_bits():
+        assert packing()
+        worker = threading.Thread(target=lambda: seen.append(packing()))
+        worker.start()
+        worker.join()
+    assert seen == [False] and not packing()
