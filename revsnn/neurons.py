@@ -179,19 +179,12 @@ def threshold_step(u: Tensor, v_threshold: float = 0.5, surrogate: Surrogate = R
 # The fused multi-step neuron: one autograd Function over all T steps.
 
 
-_VIEWS = ("ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0")
-
-
 def _from_batch_norm(t: Tensor) -> bool:
     """Whether ``t`` is (a view of) a BatchNorm's output, by its autograd node: the producer that keeps
     its input for backward and never its output."""
-    g = t.grad_fn
-    while g is not None and type(g).__name__ in _VIEWS:
-        g = g.next_functions[0][0]
     # _FrozenBatchNormBackward: revsnn.chunked's BatchNorm with the batch's statistics, which keeps only
     # its input too (named, not imported: the chunked backward builds on this module, not the reverse).
-    return g is not None and type(g).__name__ in ("NativeBatchNormBackward0", "CudnnBatchNormBackward0",
-                                                  "_FrozenBatchNormBackward")
+    return spikepack.producer(t) in ("NativeBatchNormBackward0", "CudnnBatchNormBackward0", "_FrozenBatchNormBackward")
 
 
 class _FusedLIF(torch.autograd.Function):
@@ -296,7 +289,7 @@ class _FusedLIF(torch.autograd.Function):
             h_seq, s_seq, v = _FusedLIF._run(x_seq, v0, tau, v_threshold, v_reset, keep="both")
             ctx.save_for_backward(h_seq, None)
             if spikepack.packing():
-                source = FromMembranes(h_seq, v_threshold, s_seq.dtype)
+                source = FromMembranes(h_seq, v_threshold)
         else:
             s_seq, _, v = _FusedLIF._run(x_seq, v0, tau, v_threshold, v_reset, keep="spikes")
             if needs_grad:

@@ -109,18 +109,18 @@ class FromMembranes(SpikeSource):
     """Spikes that are exactly ``membranes > v_threshold``, the membranes kept for backward by the neuron
     that fired them: recomputed by that one comparison."""
 
-    __slots__ = ("membranes", "version", "v_threshold", "dtype")
+    __slots__ = ("membranes", "version", "v_threshold")
 
-    def __init__(self, membranes: Tensor, v_threshold: float, dtype: torch.dtype):
-        self.membranes, self.version, self.v_threshold, self.dtype = membranes, membranes._version, float(v_threshold), dtype
+    def __init__(self, membranes: Tensor, v_threshold: float):
+        self.membranes, self.version, self.v_threshold = membranes, membranes._version, float(v_threshold)
 
     def valid(self) -> bool:
         return self.membranes._version == self.version
 
     def spikes(self) -> Tensor:
         h = self.membranes
-        # h > theta into a float tensor: the very operation the neuron fired with (revsnn.neurons).
-        return torch.gt(h, self.v_threshold, out=torch.empty(h.shape, dtype=self.dtype, device=h.device))
+        # h > theta into a float tensor of h's dtype: the very operation the neuron fired with (revsnn.neurons).
+        return torch.gt(h, self.v_threshold, out=torch.empty_like(h))
 
 
 def mark_binary(t: Tensor, source: Optional[SpikeSource] = None) -> Tensor:
@@ -167,14 +167,16 @@ def _all_binary(t: Tensor) -> bool:
 # sampling its values; were one ever binary, it is merely not packed, which changes no number.
 _REAL_VALUED = frozenset({"ConvolutionBackward0", "NativeBatchNormBackward0", "CudnnBatchNormBackward0",
                           "AddmmBackward0", "MmBackward0", "BmmBackward0", "_FrozenBatchNormBackward"})
-_VIEWS = frozenset({"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "AsStridedBackward0"})
+_VIEWS = frozenset({"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0"})
 
 
-def _real_valued_producer(t: Tensor) -> bool:
+def producer(t: Tensor) -> Optional[str]:
+    """The type name of the autograd node that computed ``t``, looking through reshapes (the time folding of
+    ``TimeDistributed``); None for a leaf or a tensor outside any graph."""
     g = t.grad_fn
     while g is not None and type(g).__name__ in _VIEWS:
         g = g.next_functions[0][0]
-    return g is not None and type(g).__name__ in _REAL_VALUED
+    return None if g is None else type(g).__name__
 
 
 def _is_binary(t: Tensor) -> bool:
@@ -184,7 +186,7 @@ def _is_binary(t: Tensor) -> bool:
         return False
     if _marked(t):
         return True
-    if _real_valued_producer(t):
+    if producer(t) in _REAL_VALUED:
         return False
     # 64 values spread over the whole tensor first, in Python: a real-valued tensor (a convolution's
     # output saved by BatchNorm) almost always fails there, for the cost of one small copy instead of

@@ -122,7 +122,7 @@ def test_recomputed_spikes_refuse_modified_membranes():
     from revsnn.spikepack import FromMembranes
 
     h = torch.randn(2, 3, 4)
-    s = mark_binary((h > 0.1).float(), FromMembranes(h, 0.1, torch.float32))
+    s = mark_binary((h > 0.1).float(), FromMembranes(h, 0.1))
     view = s.view(6, 4)
     view.requires_grad_(False)
     d = _derived(view)
